@@ -1,0 +1,79 @@
+"""The adaptation recipe: which pseudo-labels, which loss parts, and how to optimise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sfseg.engine.optim import OptimConfig
+
+
+@dataclass
+class PseudoLabelConfig:
+    """How pseudo-labels are chosen each round.
+
+    Attributes:
+        kind: ``none`` (no pseudo-labels), ``argmax`` (naive self-training: every pixel),
+            ``global_threshold`` (one confidence threshold), ``class_balanced`` (LD: intra-class
+            thresholds fused with per-image top-alpha).
+        alpha: the selection fraction in round 0 (class_balanced).
+        alpha_step: added to alpha after every round.
+        threshold: the global confidence threshold (global_threshold).
+        local: fuse the per-image top-alpha selection (class_balanced).
+        channel_test: ``argmax`` (default) or ``any`` (the reference code's any-channel test).
+        bins: histogram bins for the intra-class thresholds (threshold error <= 1/bins).
+    """
+
+    kind: Literal["none", "argmax", "global_threshold", "class_balanced"] = "class_balanced"
+    alpha: float = 0.10
+    alpha_step: float = 0.05
+    threshold: float = 0.9
+    local: bool = True
+    channel_test: Literal["argmax", "any"] = "argmax"
+    bins: int = 16384
+
+
+@dataclass
+class AdaptConfig:
+    """Recipe for ``sfseg adapt``. Adaptation reads only the target domain and the source *model*.
+
+    Attributes:
+        method: a name for reports and run directories.
+        data_root: ToyCity root; only its target splits are read.
+        checkpoint: the source model.
+        out: run directory (config, metrics.jsonl, pseudo-labels, checkpoints).
+        seed: seeds sampling, flips and complementary ranks.
+        adabn: re-estimate BatchNorm statistics on the target train set before anything else.
+        rounds: self-training rounds (0 = no training: source-only or AdaBN).
+        epochs_per_round: passes over the target train set per round.
+        batch_size: training batch size.
+        hflip: random horizontal flips of image and pseudo-label together.
+        bn_mode: ``train`` (batch statistics while labelling and training, as the reference code) or
+            ``frozen`` (running statistics throughout). BN affine parameters are frozen in both.
+        pseudo_labels: pseudo-label selection.
+        losses: the loss parts, by name (see ``sfseg.adapt.parts.LOSS_PARTS``).
+        loss_weights: weight per loss part (default 1).
+        negative_width: ``w`` of the complementary rank range ``floor(C/2) +- w``.
+        optim: SGD settings (backbone lr; head at ``head_lr_mult`` x).
+        lr_round_decay: the learning rate is divided by this after every round (reference: sqrt 2).
+        save_pseudo_labels: keep each round's pseudo-label PNGs in the run directory.
+    """
+
+    method: str = "ld"
+    data_root: str = "data/toycity"
+    checkpoint: str = "runs/source/source.pt"
+    out: str = "runs/adapt"
+    seed: int = 0
+    adabn: bool = False
+    rounds: int = 3
+    epochs_per_round: int = 2
+    batch_size: int = 8
+    hflip: bool = True
+    bn_mode: Literal["train", "frozen"] = "train"
+    pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    losses: list[str] = field(default_factory=lambda: ["positive", "negative", "entropy_unselected"])
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    negative_width: int = 3
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, head_lr_mult=10.0))
+    lr_round_decay: float = 2**0.5
+    save_pseudo_labels: bool = True

@@ -1,0 +1,85 @@
+"""The loss functions of LD and its baselines, each a plain function of tensors.
+
+* Positive learning: cross-entropy on selected pseudo-labels (You et al., ACM MM 2021, Sec. 3.2).
+* Negative learning with heuristic complementary labels (Sec. 3.3; after NLNL, Kim et al., ICCV 2019):
+  pick a class of **medium** rank ``k ~ U{floor(C/2) - w, ..., floor(C/2) + w}`` and minimise
+  ``-log(1 - p_k)``.
+* The entropy-style term: the paper's entropy on unselected pixels, or the released code's
+  ``-sum_c p_c * log_softmax(p)_c`` (a log-softmax of probabilities, not an entropy).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sfseg import IGNORE_INDEX
+
+NEG_CLAMP = 1e-5
+_EPS = 1e-8
+
+
+def positive_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over selected pixels (label != 255); zero (with a graph) if none is selected.
+
+    Shape:
+        logits (B, C, H, W), labels (B, H, W) -> scalar.
+    """
+    if not (labels != IGNORE_INDEX).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+
+
+def sample_rank(num_classes: int, width: int, generator: torch.Generator | None = None) -> int:
+    """Draw the complementary rank ``k ~ U{floor(C/2) - w, ..., floor(C/2) + w}`` (0 = the top class).
+
+    The range is clipped to ``[1, C - 1]`` so that the top-ranked class is never pushed down.
+    """
+    lo = max(1, num_classes // 2 - width)
+    hi = min(num_classes - 1, num_classes // 2 + width)
+    return int(torch.randint(lo, hi + 1, (1,), generator=generator).item())
+
+
+def complementary_labels(probs: torch.Tensor, rank: int) -> torch.Tensor:
+    """Each pixel's ``rank``-th most probable class (0-based, descending). Detached.
+
+    Shape:
+        probs (B, C, H, W) -> (B, H, W) int64.
+    """
+    return probs.detach().argsort(dim=1, descending=True)[:, rank]
+
+
+def negative_loss(probs: torch.Tensor, complementary: torch.Tensor) -> torch.Tensor:
+    """Mean over pixels of ``-log(clamp(1 - p_k(x), min=1e-5))`` for complementary labels ``k``.
+
+    Shape:
+        probs (B, C, H, W), complementary (B, H, W) -> scalar.
+    """
+    p_k = probs.gather(1, complementary.unsqueeze(1)).squeeze(1)
+    return -torch.log(torch.clamp(1 - p_k, min=NEG_CLAMP)).mean()
+
+
+def entropy_map(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy per pixel. Shape: (B, C, H, W) -> (B, H, W)."""
+    return -(probs * torch.log(probs.clamp(min=_EPS))).sum(1)
+
+
+def entropy_unselected(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The paper's term: entropy averaged over pixels *not* selected as pseudo-labels (label == 255).
+
+    Shape:
+        probs (B, C, H, W), labels (B, H, W) -> scalar (zero, with a graph, if every pixel is selected).
+    """
+    mask = labels == IGNORE_INDEX
+    if not mask.any():
+        return probs.sum() * 0.0
+    return entropy_map(probs)[mask].mean()
+
+
+def reference_code_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """The released code's term: mean over all pixels of ``-sum_c p_c * log_softmax(p)_c``.
+
+    A log-softmax applied to probabilities: not an entropy. Its gradient is close to that of
+    ``-sum_c p_c^2`` (max-squares). Offered only to reproduce the released behaviour.
+    """
+    return -(probs * F.log_softmax(probs, dim=1)).sum(1).mean()

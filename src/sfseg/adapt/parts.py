@@ -1,0 +1,129 @@
+"""Adaptation methods as compositions of small parts.
+
+A method is a pseudo-labeller plus a weighted list of loss parts, named in the config::
+
+    pseudo_labels: {kind: class_balanced}
+    losses: [positive, negative, entropy_unselected]
+
+Each loss part declares what it consumes (``needs_pseudo_labels``), so a composition that cannot work is
+rejected when the method is built, before any data is read. New parts register in :data:`LOSS_PARTS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from sfseg.adapt import losses as L
+from sfseg.adapt.config import AdaptConfig
+
+
+@dataclass
+class StepInputs:
+    """What a loss part may read at one training step.
+
+    Shape:
+        logits (B, C, H, W); pseudo_labels (B, H, W) with 255 = unselected, or None.
+    """
+
+    logits: torch.Tensor
+    pseudo_labels: torch.Tensor | None
+    generator: torch.Generator
+    _probs: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        if self._probs is None:
+            self._probs = self.logits.softmax(1)
+        return self._probs
+
+
+class LossPart:
+    """A loss term of an adaptation method."""
+
+    name: str = ""
+    needs_pseudo_labels: bool = False
+
+    def __init__(self, cfg: AdaptConfig, num_classes: int):
+        self.cfg, self.num_classes = cfg, num_classes
+
+    def __call__(self, inputs: StepInputs) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PositiveLearning(LossPart):
+    """Cross-entropy on the selected pseudo-labels."""
+
+    name, needs_pseudo_labels = "positive", True
+
+    def __call__(self, inputs: StepInputs) -> torch.Tensor:
+        return L.positive_loss(inputs.logits, inputs.pseudo_labels)
+
+
+class NegativeLearning(LossPart):
+    """``-log(1 - p_k)`` for a medium-rank complementary class; one rank per step, shared by the batch."""
+
+    name = "negative"
+
+    def __call__(self, inputs: StepInputs) -> torch.Tensor:
+        rank = L.sample_rank(self.num_classes, self.cfg.negative_width, inputs.generator)
+        return L.negative_loss(inputs.probs, L.complementary_labels(inputs.probs, rank))
+
+
+class EntropyUnselected(LossPart):
+    """The paper's entropy minimisation on pixels not selected as pseudo-labels."""
+
+    name, needs_pseudo_labels = "entropy_unselected", True
+
+    def __call__(self, inputs: StepInputs) -> torch.Tensor:
+        return L.entropy_unselected(inputs.probs, inputs.pseudo_labels)
+
+
+class ReferenceCodeEntropy(LossPart):
+    """The released code's ``-sum p log_softmax(p)`` on all pixels (not an entropy; see losses.py)."""
+
+    name = "reference_code"
+
+    def __call__(self, inputs: StepInputs) -> torch.Tensor:
+        return L.reference_code_entropy(inputs.probs)
+
+
+LOSS_PARTS: dict[str, type[LossPart]] = {
+    cls.name: cls for cls in (PositiveLearning, NegativeLearning, EntropyUnselected, ReferenceCodeEntropy)
+}
+
+
+class MethodError(ValueError):
+    """A method composition that cannot work."""
+
+
+def build_loss_parts(cfg: AdaptConfig, num_classes: int) -> list[tuple[float, LossPart]]:
+    """Instantiate ``cfg.losses`` with their weights, checking that each part's inputs will exist."""
+    unknown = [n for n in cfg.losses if n not in LOSS_PARTS]
+    if unknown:
+        raise MethodError(f"losses: unknown part(s) {unknown}; available parts: {sorted(LOSS_PARTS)}")
+    stray = sorted(set(cfg.loss_weights) - set(cfg.losses))
+    if stray:
+        raise MethodError(f"loss_weights names {stray}, which are not in losses {cfg.losses}")
+    if len(set(cfg.losses)) != len(cfg.losses):
+        raise MethodError(f"losses lists a part twice: {cfg.losses}")
+    parts = []
+    for name in cfg.losses:
+        part = LOSS_PARTS[name](cfg, num_classes)
+        if part.needs_pseudo_labels and cfg.pseudo_labels.kind == "none":
+            raise MethodError(
+                f"loss part {name!r} needs pseudo-labels, but pseudo_labels.kind is 'none'; "
+                "choose argmax, global_threshold or class_balanced"
+            )
+        parts.append((cfg.loss_weights.get(name, 1.0), part))
+    if cfg.rounds > 0 and not parts:
+        raise MethodError("rounds > 0 but no loss parts are listed: nothing to train (set rounds: 0)")
+    return parts
+
+
+def total_loss(parts: list[tuple[float, LossPart]], inputs: StepInputs) -> tuple[torch.Tensor, dict]:
+    """Weighted sum of the parts, and each part's value for logging."""
+    values = {part.name: part(inputs) for _, part in parts}
+    total = sum(w * values[part.name] for w, part in parts)
+    return total, {k: float(v.detach()) for k, v in values.items()}

@@ -1,0 +1,164 @@
+"""The ``sfseg`` command line.
+
+    sfseg toycity generate --out data/toycity
+    sfseg toycity calibrate --data data/toycity
+    sfseg train-source --config configs/toycity/source.yaml [key=value ...]
+    sfseg adapt --config configs/toycity/ld.yaml [key=value ...]
+    sfseg eval --checkpoint runs/adapt/final.pt --data data/toycity
+    sfseg bench toycity --methods source_only adabn ld --seeds 0 1 2
+    sfseg demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from sfseg.config import ConfigError, load_config
+from sfseg.data.datasets import DatasetError
+
+
+def _threads() -> None:
+    # Intra-op threads = available cores; PyTorch's default can oversubscribe shared machines.
+    import os
+
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+
+
+def cmd_toycity_generate(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from sfseg.data.toycity import ToyCitySpec, generate
+
+    spec = ToyCitySpec(seed=args.seed)
+    if args.small:
+        spec = replace(spec, source_train=24, source_val=8, target_train=24, target_val=8)
+    meta = generate(args.out, spec, progress=not args.quiet)
+    print(f"ToyCity written to {Path(args.out)} ({meta.name})")
+
+
+def cmd_toycity_calibrate(args: argparse.Namespace) -> None:
+    from sfseg.engine.calibrate import calibrate
+
+    calibrate(args.data, args.out, seeds=args.seeds, report=args.report)
+
+
+def cmd_train_source(args: argparse.Namespace) -> None:
+    from sfseg.engine.train_source import SourceConfig, train_source
+
+    cfg = load_config(SourceConfig, args.config, args.overrides)
+    summary = train_source(cfg)
+    print(f"{cfg.domain}-val mIoU {summary['val_miou']:.1f}; checkpoint: {cfg.out}")
+
+
+def cmd_adapt(args: argparse.Namespace) -> None:
+    from sfseg.adapt.config import AdaptConfig
+    from sfseg.engine.adapt_loop import run_adaptation
+    from sfseg.engine.report import per_class_table
+
+    cfg = load_config(AdaptConfig, args.config, args.overrides)
+    summary = run_adaptation(cfg)
+    print(per_class_table({cfg.method: summary["final"]}))
+    print(f"run directory: {cfg.out}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from sfseg.data.classes import TOYCITY
+    from sfseg.data.datasets import toycity_split
+    from sfseg.engine.evaluate import evaluate
+    from sfseg.engine.report import per_class_table
+    from sfseg.models import load_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    ckpt.check_classes(TOYCITY.names, args.data)
+    data = toycity_split(args.data, args.domain, args.split, progress=True)
+    res = evaluate(ckpt.build(), data, ckpt.normalization, TOYCITY, progress=True)
+    print(per_class_table({Path(args.checkpoint).name: res}))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from sfseg.engine.bench import run_bench
+
+    run_bench(args.data, args.out, methods=args.methods, seeds=args.seeds, config_dir=args.configs,
+              overrides=args.overrides)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from sfseg.engine.demo import run_demo
+
+    run_demo(data_root=args.data, out=args.out, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sfseg", description="Source-free domain adaptation for segmentation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    tc = sub.add_parser("toycity", help="the embedded ToyCity benchmark").add_subparsers(dest="action",
+                                                                                          required=True)
+    g = tc.add_parser("generate", help="write the ToyCity benchmark to disk")
+    g.add_argument("--out", default="data/toycity")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--small", action="store_true", help="a tiny copy (24/8 images per split) for smoke tests")
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(func=cmd_toycity_generate)
+    c = tc.add_parser("calibrate", help="measure source/oracle/source-only/AdaBN and write docs/toycity.md")
+    c.add_argument("--data", default="data/toycity")
+    c.add_argument("--out", default="runs/calibrate")
+    c.add_argument("--seeds", type=int, nargs="+", default=[0])
+    c.add_argument("--report", default="docs/toycity.md")
+    c.set_defaults(func=cmd_toycity_calibrate)
+
+    for name, func, help_ in (("train-source", cmd_train_source, "stage 0: supervised source training"),
+                              ("adapt", cmd_adapt, "source-free adaptation of a checkpoint")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--config", help="YAML recipe (see configs/toycity/)")
+        s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rounds=3 optim.lr=1e-3")
+        s.set_defaults(func=func)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint (mIoU, per-class IoU, majority/minority)")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--data", default="data/toycity")
+    e.add_argument("--domain", default="target", choices=["source", "target"])
+    e.add_argument("--split", default="val", choices=["train", "val"])
+    e.add_argument("--json", help="also write the metrics to this JSON file")
+    e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bench", help="methods x seeds on a benchmark -> markdown table and figure")
+    b.add_argument("benchmark", choices=["toycity"])
+    b.add_argument("--data", default="data/toycity")
+    b.add_argument("--out", default="runs/bench")
+    b.add_argument("--configs", default="configs/toycity", help="directory of <method>.yaml recipes")
+    b.add_argument("--methods", nargs="+",
+                   default=["source_only", "adabn", "naive_st", "conf_st", "ld_pl", "ld_nl", "ld"])
+    b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    b.add_argument("overrides", nargs="*", help="key=value overrides applied to every method")
+    b.set_defaults(func=cmd_bench)
+
+    d = sub.add_parser("demo", help="generate ToyCity, train the source model, compare methods (CPU, minutes)")
+    d.add_argument("--data", default="data/toycity")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _threads()
+    try:
+        args.func(args)
+    except (ConfigError, DatasetError, FileNotFoundError, ValueError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"sfseg: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Images, labels and class protocols: datasets on disk and the embedded ToyCity benchmark."""

@@ -1,0 +1,124 @@
+"""Datasets as list files: one generic list dataset plus per-benchmark layouts.
+
+A list file has one sample per line: ``<image path> [<label path>]``, paths relative to the dataset root.
+Images are read as uint8 RGB; labels as uint8 trainIds where 255 means "ignore". Every label file is
+checked on load: a value that is neither a class index nor 255 (typically an un-remapped label id) is an
+error naming the file, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from sfseg import IGNORE_INDEX
+
+TOYCITY_LAYOUT = """\
+  <root>/toycity.json
+  <root>/{source,target}_{train,val}.txt
+  <root>/{source,target}/images/{train,val}/00000.png ...
+  <root>/{source,target}/labels/{train,val}/00000.png ...
+Create it with:  sfseg toycity generate --out <root>"""
+
+
+class DatasetError(ValueError):
+    """A dataset on disk does not match what sfseg expects."""
+
+
+def read_image(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def read_label(path: Path, num_classes: int) -> np.ndarray:
+    """Read a trainId label PNG (grayscale or palette; the stored index is the id) and validate it."""
+    with Image.open(path) as im:
+        if im.mode not in ("L", "P"):
+            raise DatasetError(f"{path}: label PNG has mode {im.mode!r}; expected 8-bit trainIds (mode L or P)")
+        label = np.asarray(im)
+    counts = np.bincount(label.ravel(), minlength=256)
+    bad = [int(v) for v in np.flatnonzero(counts) if v >= num_classes and v != IGNORE_INDEX]
+    if bad:
+        raise DatasetError(
+            f"{path}: label values {bad} are neither class indices 0..{num_classes - 1} nor {IGNORE_INDEX} "
+            "(ignore). Un-remapped label ids? Convert labels to trainIds first."
+        )
+    return label
+
+
+class ListDataset(Dataset):
+    """Samples named by a list file, loaded into memory once (small benchmarks).
+
+    Args:
+        root: dataset root; list entries are relative to it.
+        list_file: the list file.
+        num_classes: number of classes, for label validation.
+        labels: read labels when the list file names them.
+        progress: show a progress bar while loading.
+
+    Items are dicts with ``image`` (3, H, W) uint8, ``index`` and, when labels are read, ``label``
+    (H, W) int64.
+    """
+
+    def __init__(self, root: str | Path, list_file: str | Path, num_classes: int, labels: bool = True,
+                 progress: bool = False):
+        self.root = Path(root)
+        list_file = Path(list_file)
+        if not list_file.is_file():
+            raise DatasetError(f"list file not found: {list_file}")
+        entries = [line.split() for line in list_file.read_text().splitlines() if line.strip()]
+        if not entries:
+            raise DatasetError(f"list file {list_file} is empty")
+        missing = [p for e in entries for p in e[: 2 if labels else 1] if not (self.root / p).is_file()]
+        if missing:
+            shown = "\n  ".join(str(self.root / p) for p in missing[:10])
+            raise DatasetError(f"{len(missing)} file(s) named in {list_file} are missing, e.g.:\n  {shown}")
+        self.names = [e[0] for e in entries]
+        self.has_labels = labels and all(len(e) > 1 for e in entries)
+        it = tqdm(entries, desc=f"loading {list_file.name}", disable=not progress, leave=False)
+        images, label_maps = [], []
+        for e in it:
+            images.append(torch.from_numpy(read_image(self.root / e[0]).copy()).permute(2, 0, 1))
+            if self.has_labels:
+                label_maps.append(torch.from_numpy(read_label(self.root / e[1], num_classes).astype(np.int64)))
+        self.images = images
+        self.labels = label_maps
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"image": self.images[i], "index": i}
+        if self.has_labels:
+            item["label"] = self.labels[i]
+        return item
+
+
+def check_toycity_root(root: str | Path) -> Path:
+    """Return ``root`` if it holds a ToyCity tree, else raise an error showing the expected layout."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"ToyCity data directory not found: {root}\nExpected layout:\n{TOYCITY_LAYOUT}")
+    needed = ["toycity.json"] + [f"{d}_{s}.txt" for d in ("source", "target") for s in ("train", "val")]
+    absent = [n for n in needed if not (root / n).is_file()]
+    if absent:
+        found = sorted(p.name for p in root.iterdir())[:20]
+        raise DatasetError(
+            f"{root} is not a ToyCity tree: missing {absent}; found {found}\nExpected layout:\n{TOYCITY_LAYOUT}"
+        )
+    return root
+
+
+def toycity_split(root: str | Path, domain: str, split: str, labels: bool = True,
+                  progress: bool = False) -> ListDataset:
+    """One ToyCity split (``domain`` in source/target, ``split`` in train/val)."""
+    from sfseg.data.classes import TOYCITY
+
+    root = check_toycity_root(root)
+    return ListDataset(root, root / f"{domain}_{split}.txt", TOYCITY.num_classes, labels=labels,
+                       progress=progress)

@@ -1,0 +1,202 @@
+"""ToyCity: the embedded, procedurally generated sim -> photo street-scene benchmark.
+
+Two domains share one 12-class protocol (:data:`sfseg.data.classes.TOYCITY`, Cityscapes names and colours):
+
+* ``source`` ("sim"): flat game-engine materials, saturated object colours, no noise.
+* ``target`` ("photo"): class-conditional material changes, textures, exposure and colour cast, cast
+  shadows, vignetting, blur and sensor noise, and different layout statistics (lower horizon, more and
+  bigger cars, more but smaller pedestrians, more trees, more fences).
+
+Files are written in the same kind of layout as a real dataset, so the file pipeline is exercised::
+
+    <root>/toycity.json                            generator version, seed, sizes, classes
+    <root>/{source,target}_{train,val}.txt         "<image path> <label path>" per line, relative to root
+    <root>/<domain>/images/<split>/<index:05d>.png  RGB
+    <root>/<domain>/labels/<split>/<index:05d>.png  uint8 trainIds (palette PNG, 255 = ignore)
+
+Every image has its own random stream seeded by (seed, domain, split, index): output does not depend on
+generation order, and the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from sfseg.data.classes import TOYCITY
+from sfseg.data.toycity_render import AppearanceStyle, render
+from sfseg.data.toycity_scene import LayoutStyle, generate_scene
+
+GENERATOR_VERSION = 1
+DOMAINS = ("source", "target")
+SPLITS = ("train", "val")
+
+SIM_LAYOUT = LayoutStyle(
+    horizon=(0.38, 0.5),
+    road_half_width=(0.3, 0.42),
+    sidewalk_width=(0.12, 0.2),
+    building_height=(0.3, 0.9),
+    building_gap_p=0.15,
+    trees=(0, 3),
+    tree_radius=(0.06, 0.14),
+    terrain_p=0.35,
+    fence_p=0.25,
+    poles=(1, 4),
+    pole_height=0.55,
+    sign_p=0.5,
+    light_p=0.5,
+    cars=(1, 4),
+    car_width=0.3,
+    persons=(1, 4),
+    person_height=0.4,
+)
+
+PHOTO_LAYOUT = LayoutStyle(
+    horizon=(0.32, 0.45),
+    road_half_width=(0.25, 0.38),
+    sidewalk_width=(0.1, 0.2),
+    building_height=(0.4, 0.95),
+    building_gap_p=0.1,
+    trees=(1, 5),
+    tree_radius=(0.08, 0.18),
+    terrain_p=0.25,
+    fence_p=0.4,
+    poles=(2, 5),
+    pole_height=0.6,
+    sign_p=0.4,
+    light_p=0.5,
+    cars=(2, 6),
+    car_width=0.36,
+    persons=(2, 6),
+    person_height=0.3,
+)
+
+SIM_LOOK = AppearanceStyle(
+    palette={
+        "road": ((95, 95, 100),),
+        "sidewalk": ((175, 165, 170), (160, 160, 150)),
+        "building": ((185, 175, 150), (150, 150, 165), (205, 195, 175), (165, 140, 120)),
+        "fence": ((150, 115, 80),),
+        "pole": ((135, 135, 140),),
+        "traffic light": ((35, 35, 35),),
+        "traffic sign": ((30, 90, 210), (230, 200, 30)),
+        "vegetation": ((60, 150, 55), (80, 160, 60)),
+        "terrain": ((150, 200, 95),),
+        "sky": ((105, 165, 235),),
+        "person": ((200, 40, 40), (40, 60, 200), (230, 200, 40), (40, 160, 60), (240, 240, 240)),
+        "car": ((210, 30, 30), (30, 60, 200), (240, 210, 30), (30, 150, 60), (235, 235, 235), (120, 40, 160)),
+    },
+    jitter=6.0,
+    texture=0.5,
+    window=(90, 120, 150),
+    exposure=(0.9, 1.1),
+    cast=0.02,
+    shadow_p=0.2,
+    blur=(0.0, 0.5),
+    noise=(1.0, 4.0),
+)
+
+PHOTO_LOOK = AppearanceStyle(
+    palette={
+        "road": ((70, 70, 78), (85, 80, 80)),
+        "sidewalk": ((150, 140, 125), (130, 130, 135)),
+        "building": ((140, 85, 65), (95, 95, 100), (175, 165, 140), (120, 110, 100)),
+        "fence": ((115, 120, 125), (90, 80, 70)),
+        "pole": ((70, 70, 75), (110, 110, 100)),
+        "traffic light": ((60, 60, 40), (170, 150, 40)),
+        "traffic sign": ((200, 40, 40), (240, 240, 240), (30, 70, 160)),
+        "vegetation": ((65, 95, 40), (90, 110, 45), (130, 110, 50)),
+        "terrain": ((145, 135, 85), (120, 130, 70)),
+        "sky": ((195, 200, 210), (165, 190, 215), (220, 220, 225)),
+        "person": ((40, 40, 45), (70, 65, 60), (50, 55, 80), (120, 100, 80)),
+        "car": ((40, 40, 45), (180, 180, 185), (220, 220, 225), (90, 95, 100), (110, 30, 30), (30, 40, 70)),
+    },
+    jitter=12.0,
+    texture=1.0,
+    window=(20, 30, 45),
+    exposure=(0.75, 1.15),
+    cast=0.05,
+    shadow_p=0.5,
+    vignette=0.3,
+    blur=(0.3, 0.9),
+    noise=(3.0, 7.0),
+)
+
+STYLES = {"source": (SIM_LAYOUT, SIM_LOOK), "target": (PHOTO_LAYOUT, PHOTO_LOOK)}
+
+
+@dataclass(frozen=True)
+class ToyCitySpec:
+    """What to generate. The defaults are the benchmark; tests use tiny sizes."""
+
+    seed: int = 0
+    height: int = 96
+    width: int = 192
+    source_train: int = 300
+    source_val: int = 100
+    target_train: int = 300
+    target_val: int = 100
+
+    def count(self, domain: str, split: str) -> int:
+        return getattr(self, f"{domain}_{split}")
+
+
+def generate_sample(spec: ToyCitySpec, domain: str, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """One (image RGB uint8 (H, W, 3), trainId label uint8 (H, W)) pair."""
+    rng = np.random.default_rng([spec.seed, DOMAINS.index(domain), SPLITS.index(split), index])
+    layout, look = STYLES[domain]
+    scene = generate_scene(rng, layout, spec.height, spec.width)
+    return render(scene, look, rng), scene.label
+
+
+def list_path(root: Path, domain: str, split: str) -> Path:
+    return Path(root) / f"{domain}_{split}.txt"
+
+
+def generate(root: str | Path, spec: ToyCitySpec = ToyCitySpec(), progress: bool = True) -> Path:
+    """Write the benchmark under ``root`` (created if needed) and return the path of its metadata file."""
+    root = Path(root)
+    palette = TOYCITY.palette()
+    for domain in DOMAINS:
+        for split in SPLITS:
+            n = spec.count(domain, split)
+            (root / domain / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / domain / "labels" / split).mkdir(parents=True, exist_ok=True)
+            lines = []
+            for i in tqdm(range(n), desc=f"ToyCity {domain}/{split}", disable=not progress, leave=False):
+                image, label = generate_sample(spec, domain, split, i)
+                img_rel = f"{domain}/images/{split}/{i:05d}.png"
+                lbl_rel = f"{domain}/labels/{split}/{i:05d}.png"
+                Image.fromarray(image).save(root / img_rel)
+                lbl = Image.fromarray(label, mode="L").convert("P")
+                lbl.putpalette(palette)
+                lbl.save(root / lbl_rel)
+                lines.append(f"{img_rel} {lbl_rel}\n")
+            list_path(root, domain, split).write_text("".join(lines))
+    meta = {
+        "name": "toycity",
+        "generator_version": GENERATOR_VERSION,
+        "spec": asdict(spec),
+        "protocol": TOYCITY.name,
+        "classes": list(TOYCITY.names),
+    }
+    meta_path = root / "toycity.json"
+    # Written last: its presence means the tree is complete.
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return meta_path
+
+
+def is_generated(root: str | Path, spec: ToyCitySpec | None = None) -> bool:
+    """True when ``root`` holds a complete ToyCity tree (generated with ``spec`` if given)."""
+    meta_path = Path(root) / "toycity.json"
+    if not meta_path.is_file():
+        return False
+    meta = json.loads(meta_path.read_text())
+    if meta.get("generator_version") != GENERATOR_VERSION:
+        return False
+    return spec is None or meta.get("spec") == asdict(spec)

@@ -1,0 +1,239 @@
+"""The round loop shared by every self-training method (LD, naive and confidence self-training, ...).
+
+Per round ``r`` (You et al., ACM MM 2021, Sec. 3):
+
+1. run the current model over the whole target train set and choose pseudo-labels (written as PNGs);
+2. train ``epochs_per_round`` epochs with the method's loss parts;
+3. ``alpha += alpha_step``; learning rate ``/= lr_round_decay``; optimizer rebuilt (momentum reset).
+
+Target-val scores are logged after every round for monitoring only: the returned model is always the one
+after the last round — never the best round on the split it is reported on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from sfseg import IGNORE_INDEX
+from sfseg.adapt.bn import adabn, freeze_bn_affine, set_bn_mode
+from sfseg.adapt.config import AdaptConfig
+from sfseg.adapt.parts import StepInputs, build_loss_parts, total_loss
+from sfseg.adapt.pseudo_labels import (
+    ConfidenceHistogram,
+    argmax_labels,
+    class_balanced_labels,
+    global_threshold_labels,
+)
+from sfseg.config import save_config, to_dict
+from sfseg.data.classes import TOYCITY, ClassProtocol
+from sfseg.data.datasets import ListDataset, toycity_split
+from sfseg.data.normalization import Normalization
+from sfseg.engine.evaluate import evaluate
+from sfseg.engine.optim import build_sgd, poly_step
+from sfseg.engine.runlog import MetricsLog, seed_everything
+from sfseg.models import load_checkpoint, save_checkpoint
+
+EVAL_BATCH = 16
+
+
+def _batches(dataset: ListDataset, batch_size: int):
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+@torch.no_grad()
+def _probabilities(model, images, norm: Normalization) -> torch.Tensor:
+    return model(norm(images)).softmax(1)
+
+
+@torch.no_grad()
+def make_pseudo_labels(model, dataset: ListDataset, norm: Normalization, cfg: AdaptConfig, alpha: float,
+                       out_dir: Path, protocol: ClassProtocol, progress: bool) -> tuple[list[Path], dict]:
+    """Label the target train set with the current model; write one PNG per image.
+
+    Two passes when class-balanced (the first only fills the histogram), so memory stays bounded by
+    one batch plus ``C x bins`` counters whatever the dataset size.
+
+    Returns:
+        the PNG paths (dataset order) and the round statistics (selection share, per-class share of the
+        pseudo-labels and of the argmax predictions, thresholds and, where the split has labels,
+        pseudo-label accuracy per class).
+    """
+    pl = cfg.pseudo_labels
+    C = protocol.num_classes
+    thresholds = None
+    hist = ConfidenceHistogram(C, pl.bins)
+    if pl.kind == "class_balanced":
+        for batch in tqdm(_batches(dataset, EVAL_BATCH), desc="pseudo-labels: thresholds", disable=not progress,
+                          leave=False):
+            conf, pred = _probabilities(model, batch["image"], norm).max(1)
+            hist.update(conf, pred)
+        thresholds = hist.thresholds(alpha)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    selected = torch.zeros(C, dtype=torch.int64)
+    correct = torch.zeros(C, dtype=torch.int64)
+    predicted = torch.zeros(C, dtype=torch.int64)
+    total_pixels = 0
+    paths: list[Path] = []
+    palette = protocol.palette()
+    for batch in tqdm(_batches(dataset, EVAL_BATCH), desc="pseudo-labels: select", disable=not progress,
+                      leave=False):
+        probs = _probabilities(model, batch["image"], norm)
+        if pl.kind == "class_balanced":
+            labels = class_balanced_labels(probs, thresholds, alpha, pl.local, pl.channel_test)
+        elif pl.kind == "global_threshold":
+            labels = global_threshold_labels(probs, pl.threshold)
+        else:
+            labels = argmax_labels(probs)
+        predicted += torch.bincount(probs.argmax(1).reshape(-1), minlength=C)
+        sel = labels != IGNORE_INDEX
+        selected += torch.bincount(labels[sel], minlength=C)
+        if "label" in batch:
+            gt = batch["label"]
+            hit = sel & (labels == gt)
+            correct += torch.bincount(labels[hit], minlength=C)
+        total_pixels += labels.numel()
+        for idx, lab in zip(batch["index"].tolist(), labels):
+            path = out_dir / f"{idx:05d}.png"
+            im = Image.fromarray(lab.to(torch.uint8).numpy(), mode="L").convert("P")
+            im.putpalette(palette)
+            im.save(path)
+            paths.append(path)
+
+    n_sel = int(selected.sum())
+    names = protocol.names
+    stats = {
+        "alpha": alpha,
+        "selected_fraction": n_sel / max(total_pixels, 1),
+        "pl_share": {n: float(selected[c]) / max(n_sel, 1) for c, n in enumerate(names)},
+        "pred_share": {n: float(predicted[c]) / max(total_pixels, 1) for c, n in enumerate(names)},
+        "never_predicted": [n for c, n in enumerate(names) if predicted[c] == 0],
+    }
+    if thresholds is not None:
+        stats["thresholds"] = {n: (t if math.isfinite(t) else None) for n, t in zip(names, thresholds.tolist())}
+    if dataset.has_labels:
+        stats["pl_accuracy"] = float(correct.sum()) / max(n_sel, 1)
+        stats["pl_accuracy_per_class"] = {
+            n: (float(correct[c]) / float(selected[c]) if selected[c] else None) for c, n in enumerate(names)
+        }
+    return paths, stats
+
+
+def _read_pseudo(paths: list[Path], indices: list[int]) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(np.asarray(Image.open(paths[i])).astype(np.int64)) for i in indices])
+
+
+def train_round(model, dataset: ListDataset, norm: Normalization, cfg: AdaptConfig, parts, pseudo_paths,
+                round_index: int, step: int, generator: torch.Generator, progress: bool,
+                log: MetricsLog) -> int:
+    """One round of training; returns the global step count after it."""
+    lr_scale = cfg.lr_round_decay ** (-round_index)
+    optimizer = build_sgd(model, cfg.optim, lr_scale=lr_scale)  # rebuilt: momentum reset every round
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator)
+    model.train()
+    set_bn_mode(model, cfg.bn_mode)
+    bar = tqdm(total=cfg.epochs_per_round * len(loader), desc=f"round {round_index} train", disable=not progress)
+    sums: dict[str, float] = {}
+    n = 0
+    for _ in range(cfg.epochs_per_round):
+        for batch in loader:
+            images = batch["image"]
+            pseudo = _read_pseudo(pseudo_paths, batch["index"].tolist()) if pseudo_paths else None
+            if cfg.hflip:
+                flip = torch.rand(images.shape[0], generator=generator) < 0.5
+                images[flip] = images[flip].flip(-1)
+                if pseudo is not None:
+                    pseudo[flip] = pseudo[flip].flip(-1)
+            poly_step(optimizer, cfg.optim, step)
+            inputs = StepInputs(model(norm(images)), pseudo, generator)
+            loss, values = total_loss(parts, inputs)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            n += 1
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    log.write({"phase": "train", "round": round_index, "steps": n, "lr_scale": lr_scale,
+               **{f"loss_{k}": v / max(n, 1) for k, v in sums.items()}})
+    return step
+
+
+def run_adaptation(cfg: AdaptConfig, progress: bool = True, protocol: ClassProtocol = TOYCITY) -> dict:
+    """Adapt ``cfg.checkpoint`` to the target domain; write the run directory; return the summary."""
+    parts = build_loss_parts(cfg, protocol.num_classes)  # reject a bad composition before reading data
+    seed_everything(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    log = MetricsLog(out / "metrics.jsonl")
+    t0 = time.time()
+
+    ckpt = load_checkpoint(cfg.checkpoint)
+    ckpt.check_classes(protocol.names, cfg.data_root)
+    model = ckpt.build()
+    norm = ckpt.normalization
+    # Target train labels (ToyCity has them) feed only the pseudo-label diagnostics, never a loss.
+    target_train = toycity_split(cfg.data_root, "target", "train", progress=progress)
+    target_val = toycity_split(cfg.data_root, "target", "val", progress=progress)
+    freeze_bn_affine(model)
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    def evaluate_and_log(round_index: int, phase: str) -> dict:
+        res = evaluate(model, target_val, norm, protocol, progress=progress, desc=f"eval ({phase})")
+        log.write({"phase": phase, "round": round_index, "split": "target_val", **res})
+        return res
+
+    history = [evaluate_and_log(-1, "source_model")]
+    if cfg.adabn:
+        adabn(model, (norm(b["image"]) for b in _batches(target_train, EVAL_BATCH)), progress=progress)
+        history.append(evaluate_and_log(-1, "adabn"))
+
+    step = 0
+    round_stats = []
+    for r in range(cfg.rounds):
+        alpha = min(1.0, cfg.pseudo_labels.alpha + r * cfg.pseudo_labels.alpha_step)
+        pseudo_paths = None
+        if cfg.pseudo_labels.kind != "none":
+            # The reference labels with BN in the same mode as it trains.
+            model.eval()
+            set_bn_mode(model, cfg.bn_mode)
+            pl_dir = out / "pseudo_labels" / f"round_{r}"
+            pseudo_paths, stats = make_pseudo_labels(model, target_train, norm, cfg, alpha, pl_dir, protocol,
+                                                     progress)
+            if stats["never_predicted"]:
+                tqdm.write(f"round {r}: classes never predicted, no pseudo-labels for them: "
+                           f"{stats['never_predicted']}")
+            log.write({"phase": "pseudo_labels", "round": r, **stats})
+            round_stats.append(stats)
+        step = train_round(model, target_train, norm, cfg, parts, pseudo_paths, r, step, generator, progress, log)
+        history.append(evaluate_and_log(r, "round"))
+        save_checkpoint(out / f"round_{r}.pt", model, arch=ckpt.arch, arch_kwargs=ckpt.arch_kwargs,
+                        class_names=ckpt.class_names, normalization=norm,
+                        provenance={"stage": "adapt", "method": cfg.method, "round": r, "recipe": to_dict(cfg),
+                                    "parent": ckpt.provenance})
+        if not cfg.save_pseudo_labels and pseudo_paths:
+            for p in pseudo_paths:
+                p.unlink()
+
+    final = history[-1]
+    save_checkpoint(out / "final.pt", model, arch=ckpt.arch, arch_kwargs=ckpt.arch_kwargs,
+                    class_names=ckpt.class_names, normalization=norm,
+                    provenance={"stage": "adapt", "method": cfg.method, "rounds": cfg.rounds,
+                                "recipe": to_dict(cfg), "parent": ckpt.provenance})
+    summary = {"method": cfg.method, "seed": cfg.seed, "final": final,
+               "val_miou_per_round": [h["miou"] for h in history], "round_stats": round_stats,
+               "seconds": round(time.time() - t0, 1)}
+    log.write({"phase": "done", "method": cfg.method, "miou": final["miou"], "seconds": summary["seconds"]})
+    return summary

@@ -1,0 +1,80 @@
+"""Confusion-matrix segmentation metrics.
+
+Zero-union policy: a class that appears in neither the ground truth nor the predictions of the evaluated
+set has no IoU (NaN) and is **skipped** by the mean (``nanmean``), as in the field's common evaluation
+code. It is reported as ``null``/``-`` per class. A class present in the ground truth but never predicted
+gets IoU 0 and counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sfseg import IGNORE_INDEX
+
+
+class ConfusionMatrix:
+    """Accumulates a (num_classes x num_classes) confusion matrix; rows = ground truth, columns = prediction.
+
+    Args:
+        num_classes: number of classes.
+    """
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, target: torch.Tensor, pred: torch.Tensor) -> None:
+        """Add a batch.
+
+        Shape:
+            target, pred: same shape, integer class indices; target may hold 255 (ignored).
+
+        Raises:
+            ValueError: if ``target`` holds a value that is neither a class index nor 255.
+        """
+        n = self.num_classes
+        target = target.reshape(-1).to(torch.int64)
+        pred = pred.reshape(-1).to(torch.int64).cpu()
+        target = target.cpu()
+        valid = target != IGNORE_INDEX
+        bad = valid & ((target < 0) | (target >= n))
+        if bad.any():
+            values = sorted(set(target[bad].unique().tolist()))
+            raise ValueError(f"ground truth holds values {values}: neither class indices 0..{n - 1} nor 255")
+        if ((pred < 0) | (pred >= n)).any():
+            raise ValueError(f"predictions must be class indices 0..{n - 1}")
+        idx = n * target[valid] + pred[valid]
+        self.mat += torch.bincount(idx, minlength=n * n).reshape(n, n)
+
+    def iou(self) -> np.ndarray:
+        """Per-class IoU in [0, 1]; NaN for a class with zero union."""
+        m = self.mat.double()
+        inter = m.diag()
+        union = m.sum(0) + m.sum(1) - inter
+        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
+        return iou.numpy()
+
+    def pixel_accuracy(self) -> float:
+        total = self.mat.sum().item()
+        return float(self.mat.diag().sum().item() / total) if total else float("nan")
+
+    def summary(self, class_names: list[str] | tuple[str, ...], majority: list[int] | None = None) -> dict:
+        """mIoU, per-class IoU and (when ``majority`` is given) majority/minority mIoU, all in percent."""
+        iou = self.iou() * 100
+        out = {
+            "miou": _nanmean(iou),
+            "per_class": {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou)},
+            "pixel_acc": self.pixel_accuracy() * 100,
+        }
+        if majority is not None:
+            minority = [i for i in range(self.num_classes) if i not in majority]
+            out["majority_miou"] = _nanmean(iou[majority])
+            out["minority_miou"] = _nanmean(iou[minority])
+        return out
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")

@@ -1,0 +1,107 @@
+"""Readable results: per-class tables (markdown, also fine in a terminal) and figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sfseg.data.classes import ClassProtocol
+
+ROWS_HEAD = (("mIoU", "miou"), ("majority mIoU", "majority_miou"), ("minority mIoU", "minority_miou"))
+
+
+def _fmt(values: list[float | None]) -> str:
+    v = np.array([np.nan if x is None else x for x in values], dtype=float)
+    if np.isnan(v).all():
+        return "-"
+    if len(v) == 1:
+        return f"{v[0]:.1f}"
+    return f"{np.nanmean(v):.1f} ± {np.nanstd(v, ddof=1) if np.isfinite(v).sum() > 1 else 0.0:.1f}"
+
+
+def per_class_table(results: dict[str, dict | list[dict]], protocol: ClassProtocol | None = None) -> str:
+    """A markdown table: one column per method, rows mIoU / majority / minority then each class.
+
+    Args:
+        results: method -> one evaluation summary, or a list of them (one per seed: "mean ± std", sample std).
+    """
+    runs = {m: (r if isinstance(r, list) else [r]) for m, r in results.items()}
+    first = next(iter(runs.values()))[0]
+    classes = list(first["per_class"])
+    majority = set(protocol.names[i] for i in protocol.majority) if protocol else set()
+    header = "| | " + " | ".join(runs) + " |"
+    lines = [header, "|---|" + "---:|" * len(runs)]
+    for title, key in ROWS_HEAD:
+        if key in first:
+            lines.append(f"| **{title}** | " + " | ".join(_fmt([r[key] for r in rs]) for rs in runs.values()) + " |")
+    for c in classes:
+        tag = " (maj.)" if c in majority else ""
+        lines.append(f"| {c}{tag} | " + " | ".join(_fmt([r["per_class"][c] for r in rs]) for rs in runs.values())
+                     + " |")
+    return "\n".join(lines)
+
+
+def plot_per_class(results: dict[str, dict | list[dict]], path: str | Path, title: str = "") -> Path:
+    """Grouped bars: per-class IoU (mean over seeds, std as error bars) for each method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {m: (r if isinstance(r, list) else [r]) for m, r in results.items()}
+    classes = list(next(iter(runs.values()))[0]["per_class"])
+    x = np.arange(len(classes) + 1)
+    width = 0.85 / len(runs)
+    fig, ax = plt.subplots(figsize=(max(10, 0.9 * len(classes)), 4.5))
+    for i, (m, rs) in enumerate(runs.items()):
+        vals = np.array([[np.nan if r["per_class"][c] is None else r["per_class"][c] for c in classes]
+                         + [r["miou"]] for r in rs], dtype=float)
+        mean = np.nanmean(vals, 0)
+        err = np.nanstd(vals, 0, ddof=1) if len(rs) > 1 else None
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, mean, width, yerr=err, label=m, capsize=1.5)
+    ax.set_xticks(x, classes + ["mIoU"], rotation=35, ha="right")
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title or "per-class IoU on the target val split")
+    ax.legend(ncol=min(4, len(runs)), fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_pl_share(round_stats: list[dict], path: str | Path, protocol: ClassProtocol, title: str = "") -> Path:
+    """Each class's share of the pseudo-labels per round, next to its share of the source model's predictions.
+
+    A minority class whose line falls toward zero is being swallowed (winner-takes-all).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = protocol.names
+    rounds = np.arange(len(round_stats))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for c, n in enumerate(names):
+        share = [100 * s["pl_share"][n] for s in round_stats]
+        colour = np.array(protocol.colors[c]) / 255
+        ax.plot(rounds, share, marker="o", color=colour, label=n,
+                linestyle="-" if c in protocol.majority else "--")
+    ax.set_yscale("log")
+    ax.set_xlabel("round")
+    ax.set_xticks(rounds)
+    ax.set_ylabel("share of pseudo-labels (%)")
+    ax.set_title(title or "class shares of the pseudo-labels per round (dashed: minority)")
+    ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,108 @@
+"""Checkpoints that carry their own metadata: architecture, classes, normalisation and provenance.
+
+A user who finds a ``.pt`` file from sfseg can tell what it predicts, how to feed it and where it came
+from (recipe, source-val mIoU, code version) without any side file — the first complaint of users of
+the research codes is that this information is lost.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import sfseg
+from sfseg.data.normalization import Normalization
+from sfseg.models.registry import create_model
+
+FORMAT = "sfseg-checkpoint-v1"
+
+
+@dataclass
+class Checkpoint:
+    """A model plus everything needed to use it.
+
+    Attributes:
+        arch: registered architecture name.
+        arch_kwargs: options passed to :func:`create_model`.
+        class_names: output channel ``i`` predicts ``class_names[i]``.
+        normalization: input normalisation the weights expect.
+        state_dict: the weights.
+        provenance: how the weights were made (recipe, scores, code version, parent checkpoint ...).
+    """
+
+    arch: str
+    arch_kwargs: dict
+    class_names: list[str]
+    normalization: Normalization
+    state_dict: dict[str, torch.Tensor]
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def build(self) -> nn.Module:
+        model = create_model(self.arch, self.num_classes, **self.arch_kwargs)
+        model.load_state_dict(self.state_dict)
+        return model
+
+    def check_classes(self, class_names: list[str] | tuple[str, ...], where: str) -> None:
+        """Raise if this checkpoint's classes differ from those of the data at ``where``."""
+        if list(class_names) != list(self.class_names):
+            raise ValueError(
+                f"class mismatch: the checkpoint predicts {self.num_classes} classes {list(self.class_names)}, "
+                f"but the data at {where} has {len(class_names)} classes {list(class_names)}. "
+                "Use a checkpoint trained for this class protocol, or select the matching protocol."
+            )
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    arch: str,
+    arch_kwargs: dict,
+    class_names: list[str] | tuple[str, ...],
+    normalization: Normalization,
+    provenance: dict | None = None,
+) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prov = {"code_version": sfseg.__version__, "created": _dt.datetime.now().isoformat(timespec="seconds")}
+    prov.update(provenance or {})
+    payload = {
+        "format": FORMAT,
+        "arch": arch,
+        "arch_kwargs": dict(arch_kwargs),
+        "class_names": list(class_names),
+        "normalization": normalization.to_dict(),
+        "provenance": prov,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    # Write to a temporary name first so that an interrupted save never leaves a truncated checkpoint.
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        keys = sorted(payload)[:10] if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path} is not an sfseg checkpoint (format {FORMAT!r}); top-level keys seen: {keys}")
+    return Checkpoint(
+        arch=payload["arch"],
+        arch_kwargs=payload["arch_kwargs"],
+        class_names=payload["class_names"],
+        normalization=Normalization.from_dict(payload["normalization"]),
+        state_dict=payload["state_dict"],
+        provenance=payload["provenance"],
+    )

@@ -1,0 +1,40 @@
+import pytest
+
+from sfseg.adapt.config import AdaptConfig
+from sfseg.config import ConfigError, load_config, to_dict
+from sfseg.engine.bench import config_dir
+from sfseg.engine.train_source import SourceConfig
+
+
+def test_unknown_key_names_the_key_and_the_valid_keys(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("roundz: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(AdaptConfig, p)
+    msg = str(e.value)
+    assert "roundz" in msg and "rounds" in msg and "valid keys" in msg and str(p) in msg
+
+
+def test_nested_unknown_key_and_wrong_choice():
+    with pytest.raises(ConfigError, match=r"pseudo_labels.*alfa.*alpha"):
+        load_config(AdaptConfig, overrides=["pseudo_labels.alfa=0.2"])
+    with pytest.raises(ConfigError, match=r"bn_mode.*'train', 'frozen'"):
+        load_config(AdaptConfig, overrides=["bn_mode=eval"])
+    with pytest.raises(ConfigError, match=r"rounds.*integer"):
+        load_config(AdaptConfig, overrides=["rounds=two"])
+
+
+def test_overrides_and_base_inheritance():
+    d = config_dir(None)
+    cfg = load_config(AdaptConfig, d / "ld_nl.yaml", ["rounds=1", "optim.lr=0.5", "losses=[negative]"])
+    assert cfg.rounds == 1 and cfg.optim.lr == 0.5 and cfg.optim.head_lr_mult == 10.0  # rest inherited
+    assert cfg.losses == ["negative"] and cfg.pseudo_labels.kind == "none"
+    assert cfg.method == "ld_nl" and cfg.negative_width == 3
+
+
+def test_every_shipped_recipe_is_valid():
+    d = config_dir(None)
+    for p in d.glob("*.yaml"):
+        cls = SourceConfig if p.stem in ("source", "oracle") else AdaptConfig
+        cfg = load_config(cls, p)
+        assert to_dict(cfg)  # serialisable

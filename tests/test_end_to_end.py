@@ -1,0 +1,48 @@
+import json
+
+import pytest
+
+from sfseg.cli.main import main
+from sfseg.engine.demo import run_demo
+
+from .conftest import TINY
+
+pytestmark = pytest.mark.slow
+
+SMALL_MODEL = "arch_kwargs={width: 8, output_stride: 4}"
+
+
+def test_cli_train_adapt_eval(tiny_toycity, tmp_path, capsys):
+    src = tmp_path / "src.pt"
+    assert main(["train-source", "--config", "configs/toycity/source.yaml", f"data_root={tiny_toycity}",
+                 f"out={src}", "epochs=2", SMALL_MODEL]) == 0
+    run = tmp_path / "ld"
+    assert main(["adapt", "--config", "configs/toycity/ld.yaml", f"data_root={tiny_toycity}",
+                 f"checkpoint={src}", f"out={run}", "rounds=2", "epochs_per_round=1", "batch_size=4"]) == 0
+    assert (run / "config.yaml").is_file() and (run / "final.pt").is_file() and (run / "round_1.pt").is_file()
+    assert len(list((run / "pseudo_labels" / "round_1").glob("*.png"))) == TINY.target_train
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    pl = [r for r in records if r["phase"] == "pseudo_labels"]
+    assert [r["alpha"] for r in pl] == pytest.approx([0.10, 0.15])
+    assert {"pl_share", "pred_share", "pl_accuracy_per_class", "thresholds"} <= set(pl[0])
+    assert abs(sum(pl[0]["pl_share"].values()) - 1) < 1e-6
+    assert main(["eval", "--checkpoint", str(run / "final.pt"), "--data", str(tiny_toycity)]) == 0
+    assert "minority mIoU" in capsys.readouterr().out
+
+
+def test_cli_errors_are_readable(tiny_toycity, tmp_path, capsys):
+    assert main(["adapt", "--config", "configs/toycity/ld.yaml", "roundz=1"]) == 2
+    err = capsys.readouterr().err
+    assert "roundz" in err and "valid keys" in err
+    assert main(["adapt", f"data_root={tmp_path / 'none'}", f"checkpoint={tmp_path / 'x.pt'}"]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_demo_end_to_end_on_tiny_data(tmp_path, capsys):
+    res = run_demo(tmp_path / "data", tmp_path / "demo", overrides=["epochs_per_round=1", "batch_size=4"],
+                   source_overrides=["epochs=2", SMALL_MODEL], spec=TINY)
+    assert set(res["results"]) == {"source_only", "adabn", "naive_st", "ld"}
+    out = capsys.readouterr().out
+    assert "| **mIoU** |" in out and "Demo finished" in out
+    for f in ("per_class_iou.png", "pl_share_ld.png", "results.md", "results.json"):
+        assert (tmp_path / "demo" / f).is_file()

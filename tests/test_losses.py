@@ -1,0 +1,72 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sfseg import IGNORE_INDEX
+from sfseg.adapt import losses as L
+
+
+def test_sample_rank_covers_exactly_the_medium_ranks():
+    g = torch.Generator().manual_seed(0)
+    seen = {L.sample_rank(19, 3, g) for _ in range(2000)}
+    assert seen == set(range(6, 13))  # C = 19, w = 3: k in {6, ..., 12}
+    seen = {L.sample_rank(12, 3, g) for _ in range(2000)}
+    assert seen == set(range(3, 10))
+    seen = {L.sample_rank(4, 3, g) for _ in range(500)}
+    assert seen == {1, 2, 3}  # clipped: never the top class
+
+
+def test_complementary_labels_are_the_kth_ranked_class():
+    g = torch.Generator().manual_seed(1)
+    probs = torch.randn(2, 6, 3, 4, generator=g).softmax(1)
+    for k in range(6):
+        comp = L.complementary_labels(probs, k)
+        for b in range(2):
+            for y in range(3):
+                for x in range(4):
+                    order = sorted(range(6), key=lambda c: -probs[b, c, y, x].item())
+                    assert comp[b, y, x].item() == order[k]
+
+
+def test_negative_loss_closed_form():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.3, 0.5]]).T.reshape(1, 3, 1, 2)
+    comp = torch.tensor([[[1, 2]]])
+    expected = -(math.log(1 - 0.2) + math.log(1 - 0.5)) / 2
+    assert L.negative_loss(probs, comp).item() == pytest.approx(expected, rel=1e-6)
+    saturated = torch.tensor([[0.0, 1.0]]).T.reshape(1, 2, 1, 1)
+    assert L.negative_loss(saturated, torch.tensor([[[1]]])).item() == pytest.approx(-math.log(1e-5), rel=1e-5)
+
+
+def test_positive_loss_averages_over_selected_pixels():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]).T.reshape(1, 2, 1, 3)
+    labels = torch.tensor([[[0, 1, IGNORE_INDEX]]])
+    expected = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2
+    assert L.positive_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    none = torch.full((1, 1, 3), IGNORE_INDEX)
+    out = L.positive_loss(logits.requires_grad_(), none)
+    assert out.item() == 0.0 and out.requires_grad
+
+
+def test_entropy_unselected_closed_form():
+    probs = torch.tensor([[0.5, 0.5], [0.9, 0.1], [1.0, 0.0]]).T.reshape(1, 2, 1, 3)
+    labels = torch.tensor([[[IGNORE_INDEX, IGNORE_INDEX, 0]]])
+    h = lambda p: -sum(q * math.log(q) for q in p if q > 0)  # noqa: E731
+    expected = (h([0.5, 0.5]) + h([0.9, 0.1])) / 2
+    assert L.entropy_unselected(probs, labels).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_reference_code_term_is_log_softmax_of_probabilities():
+    probs = torch.tensor([[0.7, 0.3]]).T.reshape(1, 2, 1, 1)
+    lse = math.log(math.exp(0.7) + math.exp(0.3))
+    expected = -(0.7 * (0.7 - lse) + 0.3 * (0.3 - lse))
+    assert L.reference_code_entropy(probs).item() == pytest.approx(expected, rel=1e-6)
+    assert expected != pytest.approx(-(0.7 * math.log(0.7) + 0.3 * math.log(0.3)))  # not an entropy
+
+
+def test_negative_loss_gradient_pushes_the_complementary_class_down():
+    logits = torch.zeros(1, 4, 1, 1, requires_grad=True)
+    loss = L.negative_loss(F.softmax(logits, 1), torch.tensor([[[2]]]))
+    loss.backward()
+    assert logits.grad[0, 2].item() > 0 and all(logits.grad[0, c].item() < 0 for c in (0, 1, 3))

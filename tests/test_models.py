@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from sfseg.data.normalization import CAFFE_BGR, IMAGENET, Normalization
+from sfseg.models import create_model, list_models, load_checkpoint, save_checkpoint
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_gives_full_resolution_logits(name):
+    model = create_model(name, num_classes=5).eval()
+    out = model(torch.randn(2, 3, 32, 64))
+    assert out.shape == (2, 5, 32, 64)
+
+
+def test_unknown_model_lists_the_registry():
+    with pytest.raises(KeyError, match="deeplab_small"):
+        create_model("resnet9000", 3)
+
+
+def test_checkpoint_round_trip_keeps_metadata(tmp_path):
+    model = create_model("deeplab_small", 3, width=8)
+    path = save_checkpoint(tmp_path / "m.pt", model, arch="deeplab_small", arch_kwargs={"width": 8},
+                           class_names=["a", "b", "c"], normalization=CAFFE_BGR,
+                           provenance={"source_val_miou": 88.0})
+    ck = load_checkpoint(path)
+    assert ck.class_names == ["a", "b", "c"] and ck.normalization == CAFFE_BGR
+    assert ck.provenance["source_val_miou"] == 88.0 and "code_version" in ck.provenance
+    x = torch.randn(1, 3, 16, 16)
+    assert torch.allclose(ck.build().eval()(x), model.eval()(x))
+
+
+def test_class_count_mismatch_is_a_clear_error(tmp_path):
+    model = create_model("deeplab_small", 3, width=8)
+    path = save_checkpoint(tmp_path / "m.pt", model, arch="deeplab_small", arch_kwargs={"width": 8},
+                           class_names=["a", "b", "c"], normalization=IMAGENET)
+    with pytest.raises(ValueError, match=r"checkpoint predicts 3 classes.*data at /some/where has 4"):
+        load_checkpoint(path).check_classes(["a", "b", "c", "d"], "/some/where")
+
+
+def test_foreign_file_is_refused_with_its_keys(tmp_path):
+    torch.save({"layer5.weight": torch.zeros(1)}, tmp_path / "x.pth")
+    with pytest.raises(ValueError, match="layer5.weight"):
+        load_checkpoint(tmp_path / "x.pth")
+
+
+def test_normalization_closed_form():
+    img = torch.tensor([10, 20, 30], dtype=torch.uint8).view(3, 1, 1)
+    bgr = CAFFE_BGR(img).flatten().tolist()
+    assert bgr == pytest.approx([30 - 104.00698793, 20 - 116.66876762, 10 - 122.67891434])
+    rgb = Normalization("RGB", 1.0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))(img).flatten().tolist()
+    assert rgb == pytest.approx([(v / 255 - 0.5) / 0.5 for v in (10, 20, 30)])

@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from sfseg.adapt.config import AdaptConfig, PseudoLabelConfig
+from sfseg.adapt.parts import LOSS_PARTS, MethodError, StepInputs, build_loss_parts, total_loss
+from sfseg.adapt import losses as L
+
+
+def test_composition_checks_declared_inputs():
+    with pytest.raises(MethodError, match="needs pseudo-labels"):
+        build_loss_parts(AdaptConfig(pseudo_labels=PseudoLabelConfig(kind="none"), losses=["positive"]), 5)
+    with pytest.raises(MethodError, match=r"unknown part.*available parts"):
+        build_loss_parts(AdaptConfig(losses=["positive", "tent"]), 5)
+    with pytest.raises(MethodError, match="not in losses"):
+        build_loss_parts(AdaptConfig(losses=["positive"], loss_weights={"negative": 2.0}), 5)
+    with pytest.raises(MethodError, match="nothing to train"):
+        build_loss_parts(AdaptConfig(losses=[], rounds=2), 5)
+
+
+def test_total_loss_is_the_weighted_sum_of_the_parts():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 4, 4, generator=g)
+    pseudo = torch.randint(0, 5, (2, 4, 4), generator=g)
+    pseudo[:, :2] = 255
+    cfg = AdaptConfig(losses=sorted(LOSS_PARTS), loss_weights={"positive": 2.0, "negative": 0.5})
+    parts = build_loss_parts(cfg, 5)
+    total, values = total_loss(parts, StepInputs(logits, pseudo, torch.Generator().manual_seed(7)))
+    probs = logits.softmax(1)
+    rank = L.sample_rank(5, 3, torch.Generator().manual_seed(7))
+    expected = {
+        "positive": L.positive_loss(logits, pseudo),
+        "negative": L.negative_loss(probs, L.complementary_labels(probs, rank)),
+        "entropy_unselected": L.entropy_unselected(probs, pseudo),
+        "reference_code": L.reference_code_entropy(probs),
+    }
+    for k, v in expected.items():
+        assert values[k] == pytest.approx(v.item(), rel=1e-6)
+    weights = {"positive": 2.0, "negative": 0.5}
+    assert total.item() == pytest.approx(sum(weights.get(k, 1.0) * v.item() for k, v in expected.items()))

@@ -1,0 +1,61 @@
+import hashlib
+from dataclasses import replace
+
+import numpy as np
+from PIL import Image
+
+from sfseg.data.classes import TOYCITY
+from sfseg.data.toycity import ToyCitySpec, generate, generate_sample, is_generated
+
+from .conftest import TINY
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(root).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_gives_identical_files(tmp_path):
+    generate(tmp_path / "a", TINY, progress=False)
+    generate(tmp_path / "b", TINY, progress=False)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    generate(tmp_path / "c", replace(TINY, seed=1), progress=False)
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_layout_and_label_encoding(tiny_toycity):
+    assert is_generated(tiny_toycity, TINY) and not is_generated(tiny_toycity, replace(TINY, seed=5))
+    lines = (tiny_toycity / "target_train.txt").read_text().splitlines()
+    assert len(lines) == TINY.target_train
+    img_rel, lbl_rel = lines[0].split()
+    img = Image.open(tiny_toycity / img_rel)
+    lbl = Image.open(tiny_toycity / lbl_rel)
+    assert img.mode == "RGB" and img.size == (TINY.width, TINY.height)
+    assert lbl.mode == "P" and lbl.size == img.size
+    values = np.unique(np.asarray(lbl))
+    assert values.max() < TOYCITY.num_classes
+
+
+def test_long_tail_and_class_conditional_shift():
+    spec = ToyCitySpec()
+    counts = {d: np.zeros(TOYCITY.num_classes) for d in ("source", "target")}
+    mean_rgb = {d: np.zeros((TOYCITY.num_classes, 3)) for d in ("source", "target")}
+    for d in counts:
+        for i in range(30):
+            img, lbl = generate_sample(spec, d, "train", i)
+            counts[d] += np.bincount(lbl.ravel(), minlength=256)[: TOYCITY.num_classes]
+            for c in range(TOYCITY.num_classes):
+                if (lbl == c).any():
+                    mean_rgb[d][c] += img[lbl == c].mean(0)
+    share = counts["target"] / counts["target"].sum()
+    assert (share > 0).all()
+    assert (share < 0.015).sum() >= 4  # at least four classes under 1.5 % of target pixels
+    # The shift is class-conditional: classes move in different directions in colour space, so no single
+    # global colour transform maps source to target.
+    shift = mean_rgb["target"] / 30 - mean_rgb["source"] / 30
+    sky, car = TOYCITY.names.index("sky"), TOYCITY.names.index("car")
+    assert np.linalg.norm(shift[sky] - shift[car]) > 40
