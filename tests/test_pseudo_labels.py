@@ -5,107 +5,129 @@ import torch
 
 from sfseg import IGNORE_INDEX
 from sfseg.adapt.pseudo_labels import (
+    MAX_SCORE,
     ConfidenceHistogram,
     argmax_labels,
     class_balanced_labels,
+    confidence_scores,
     exact_thresholds,
     global_threshold_labels,
     local_top_alpha,
+    score_to_confidence,
 )
 
 
-def _random_predictions(seed: int, n: int = 20000, c: int = 7):
+def _random_scores(seed: int, n: int = 20000, c: int = 7, scale: float = 2.5):
     g = torch.Generator().manual_seed(seed)
-    probs = torch.randn(n, c, generator=g).mul(2.5).softmax(1)
-    conf, pred = probs.max(1)
-    return conf, pred
+    logits = torch.randn(n, c, 1, 1, generator=g).mul(scale)
+    score, pred = confidence_scores(logits)
+    return score.flatten(), pred.flatten()
+
+
+def test_score_is_a_monotone_non_saturating_confidence():
+    logits = torch.tensor([[0.0, 1.0, 5.0, 20.0, 30.0, 45.0]]).T * torch.tensor([[1.0, 0.0, 0.0]])
+    logits = logits.reshape(6, 3, 1, 1)
+    score, pred = confidence_scores(logits)
+    conf = logits.softmax(1).amax(1)
+    assert torch.all(pred == 0)
+    assert torch.allclose(score_to_confidence(score[:3].double()), conf[:3].double(), atol=1e-6)
+    assert torch.all(score[1:] > score[:-1])  # strictly ordered ...
+    assert conf[3] == conf[4] == conf[5] == 1.0  # ... where float32 confidences are tied at 1.0
+    assert score.flatten()[5].item() == pytest.approx(45 - math.log(2), rel=1e-5)
 
 
 @pytest.mark.parametrize("alpha", [0.001, 0.1, 0.15, 0.5, 1.0])
-@pytest.mark.parametrize("bins", [64, 4096])
+@pytest.mark.parametrize("bins", [64, 65536])
 def test_histogram_thresholds_match_exact_sort_within_one_bin(alpha, bins):
-    conf, pred = _random_predictions(0)
+    score, pred = _random_scores(0)
     hist = ConfidenceHistogram(7, bins)
-    for chunk in range(0, conf.numel(), 3000):  # streamed in chunks, as over a dataset
-        hist.update(conf[chunk:chunk + 3000], pred[chunk:chunk + 3000])
-    got = hist.thresholds(alpha)
-    exact = exact_thresholds(conf, pred, 7, alpha)
-    assert torch.all(got <= exact + 1e-7)
-    assert torch.all(exact - got < 1.0 / bins + 1e-7)
+    for chunk in range(0, score.numel(), 3000):  # streamed in chunks, as over a dataset
+        hist.update(score[chunk:chunk + 3000], pred[chunk:chunk + 3000])
+    got = hist.thresholds(alpha).double()
+    exact = exact_thresholds(score, pred, 7, alpha)
+    width = MAX_SCORE / bins
+    assert torch.all(got <= exact + 1e-9)
+    assert torch.all(exact - got < width + 1e-9)
     for c in range(7):
-        mine = (pred == c) & (conf >= got[c])
-        ref = (pred == c) & (conf >= exact[c])
+        mine = (pred == c) & (score >= got[c])
+        ref = (pred == c) & (score >= exact[c])
         assert torch.all(mine | ~ref), "histogram selection must contain the exact selection"
-        extra = conf[mine & ~ref]
+        extra = score[mine & ~ref].double()
         assert torch.all(extra >= got[c]) and torch.all(extra < exact[c])
 
 
 def test_exact_threshold_keeps_ceil_alpha_n():
-    conf, pred = _random_predictions(1, n=5000)
-    exact = exact_thresholds(conf, pred, 7, 0.1)
+    score, pred = _random_scores(1, n=5000)
+    exact = exact_thresholds(score, pred, 7, 0.1)
     for c in range(7):
         n_c = int((pred == c).sum())
-        kept = int(((pred == c) & (conf >= exact[c])).sum())
+        kept = int(((pred == c) & (score >= exact[c])).sum())
         assert kept == math.ceil(0.1 * n_c)  # continuous random data: no ties
 
 
 def test_never_predicted_class_selects_nothing_and_tiny_class_keeps_one_pixel():
-    conf = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.95])
+    score = torch.tensor([3.0, 2.5, 2.0, 1.5, 4.0])
     pred = torch.tensor([0, 0, 0, 0, 2])
-    hist = ConfidenceHistogram(3, 1000)
-    hist.update(conf, pred)
+    hist = ConfidenceHistogram(3, 4000)
+    hist.update(score, pred)
     thr = hist.thresholds(0.1)  # class 2: alpha * N = 0.1 < 1 -> keep its single best pixel
     assert math.isinf(thr[1])
-    assert thr[2] <= 0.95 < thr[2] + 1e-3
-    assert thr[0] <= 0.9 < thr[0] + 1e-3  # ceil(0.4) = 1 pixel of class 0
+    assert thr[2] <= 4.0 < thr[2] + 0.01
+    assert thr[0] <= 3.0 < thr[0] + 0.01  # ceil(0.4) = 1 pixel of class 0
 
 
-def test_saturated_confidences_are_selectable():
-    conf = torch.ones(10)
-    pred = torch.zeros(10, dtype=torch.long)
-    hist = ConfidenceHistogram(2, 100)
-    hist.update(conf, pred)
-    thr = hist.thresholds(0.2)
-    probs = torch.zeros(1, 2, 2, 5)
-    probs[:, 0] = 1.0
-    labels = class_balanced_labels(probs, thr, alpha=0.2, local=False)
-    assert torch.all(labels == 0)  # >=, not >: a class saturated at 1.0 keeps its pixels
+def test_saturated_predictions_still_select_the_top_alpha():
+    # 100 pixels of class 0 whose softmax is exactly 1.0 in float32 (margins 20..40): thresholding the
+    # confidence would keep all (>=) or none (>); the score keeps the top 10 %.
+    margins = torch.linspace(20, 40, 100)
+    logits = torch.zeros(1, 2, 10, 10)
+    logits[0, 0] = margins.view(10, 10)
+    assert torch.all(logits.softmax(1)[:, 0] == 1.0)
+    hist = ConfidenceHistogram(2)
+    hist.update(*confidence_scores(logits))
+    labels = class_balanced_labels(logits, hist.thresholds(0.1), alpha=0.1, local=False)
+    assert int((labels == 0).sum()) == 10
+    assert torch.all(labels.view(-1)[90:] == 0) and torch.all(labels.view(-1)[:90] == IGNORE_INDEX)
 
 
 def test_local_top_alpha_matches_brute_force():
     g = torch.Generator().manual_seed(3)
-    conf = torch.rand(3, 10, 12, generator=g)
-    sel = local_top_alpha(conf, 0.15)
+    score = torch.rand(3, 10, 12, generator=g)
+    sel = local_top_alpha(score, 0.15)
     for b in range(3):
         k = math.ceil(0.15 * 120)
-        kth = conf[b].flatten().sort(descending=True).values[k - 1]
-        assert torch.equal(sel[b], conf[b] >= kth)
+        kth = score[b].flatten().sort(descending=True).values[k - 1]
+        assert torch.equal(sel[b], score[b] >= kth)
         assert int(sel[b].sum()) == k
 
 
+def _logits_of(probs):
+    return torch.log(torch.tensor(probs)).T.reshape(1, len(probs[0]), 1, len(probs))
+
+
 def test_class_balanced_fusion_and_channel_tests():
-    # Pixel 0: argmax class 0 above its threshold. Pixel 1: argmax class 0 below; class 1's channel is above
-    # class 1's threshold (selected only by the "any" test, labelled with the argmax 0). Pixel 2: none.
-    probs = torch.tensor([[0.9, 0.1], [0.55, 0.45], [0.6, 0.4]]).T.reshape(1, 2, 1, 3)
-    thr = torch.tensor([0.8, 0.42])
-    argmax_sel = class_balanced_labels(probs, thr, alpha=0.01, local=False)
+    # Pixel 0: argmax class 0 above its threshold. Pixel 1: argmax class 0 below it, but the class-1 channel
+    # is above class 1's threshold (selected only by the "any" test, labelled with the argmax 0). Pixel 2: none.
+    logits = _logits_of([[0.9, 0.1], [0.55, 0.45], [0.6, 0.4]])
+    thr = -torch.log1p(-torch.tensor([0.8, 0.42]))  # confidence 0.8 / 0.42 as scores
+    argmax_sel = class_balanced_labels(logits, thr, alpha=0.01, local=False)
     assert argmax_sel.flatten().tolist() == [0, IGNORE_INDEX, IGNORE_INDEX]
-    any_sel = class_balanced_labels(probs, thr, alpha=0.01, local=False, channel_test="any")
+    any_sel = class_balanced_labels(logits, thr, alpha=0.01, local=False, channel_test="any")
     assert any_sel.flatten().tolist() == [0, 0, IGNORE_INDEX]
-    fused = class_balanced_labels(probs, torch.tensor([0.95, 0.95]), alpha=0.3, local=True)
+    fused = class_balanced_labels(logits, torch.tensor([9.0, 9.0]), alpha=0.3, local=True)
     assert fused.flatten().tolist() == [0, IGNORE_INDEX, IGNORE_INDEX]  # local top-1 pixel only
 
 
 def test_baseline_selectors():
-    probs = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.55, 0.45]]).T.reshape(1, 2, 1, 3)
-    assert argmax_labels(probs).flatten().tolist() == [0, 1, 0]
-    assert global_threshold_labels(probs, 0.6).flatten().tolist() == [0, 1, IGNORE_INDEX]
+    logits = _logits_of([[0.9, 0.1], [0.3, 0.7], [0.55, 0.45]])
+    assert argmax_labels(logits).flatten().tolist() == [0, 1, 0]
+    assert global_threshold_labels(logits, 0.6).flatten().tolist() == [0, 1, IGNORE_INDEX]
 
 
 def test_histogram_memory_does_not_grow():
     hist = ConfidenceHistogram(19, 1024)
     before = hist.counts.shape
     for s in range(5):
-        conf, pred = _random_predictions(s, n=1000, c=19)
-        hist.update(conf, pred)
+        score, pred = _random_scores(s, n=1000, c=19)
+        hist.update(score, pred)
     assert hist.counts.shape == before and int(hist.counts.sum()) == 5000

@@ -21,7 +21,7 @@ class PseudoLabelConfig:
         threshold: the global confidence threshold (global_threshold).
         local: fuse the per-image top-alpha selection (class_balanced).
         channel_test: ``argmax`` (default) or ``any`` (the reference code's any-channel test).
-        bins: histogram bins for the intra-class thresholds (threshold error <= 1/bins).
+        bins: histogram bins for the intra-class thresholds (threshold error <= one bin width).
     """
 
     kind: Literal["none", "argmax", "global_threshold", "class_balanced"] = "class_balanced"
@@ -30,7 +30,7 @@ class PseudoLabelConfig:
     threshold: float = 0.9
     local: bool = True
     channel_test: Literal["argmax", "any"] = "argmax"
-    bins: int = 16384
+    bins: int = 65536
 
 
 @dataclass

@@ -29,6 +29,8 @@ from sfseg.adapt.parts import StepInputs, build_loss_parts, total_loss
 from sfseg.adapt.pseudo_labels import (
     ConfidenceHistogram,
     argmax_labels,
+    confidence_scores,
+    score_to_confidence,
     class_balanced_labels,
     global_threshold_labels,
 )
@@ -49,8 +51,8 @@ def _batches(dataset: ListDataset, batch_size: int):
 
 
 @torch.no_grad()
-def _probabilities(model, images, norm: Normalization) -> torch.Tensor:
-    return model(norm(images)).softmax(1)
+def _logits(model, images, norm: Normalization) -> torch.Tensor:
+    return model(norm(images))
 
 
 @torch.no_grad()
@@ -73,8 +75,7 @@ def make_pseudo_labels(model, dataset: ListDataset, norm: Normalization, cfg: Ad
     if pl.kind == "class_balanced":
         for batch in tqdm(_batches(dataset, EVAL_BATCH), desc="pseudo-labels: thresholds", disable=not progress,
                           leave=False):
-            conf, pred = _probabilities(model, batch["image"], norm).max(1)
-            hist.update(conf, pred)
+            hist.update(*confidence_scores(_logits(model, batch["image"], norm)))
         thresholds = hist.thresholds(alpha)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,14 +87,14 @@ def make_pseudo_labels(model, dataset: ListDataset, norm: Normalization, cfg: Ad
     palette = protocol.palette()
     for batch in tqdm(_batches(dataset, EVAL_BATCH), desc="pseudo-labels: select", disable=not progress,
                       leave=False):
-        probs = _probabilities(model, batch["image"], norm)
+        logits = _logits(model, batch["image"], norm)
         if pl.kind == "class_balanced":
-            labels = class_balanced_labels(probs, thresholds, alpha, pl.local, pl.channel_test)
+            labels = class_balanced_labels(logits, thresholds, alpha, pl.local, pl.channel_test)
         elif pl.kind == "global_threshold":
-            labels = global_threshold_labels(probs, pl.threshold)
+            labels = global_threshold_labels(logits, pl.threshold)
         else:
-            labels = argmax_labels(probs)
-        predicted += torch.bincount(probs.argmax(1).reshape(-1), minlength=C)
+            labels = argmax_labels(logits)
+        predicted += torch.bincount(logits.argmax(1).reshape(-1), minlength=C)
         sel = labels != IGNORE_INDEX
         selected += torch.bincount(labels[sel], minlength=C)
         if "label" in batch:
@@ -118,7 +119,9 @@ def make_pseudo_labels(model, dataset: ListDataset, norm: Normalization, cfg: Ad
         "never_predicted": [n for c, n in enumerate(names) if predicted[c] == 0],
     }
     if thresholds is not None:
-        stats["thresholds"] = {n: (t if math.isfinite(t) else None) for n, t in zip(names, thresholds.tolist())}
+        conf_thr = score_to_confidence(thresholds.double()).tolist()
+        stats["thresholds"] = {n: (t if math.isfinite(s) else None)
+                               for n, t, s in zip(names, conf_thr, thresholds.tolist())}
     if dataset.has_labels:
         stats["pl_accuracy"] = float(correct.sum()) / max(n_sel, 1)
         stats["pl_accuracy_per_class"] = {
