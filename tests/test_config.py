@@ -30,6 +30,9 @@ def test_overrides_and_base_inheritance():
     assert cfg.rounds == 1 and cfg.optim.lr == 0.5 and cfg.optim.head_lr_mult == 10.0  # rest inherited
     assert cfg.losses == ["negative"] and cfg.pseudo_labels.kind == "none"
     assert cfg.method == "ld_nl" and cfg.negative_width == 3
+    assert load_config(AdaptConfig, overrides=["optim.lr=1e-4"]).optim.lr == 1e-4  # YAML 1.1 reads a string
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_config(AdaptConfig, overrides=["optim.lr=fast"])
 
 
 def test_every_shipped_recipe_is_valid():

@@ -46,3 +46,17 @@ def test_demo_end_to_end_on_tiny_data(tmp_path, capsys):
     assert "| **mIoU** |" in out and "Demo finished" in out
     for f in ("per_class_iou.png", "pl_share_ld.png", "results.md", "results.json"):
         assert (tmp_path / "demo" / f).is_file()
+
+
+def test_calibrate_writes_the_report(tiny_toycity, tmp_path):
+    from sfseg.engine.calibrate import calibrate
+
+    report = tmp_path / "toycity.md"
+    report.write_text("# ToyCity\n\nintro kept\n")
+    numbers = calibrate(tiny_toycity, tmp_path / "cal", seeds=[0], report=report,
+                        source_overrides=["epochs=1", SMALL_MODEL])
+    text = report.read_text()
+    assert "intro kept" in text and "gap closed by AdaBN" in text and "| traffic light |" in text
+    assert len(numbers["oracle_on_target_val"]) == 1 and set(numbers["checks"]) >= {"oracle on target val"}
+    calibrate(tiny_toycity, tmp_path / "cal", seeds=[0], report=report, source_overrides=["epochs=1", SMALL_MODEL])
+    assert report.read_text().count("<!-- calibration -->") == 2  # replaced, not appended

@@ -32,11 +32,14 @@ def _threads() -> None:
 def cmd_toycity_generate(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from sfseg.data.toycity import ToyCitySpec, generate
+    from sfseg.data.toycity import ToyCitySpec, generate, is_generated
 
     spec = ToyCitySpec(seed=args.seed)
     if args.small:
         spec = replace(spec, source_train=24, source_val=8, target_train=24, target_val=8)
+    if is_generated(args.out, spec) and not args.force:
+        print(f"ToyCity with this spec is already in {args.out} (use --force to write it again)")
+        return
     meta = generate(args.out, spec, progress=not args.quiet)
     print(f"ToyCity written to {Path(args.out)} ({meta.name})")
 
@@ -106,10 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--small", action="store_true", help="a tiny copy (24/8 images per split) for smoke tests")
     g.add_argument("--quiet", action="store_true")
+    g.add_argument("--force", action="store_true", help="write even if the same spec is already there")
     g.set_defaults(func=cmd_toycity_generate)
     c = tc.add_parser("calibrate", help="measure source/oracle/source-only/AdaBN and write docs/toycity.md")
     c.add_argument("--data", default="data/toycity")
-    c.add_argument("--out", default="runs/calibrate")
+    c.add_argument("--out", default="runs/bench", help="run directory (shared with bench: sources reused)")
     c.add_argument("--seeds", type=int, nargs="+", default=[0])
     c.add_argument("--report", default="docs/toycity.md")
     c.set_defaults(func=cmd_toycity_calibrate)

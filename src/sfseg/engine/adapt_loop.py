@@ -182,6 +182,9 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True, protocol: ClassProto
     save_config(cfg, out / "config.yaml")
     log = MetricsLog(out / "metrics.jsonl")
     t0 = time.time()
+    # Re-running into the same directory appends; each run starts with this record.
+    log.write({"phase": "start", "method": cfg.method, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+               "config": to_dict(cfg)})
 
     ckpt = load_checkpoint(cfg.checkpoint)
     ckpt.check_classes(protocol.names, cfg.data_root)
