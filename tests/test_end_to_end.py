@@ -14,11 +14,37 @@ SMALL_MODEL = "arch_kwargs={width: 8, output_stride: 4}"
 
 def test_cli_train_adapt_eval(tiny_toycity, tmp_path, capsys):
     src = tmp_path / "src.pt"
-    assert main(["train-source", "--config", "configs/toycity/source.yaml", f"data_root={tiny_toycity}",
-                 f"out={src}", "epochs=2", SMALL_MODEL]) == 0
+    assert (
+        main(
+            [
+                "train-source",
+                "--config",
+                "configs/toycity/source.yaml",
+                f"data_root={tiny_toycity}",
+                f"out={src}",
+                "epochs=2",
+                SMALL_MODEL,
+            ]
+        )
+        == 0
+    )
     run = tmp_path / "ld"
-    assert main(["adapt", "--config", "configs/toycity/ld.yaml", f"data_root={tiny_toycity}",
-                 f"checkpoint={src}", f"out={run}", "rounds=2", "epochs_per_round=1", "batch_size=4"]) == 0
+    assert (
+        main(
+            [
+                "adapt",
+                "--config",
+                "configs/toycity/ld.yaml",
+                f"data_root={tiny_toycity}",
+                f"checkpoint={src}",
+                f"out={run}",
+                "rounds=2",
+                "epochs_per_round=1",
+                "batch_size=4",
+            ]
+        )
+        == 0
+    )
     assert (run / "config.yaml").is_file() and (run / "final.pt").is_file() and (run / "round_1.pt").is_file()
     assert len(list((run / "pseudo_labels" / "round_1").glob("*.png"))) == TINY.target_train
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -26,6 +52,8 @@ def test_cli_train_adapt_eval(tiny_toycity, tmp_path, capsys):
     assert [r["alpha"] for r in pl] == pytest.approx([0.10, 0.15])
     assert {"pl_share", "pred_share", "pl_accuracy_per_class", "thresholds"} <= set(pl[0])
     assert abs(sum(pl[0]["pl_share"].values()) - 1) < 1e-6
+    final = [r for r in records if r["phase"] == "final_shares"]
+    assert len(final) == 1 and "collapsed" in final[0] and "collapsed" in pl[0]
     assert main(["eval", "--checkpoint", str(run / "final.pt"), "--data", str(tiny_toycity)]) == 0
     assert "minority mIoU" in capsys.readouterr().out
 
@@ -39,11 +67,16 @@ def test_cli_errors_are_readable(tiny_toycity, tmp_path, capsys):
 
 
 def test_demo_end_to_end_on_tiny_data(tmp_path, capsys):
-    res = run_demo(tmp_path / "data", tmp_path / "demo", overrides=["epochs_per_round=1", "batch_size=4"],
-                   source_overrides=["epochs=2", SMALL_MODEL], spec=TINY)
+    res = run_demo(
+        tmp_path / "data",
+        tmp_path / "demo",
+        overrides=["epochs_per_round=1", "batch_size=4"],
+        source_overrides=["epochs=2", SMALL_MODEL],
+        spec=TINY,
+    )
     assert set(res["results"]) == {"source_only", "adabn", "naive_st", "ld"}
     out = capsys.readouterr().out
-    assert "| **mIoU** |" in out and "Demo finished" in out
+    assert "| **mIoU** |" in out and "Demo finished" in out and "minority classes hold" in out
     for f in ("per_class_iou.png", "pl_share_ld.png", "results.md", "results.json"):
         assert (tmp_path / "demo" / f).is_file()
 
@@ -53,10 +86,13 @@ def test_calibrate_writes_the_report(tiny_toycity, tmp_path):
 
     report = tmp_path / "toycity.md"
     report.write_text("# ToyCity\n\nintro kept\n")
-    numbers = calibrate(tiny_toycity, tmp_path / "cal", seeds=[0], report=report,
-                        source_overrides=["epochs=1", SMALL_MODEL])
+    numbers = calibrate(
+        tiny_toycity, tmp_path / "cal", seeds=[0], report=report, source_overrides=["epochs=1", SMALL_MODEL]
+    )
     text = report.read_text()
     assert "intro kept" in text and "gap closed by AdaBN" in text and "| traffic light |" in text
     assert len(numbers["oracle_on_target_val"]) == 1 and set(numbers["checks"]) >= {"oracle on target val"}
-    calibrate(tiny_toycity, tmp_path / "cal", seeds=[0], report=report, source_overrides=["epochs=1", SMALL_MODEL])
+    calibrate(
+        tiny_toycity, tmp_path / "cal", seeds=[0], report=report, source_overrides=["epochs=1", SMALL_MODEL]
+    )
     assert report.read_text().count("<!-- calibration -->") == 2  # replaced, not appended

@@ -36,7 +36,9 @@ def test_negative_loss_closed_form():
     expected = -(math.log(1 - 0.2) + math.log(1 - 0.5)) / 2
     assert L.negative_loss(probs, comp).item() == pytest.approx(expected, rel=1e-6)
     saturated = torch.tensor([[0.0, 1.0]]).T.reshape(1, 2, 1, 1)
-    assert L.negative_loss(saturated, torch.tensor([[[1]]])).item() == pytest.approx(-math.log(1e-5), rel=1e-5)
+    assert L.negative_loss(saturated, torch.tensor([[[1]]])).item() == pytest.approx(
+        -math.log(1e-5), rel=1e-5
+    )
 
 
 def test_positive_loss_averages_over_selected_pixels():

@@ -16,7 +16,9 @@ def test_miou_matches_hand_computed_confusion_matrix():
     expected = np.array([[2, 1, 0, 0], [0, 1, 1, 0], [0, 0, 2, 0], [0, 0, 0, 0]])
     assert np.array_equal(cm.mat.numpy(), expected)
     iou = cm.iou()
-    assert iou[0] == pytest.approx(2 / 3) and iou[1] == pytest.approx(1 / 3) and iou[2] == pytest.approx(2 / 3)
+    assert (
+        iou[0] == pytest.approx(2 / 3) and iou[1] == pytest.approx(1 / 3) and iou[2] == pytest.approx(2 / 3)
+    )
     assert math.isnan(iou[3])
     s = cm.summary(["a", "b", "c", "d"], majority=[0])
     assert s["miou"] == pytest.approx(100 * (2 / 3 + 1 / 3 + 2 / 3) / 3)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from sfseg.adapt import losses as L
 from sfseg.adapt.config import AdaptConfig, PseudoLabelConfig
 from sfseg.adapt.parts import LOSS_PARTS, MethodError, StepInputs, build_loss_parts, total_loss
-from sfseg.adapt import losses as L
 
 
 def test_composition_checks_declared_inputs():

@@ -42,7 +42,7 @@ def test_histogram_thresholds_match_exact_sort_within_one_bin(alpha, bins):
     score, pred = _random_scores(0)
     hist = ConfidenceHistogram(7, bins)
     for chunk in range(0, score.numel(), 3000):  # streamed in chunks, as over a dataset
-        hist.update(score[chunk:chunk + 3000], pred[chunk:chunk + 3000])
+        hist.update(score[chunk : chunk + 3000], pred[chunk : chunk + 3000])
     got = hist.thresholds(alpha).double()
     exact = exact_thresholds(score, pred, 7, alpha)
     width = MAX_SCORE / bins
@@ -106,8 +106,9 @@ def _logits_of(probs):
 
 
 def test_class_balanced_fusion_and_channel_tests():
-    # Pixel 0: argmax class 0 above its threshold. Pixel 1: argmax class 0 below it, but the class-1 channel
-    # is above class 1's threshold (selected only by the "any" test, labelled with the argmax 0). Pixel 2: none.
+    # Pixel 0: argmax class 0 above its threshold. Pixel 1: argmax class 0 below it, but the class-1
+    # channel is above class 1's threshold (selected only by the "any" test, labelled with the argmax 0).
+    # Pixel 2: neither.
     logits = _logits_of([[0.9, 0.1], [0.55, 0.45], [0.6, 0.4]])
     thr = -torch.log1p(-torch.tensor([0.8, 0.42]))  # confidence 0.8 / 0.42 as scores
     argmax_sel = class_balanced_labels(logits, thr, alpha=0.01, local=False)

@@ -95,14 +95,13 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {unknown}; valid keys are {sorted(fields)}"
-        )
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(fields)}")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _check(hints[name], value, f"{where}.{name}" if where else name)
     missing = [
-        n for n, f in fields.items()
+        n
+        for n, f in fields.items()
         if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
@@ -160,8 +159,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
-                defaults: dict | None = None) -> T:
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    defaults: dict | None = None,
+) -> T:
     """Defaults <- YAML file (with ``_base_``) <- overrides, then validate into ``cls``."""
     data = dict(defaults or {})
     if path is not None:

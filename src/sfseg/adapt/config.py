@@ -57,6 +57,9 @@ class AdaptConfig:
         optim: SGD settings (backbone lr; head at ``head_lr_mult`` x).
         lr_round_decay: the learning rate is divided by this after every round (reference: sqrt 2).
         save_pseudo_labels: keep each round's pseudo-label PNGs in the run directory.
+        collapse_warning: warn (and record in the metrics) when a class's share of the pseudo-labels
+            (of the predictions, for methods without pseudo-labels) falls below this fraction of its
+            share in the source model's predictions; 0 disables.
     """
 
     method: str = "ld"
@@ -77,3 +80,4 @@ class AdaptConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, head_lr_mult=10.0))
     lr_round_decay: float = 2**0.5
     save_pseudo_labels: bool = True
+    collapse_warning: float = 0.25

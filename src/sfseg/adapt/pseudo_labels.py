@@ -36,7 +36,6 @@ import torch
 
 from sfseg import IGNORE_INDEX
 
-
 MAX_SCORE = 40.0
 """Scores above this (confidence > 1 - 4e-18) share the histogram's last bin."""
 
@@ -85,7 +84,8 @@ class ConfidenceHistogram:
         b = (score.detach().reshape(-1).double() / self.width).floor().long().clamp_(0, self.bins - 1)
         idx = prediction.reshape(-1).long() * self.bins + b.to(prediction.device)
         self.counts += torch.bincount(idx.cpu(), minlength=self.num_classes * self.bins).view(
-            self.num_classes, self.bins)
+            self.num_classes, self.bins
+        )
 
     @property
     def class_counts(self) -> torch.Tensor:
@@ -104,8 +104,9 @@ class ConfidenceHistogram:
         return torch.where(n > 0, delta, torch.full_like(delta, math.inf)).float()
 
 
-def exact_thresholds(score: torch.Tensor, prediction: torch.Tensor, num_classes: int,
-                     alpha: float) -> torch.Tensor:
+def exact_thresholds(
+    score: torch.Tensor, prediction: torch.Tensor, num_classes: int, alpha: float
+) -> torch.Tensor:
     """Reference implementation by a full sort (memory grows with the data); used by the tests."""
     out = torch.full((num_classes,), math.inf, dtype=torch.float64)
     for c in range(num_classes):
@@ -128,8 +129,13 @@ def local_top_alpha(score: torch.Tensor, alpha: float) -> torch.Tensor:
     return (flat >= kth).view_as(score)
 
 
-def class_balanced_labels(logits: torch.Tensor, thresholds: torch.Tensor, alpha: float, local: bool = True,
-                          channel_test: str = "argmax") -> torch.Tensor:
+def class_balanced_labels(
+    logits: torch.Tensor,
+    thresholds: torch.Tensor,
+    alpha: float,
+    local: bool = True,
+    channel_test: str = "argmax",
+) -> torch.Tensor:
     """Fuse intra-class and per-image selection into pseudo-labels.
 
     Args:

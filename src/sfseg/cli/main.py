@@ -1,12 +1,12 @@
 """The ``sfseg`` command line.
 
-    sfseg toycity generate --out data/toycity
-    sfseg toycity calibrate --data data/toycity
-    sfseg train-source --config configs/toycity/source.yaml [key=value ...]
-    sfseg adapt --config configs/toycity/ld.yaml [key=value ...]
-    sfseg eval --checkpoint runs/adapt/final.pt --data data/toycity
-    sfseg bench toycity --methods source_only adabn ld --seeds 0 1 2
-    sfseg demo
+sfseg toycity generate --out data/toycity
+sfseg toycity calibrate --data data/toycity
+sfseg train-source --config configs/toycity/source.yaml [key=value ...]
+sfseg adapt --config configs/toycity/ld.yaml [key=value ...]
+sfseg eval --checkpoint runs/adapt/final.pt --data data/toycity
+sfseg bench toycity --methods source_only adabn ld --seeds 0 1 2
+sfseg demo
 """
 
 from __future__ import annotations
@@ -88,8 +88,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from sfseg.engine.bench import run_bench
 
-    run_bench(args.data, args.out, methods=args.methods, seeds=args.seeds, config_dir=args.configs,
-              overrides=args.overrides)
+    run_bench(
+        args.data,
+        args.out,
+        methods=args.methods,
+        seeds=args.seeds,
+        config_dir=args.configs,
+        overrides=args.overrides,
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -102,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sfseg", description="Source-free domain adaptation for segmentation.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    tc = sub.add_parser("toycity", help="the embedded ToyCity benchmark").add_subparsers(dest="action",
-                                                                                          required=True)
+    tc = sub.add_parser("toycity", help="the embedded ToyCity benchmark").add_subparsers(
+        dest="action", required=True
+    )
     g = tc.add_parser("generate", help="write the ToyCity benchmark to disk")
     g.add_argument("--out", default="data/toycity")
     g.add_argument("--seed", type=int, default=0)
@@ -118,8 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--report", default="docs/toycity.md")
     c.set_defaults(func=cmd_toycity_calibrate)
 
-    for name, func, help_ in (("train-source", cmd_train_source, "stage 0: supervised source training"),
-                              ("adapt", cmd_adapt, "source-free adaptation of a checkpoint")):
+    for name, func, help_ in (
+        ("train-source", cmd_train_source, "stage 0: supervised source training"),
+        ("adapt", cmd_adapt, "source-free adaptation of a checkpoint"),
+    ):
         s = sub.add_parser(name, help=help_)
         s.add_argument("--config", help="YAML recipe (see configs/toycity/)")
         s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rounds=3 optim.lr=1e-3")
@@ -138,13 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data", default="data/toycity")
     b.add_argument("--out", default="runs/bench")
     b.add_argument("--configs", default="configs/toycity", help="directory of <method>.yaml recipes")
-    b.add_argument("--methods", nargs="+",
-                   default=["source_only", "adabn", "naive_st", "conf_st", "ld_pl", "ld_nl", "ld"])
+    b.add_argument(
+        "--methods",
+        nargs="+",
+        default=["source_only", "adabn", "naive_st", "conf_st", "ld_pl", "ld_nl", "ld"],
+    )
     b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     b.add_argument("overrides", nargs="*", help="key=value overrides applied to every method")
     b.set_defaults(func=cmd_bench)
 
-    d = sub.add_parser("demo", help="generate ToyCity, train the source model, compare methods (CPU, minutes)")
+    d = sub.add_parser(
+        "demo", help="generate ToyCity, train the source model, compare methods (CPU, minutes)"
+    )
     d.add_argument("--data", default="data/toycity")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--seed", type=int, default=0)

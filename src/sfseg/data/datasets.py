@@ -39,7 +39,9 @@ def read_label(path: Path, num_classes: int) -> np.ndarray:
     """Read a trainId label PNG (grayscale or palette; the stored index is the id) and validate it."""
     with Image.open(path) as im:
         if im.mode not in ("L", "P"):
-            raise DatasetError(f"{path}: label PNG has mode {im.mode!r}; expected 8-bit trainIds (mode L or P)")
+            raise DatasetError(
+                f"{path}: label PNG has mode {im.mode!r}; expected 8-bit trainIds (mode L or P)"
+            )
         label = np.asarray(im)
     counts = np.bincount(label.ravel(), minlength=256)
     bad = [int(v) for v in np.flatnonzero(counts) if v >= num_classes and v != IGNORE_INDEX]
@@ -65,8 +67,14 @@ class ListDataset(Dataset):
     (H, W) int64.
     """
 
-    def __init__(self, root: str | Path, list_file: str | Path, num_classes: int, labels: bool = True,
-                 progress: bool = False):
+    def __init__(
+        self,
+        root: str | Path,
+        list_file: str | Path,
+        num_classes: int,
+        labels: bool = True,
+        progress: bool = False,
+    ):
         self.root = Path(root)
         list_file = Path(list_file)
         if not list_file.is_file():
@@ -85,7 +93,9 @@ class ListDataset(Dataset):
         for e in it:
             images.append(torch.from_numpy(read_image(self.root / e[0]).copy()).permute(2, 0, 1))
             if self.has_labels:
-                label_maps.append(torch.from_numpy(read_label(self.root / e[1], num_classes).astype(np.int64)))
+                label_maps.append(
+                    torch.from_numpy(read_label(self.root / e[1], num_classes).astype(np.int64))
+                )
         self.images = images
         self.labels = label_maps
 
@@ -109,16 +119,19 @@ def check_toycity_root(root: str | Path) -> Path:
     if absent:
         found = sorted(p.name for p in root.iterdir())[:20]
         raise DatasetError(
-            f"{root} is not a ToyCity tree: missing {absent}; found {found}\nExpected layout:\n{TOYCITY_LAYOUT}"
+            f"{root} is not a ToyCity tree: missing {absent}; found {found}\n"
+            f"Expected layout:\n{TOYCITY_LAYOUT}"
         )
     return root
 
 
-def toycity_split(root: str | Path, domain: str, split: str, labels: bool = True,
-                  progress: bool = False) -> ListDataset:
+def toycity_split(
+    root: str | Path, domain: str, split: str, labels: bool = True, progress: bool = False
+) -> ListDataset:
     """One ToyCity split (``domain`` in source/target, ``split`` in train/val)."""
     from sfseg.data.classes import TOYCITY
 
     root = check_toycity_root(root)
-    return ListDataset(root, root / f"{domain}_{split}.txt", TOYCITY.num_classes, labels=labels,
-                       progress=progress)
+    return ListDataset(
+        root, root / f"{domain}_{split}.txt", TOYCITY.num_classes, labels=labels, progress=progress
+    )

@@ -160,8 +160,11 @@ def generate_scene(rng: np.random.Generator, style: LayoutStyle, height: int, wi
             cw = t * style.car_width * w + 3
             ch = 0.6 * cw
             x = vx + rng.uniform(-0.75, 0.75) * t * road_hw
-            cv.paint(cv.rect(y - 0.55 * ch, y, x - cw / 2, x + cw / 2) | cv.rect(
-                y - ch, y - 0.5 * ch, x - 0.33 * cw, x + 0.33 * cw), C["car"])
+            cv.paint(
+                cv.rect(y - 0.55 * ch, y, x - cw / 2, x + cw / 2)
+                | cv.rect(y - ch, y - 0.5 * ch, x - 0.33 * cw, x + 0.33 * cw),
+                C["car"],
+            )
         else:
             x = vx + s * (t * road_hw + t * side_w * rng.uniform(0.2, 0.8) + 1)
             hh = t * style.person_height * h + 3

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +30,10 @@ from sfseg.adapt.parts import StepInputs, build_loss_parts, total_loss
 from sfseg.adapt.pseudo_labels import (
     ConfidenceHistogram,
     argmax_labels,
-    confidence_scores,
-    score_to_confidence,
     class_balanced_labels,
+    confidence_scores,
     global_threshold_labels,
+    score_to_confidence,
 )
 from sfseg.config import save_config, to_dict
 from sfseg.data.classes import TOYCITY, ClassProtocol
@@ -56,52 +57,64 @@ def _logits(model, images, norm: Normalization) -> torch.Tensor:
 
 
 @torch.no_grad()
-def make_pseudo_labels(model, dataset: ListDataset, norm: Normalization, cfg: AdaptConfig, alpha: float,
-                       out_dir: Path, protocol: ClassProtocol, progress: bool) -> tuple[list[Path], dict]:
+def make_pseudo_labels(
+    model,
+    dataset: ListDataset,
+    norm: Normalization,
+    cfg: AdaptConfig,
+    alpha: float,
+    out_dir: Path,
+    protocol: ClassProtocol,
+    progress: bool,
+) -> tuple[list[Path], dict]:
     """Label the target train set with the current model; write one PNG per image.
 
     Two passes when class-balanced (the first only fills the histogram), so memory stays bounded by
-    one batch plus ``C x bins`` counters whatever the dataset size.
+    one batch plus ``C x bins`` counters whatever the dataset size. With ``pseudo_labels.kind: none``
+    nothing is selected or written: only each class's share of the argmax predictions is measured.
 
     Returns:
-        the PNG paths (dataset order) and the round statistics (selection share, per-class share of the
-        pseudo-labels and of the argmax predictions, thresholds and, where the split has labels,
-        pseudo-label accuracy per class).
+        the PNG paths (dataset order; None for kind none) and the round statistics (selection share,
+        per-class share of the pseudo-labels and of the argmax predictions, thresholds and, where the
+        split has labels, pseudo-label accuracy per class).
     """
     pl = cfg.pseudo_labels
     C = protocol.num_classes
     thresholds = None
     hist = ConfidenceHistogram(C, pl.bins)
     if pl.kind == "class_balanced":
-        for batch in tqdm(_batches(dataset, EVAL_BATCH), desc="pseudo-labels: thresholds", disable=not progress,
-                          leave=False):
+        for batch in tqdm(
+            _batches(dataset, EVAL_BATCH), desc="pseudo-labels: thresholds", disable=not progress, leave=False
+        ):
             hist.update(*confidence_scores(_logits(model, batch["image"], norm)))
         thresholds = hist.thresholds(alpha)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     selected = torch.zeros(C, dtype=torch.int64)
     correct = torch.zeros(C, dtype=torch.int64)
     predicted = torch.zeros(C, dtype=torch.int64)
     total_pixels = 0
     paths: list[Path] = []
     palette = protocol.palette()
-    for batch in tqdm(_batches(dataset, EVAL_BATCH), desc="pseudo-labels: select", disable=not progress,
-                      leave=False):
+    desc = "prediction shares" if pl.kind == "none" else "pseudo-labels: select"
+    for batch in tqdm(_batches(dataset, EVAL_BATCH), desc=desc, disable=not progress, leave=False):
         logits = _logits(model, batch["image"], norm)
+        predicted += torch.bincount(logits.argmax(1).reshape(-1), minlength=C)
+        total_pixels += logits.shape[0] * logits.shape[2] * logits.shape[3]
+        if pl.kind == "none":
+            continue
         if pl.kind == "class_balanced":
             labels = class_balanced_labels(logits, thresholds, alpha, pl.local, pl.channel_test)
         elif pl.kind == "global_threshold":
             labels = global_threshold_labels(logits, pl.threshold)
         else:
             labels = argmax_labels(logits)
-        predicted += torch.bincount(logits.argmax(1).reshape(-1), minlength=C)
         sel = labels != IGNORE_INDEX
         selected += torch.bincount(labels[sel], minlength=C)
         if "label" in batch:
             gt = batch["label"]
             hit = sel & (labels == gt)
             correct += torch.bincount(labels[hit], minlength=C)
-        total_pixels += labels.numel()
+        out_dir.mkdir(parents=True, exist_ok=True)
         for idx, lab in zip(batch["index"].tolist(), labels):
             path = out_dir / f"{idx:05d}.png"
             im = Image.fromarray(lab.to(torch.uint8).numpy(), mode="L").convert("P")
@@ -109,19 +122,22 @@ def make_pseudo_labels(model, dataset: ListDataset, norm: Normalization, cfg: Ad
             im.save(path)
             paths.append(path)
 
-    n_sel = int(selected.sum())
     names = protocol.names
     stats = {
-        "alpha": alpha,
-        "selected_fraction": n_sel / max(total_pixels, 1),
-        "pl_share": {n: float(selected[c]) / max(n_sel, 1) for c, n in enumerate(names)},
         "pred_share": {n: float(predicted[c]) / max(total_pixels, 1) for c, n in enumerate(names)},
         "never_predicted": [n for c, n in enumerate(names) if predicted[c] == 0],
     }
+    if pl.kind == "none":
+        return None, stats
+    n_sel = int(selected.sum())
+    stats["alpha"] = alpha
+    stats["selected_fraction"] = n_sel / max(total_pixels, 1)
+    stats["pl_share"] = {n: float(selected[c]) / max(n_sel, 1) for c, n in enumerate(names)}
     if thresholds is not None:
         conf_thr = score_to_confidence(thresholds.double()).tolist()
-        stats["thresholds"] = {n: (t if math.isfinite(s) else None)
-                               for n, t, s in zip(names, conf_thr, thresholds.tolist())}
+        stats["thresholds"] = {
+            n: (t if math.isfinite(s) else None) for n, t, s in zip(names, conf_thr, thresholds.tolist())
+        }
     if dataset.has_labels:
         stats["pl_accuracy"] = float(correct.sum()) / max(n_sel, 1)
         stats["pl_accuracy_per_class"] = {
@@ -130,20 +146,53 @@ def make_pseudo_labels(model, dataset: ListDataset, norm: Normalization, cfg: Ad
     return paths, stats
 
 
+def collapse_check(start_share: dict[str, float], stats: dict, fraction: float, when: str) -> list[str]:
+    """Classes whose share fell below ``fraction`` x their share in the source model's predictions.
+
+    The share compared is the pseudo-label share when the method selects pseudo-labels, else the
+    prediction share. This is the winner-takes-all signal, and it needs no target labels. A warning is
+    printed; the caller records the list in the metrics.
+    """
+    if fraction <= 0:
+        return []
+    share = stats.get("pl_share", stats["pred_share"])
+    collapsed = [n for n, s0 in start_share.items() if s0 > 0 and share[n] < fraction * s0]
+    if collapsed:
+        detail = ", ".join(f"{n} {100 * share[n]:.2f}% (was {100 * start_share[n]:.2f}%)" for n in collapsed)
+        tqdm.write(f"warning: {when}: class share collapsed below {fraction:g}x its start: {detail}")
+    return collapsed
+
+
+def _no_labels(cfg: AdaptConfig) -> AdaptConfig:
+    return replace(cfg, pseudo_labels=replace(cfg.pseudo_labels, kind="none"))
+
+
 def _read_pseudo(paths: list[Path], indices: list[int]) -> torch.Tensor:
     return torch.stack([torch.from_numpy(np.asarray(Image.open(paths[i])).astype(np.int64)) for i in indices])
 
 
-def train_round(model, dataset: ListDataset, norm: Normalization, cfg: AdaptConfig, parts, pseudo_paths,
-                round_index: int, step: int, generator: torch.Generator, progress: bool,
-                log: MetricsLog) -> int:
+def train_round(
+    model,
+    dataset: ListDataset,
+    norm: Normalization,
+    cfg: AdaptConfig,
+    parts,
+    pseudo_paths,
+    round_index: int,
+    step: int,
+    generator: torch.Generator,
+    progress: bool,
+    log: MetricsLog,
+) -> int:
     """One round of training; returns the global step count after it."""
     lr_scale = cfg.lr_round_decay ** (-round_index)
     optimizer = build_sgd(model, cfg.optim, lr_scale=lr_scale)  # rebuilt: momentum reset every round
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator)
     model.train()
     set_bn_mode(model, cfg.bn_mode)
-    bar = tqdm(total=cfg.epochs_per_round * len(loader), desc=f"round {round_index} train", disable=not progress)
+    bar = tqdm(
+        total=cfg.epochs_per_round * len(loader), desc=f"round {round_index} train", disable=not progress
+    )
     sums: dict[str, float] = {}
     n = 0
     for _ in range(cfg.epochs_per_round):
@@ -168,8 +217,15 @@ def train_round(model, dataset: ListDataset, norm: Normalization, cfg: AdaptConf
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
-    log.write({"phase": "train", "round": round_index, "steps": n, "lr_scale": lr_scale,
-               **{f"loss_{k}": v / max(n, 1) for k, v in sums.items()}})
+    log.write(
+        {
+            "phase": "train",
+            "round": round_index,
+            "steps": n,
+            "lr_scale": lr_scale,
+            **{f"loss_{k}": v / max(n, 1) for k, v in sums.items()},
+        }
+    )
     return step
 
 
@@ -183,8 +239,14 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True, protocol: ClassProto
     log = MetricsLog(out / "metrics.jsonl")
     t0 = time.time()
     # Re-running into the same directory appends; each run starts with this record.
-    log.write({"phase": "start", "method": cfg.method, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-               "config": to_dict(cfg)})
+    log.write(
+        {
+            "phase": "start",
+            "method": cfg.method,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "config": to_dict(cfg),
+        }
+    )
 
     ckpt = load_checkpoint(cfg.checkpoint)
     ckpt.check_classes(protocol.names, cfg.data_root)
@@ -208,38 +270,78 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True, protocol: ClassProto
 
     step = 0
     round_stats = []
+    start_share: dict[str, float] | None = None
     for r in range(cfg.rounds):
         alpha = min(1.0, cfg.pseudo_labels.alpha + r * cfg.pseudo_labels.alpha_step)
-        pseudo_paths = None
-        if cfg.pseudo_labels.kind != "none":
-            # The reference labels with BN in the same mode as it trains.
-            model.eval()
-            set_bn_mode(model, cfg.bn_mode)
-            pl_dir = out / "pseudo_labels" / f"round_{r}"
-            pseudo_paths, stats = make_pseudo_labels(model, target_train, norm, cfg, alpha, pl_dir, protocol,
-                                                     progress)
-            if stats["never_predicted"]:
-                tqdm.write(f"round {r}: classes never predicted, no pseudo-labels for them: "
-                           f"{stats['never_predicted']}")
-            log.write({"phase": "pseudo_labels", "round": r, **stats})
-            round_stats.append(stats)
-        step = train_round(model, target_train, norm, cfg, parts, pseudo_paths, r, step, generator, progress, log)
+        # The reference labels with BN in the same mode as it trains.
+        model.eval()
+        set_bn_mode(model, cfg.bn_mode)
+        pseudo_paths, stats = make_pseudo_labels(
+            model, target_train, norm, cfg, alpha, out / "pseudo_labels" / f"round_{r}", protocol, progress
+        )
+        if stats["never_predicted"]:
+            tqdm.write(
+                f"round {r}: classes never predicted, no pseudo-labels for them: {stats['never_predicted']}"
+            )
+        start_share = start_share or stats["pred_share"]
+        stats["collapsed"] = collapse_check(start_share, stats, cfg.collapse_warning, f"round {r}")
+        log.write({"phase": "pseudo_labels", "round": r, **stats})
+        round_stats.append(stats)
+        step = train_round(
+            model, target_train, norm, cfg, parts, pseudo_paths, r, step, generator, progress, log
+        )
         history.append(evaluate_and_log(r, "round"))
-        save_checkpoint(out / f"round_{r}.pt", model, arch=ckpt.arch, arch_kwargs=ckpt.arch_kwargs,
-                        class_names=ckpt.class_names, normalization=norm,
-                        provenance={"stage": "adapt", "method": cfg.method, "round": r, "recipe": to_dict(cfg),
-                                    "parent": ckpt.provenance})
+        save_checkpoint(
+            out / f"round_{r}.pt",
+            model,
+            arch=ckpt.arch,
+            arch_kwargs=ckpt.arch_kwargs,
+            class_names=ckpt.class_names,
+            normalization=norm,
+            provenance={
+                "stage": "adapt",
+                "method": cfg.method,
+                "round": r,
+                "recipe": to_dict(cfg),
+                "parent": ckpt.provenance,
+            },
+        )
         if not cfg.save_pseudo_labels and pseudo_paths:
             for p in pseudo_paths:
                 p.unlink()
 
+    end = None
+    if cfg.rounds > 0:
+        # The adapted model's own class shares: has training itself swallowed a class?
+        model.eval()
+        set_bn_mode(model, cfg.bn_mode)
+        _, end = make_pseudo_labels(model, target_train, norm, _no_labels(cfg), 0.0, out, protocol, progress)
+        end["collapsed"] = collapse_check(start_share, end, cfg.collapse_warning, "after the last round")
+        log.write({"phase": "final_shares", **end})
     final = history[-1]
-    save_checkpoint(out / "final.pt", model, arch=ckpt.arch, arch_kwargs=ckpt.arch_kwargs,
-                    class_names=ckpt.class_names, normalization=norm,
-                    provenance={"stage": "adapt", "method": cfg.method, "rounds": cfg.rounds,
-                                "recipe": to_dict(cfg), "parent": ckpt.provenance})
-    summary = {"method": cfg.method, "seed": cfg.seed, "final": final,
-               "val_miou_per_round": [h["miou"] for h in history], "round_stats": round_stats,
-               "seconds": round(time.time() - t0, 1)}
+    save_checkpoint(
+        out / "final.pt",
+        model,
+        arch=ckpt.arch,
+        arch_kwargs=ckpt.arch_kwargs,
+        class_names=ckpt.class_names,
+        normalization=norm,
+        provenance={
+            "stage": "adapt",
+            "method": cfg.method,
+            "rounds": cfg.rounds,
+            "recipe": to_dict(cfg),
+            "parent": ckpt.provenance,
+        },
+    )
+    summary = {
+        "method": cfg.method,
+        "seed": cfg.seed,
+        "final": final,
+        "val_miou_per_round": [h["miou"] for h in history],
+        "round_stats": round_stats,
+        "final_shares": end,
+        "seconds": round(time.time() - t0, 1),
+    }
     log.write({"phase": "done", "method": cfg.method, "miou": final["miou"], "seconds": summary["seconds"]})
     return summary

@@ -30,12 +30,25 @@ def config_dir(path: str | Path | None) -> Path:
     raise FileNotFoundError(f"recipe directory not found: {path} (nor {PACKAGE_CONFIGS})")
 
 
-def source_checkpoint(data_root: str | Path, out: Path, seed: int, configs: Path, progress: bool = True,
-                      overrides: list[str] | None = None) -> Path:
+def source_checkpoint(
+    data_root: str | Path,
+    out: Path,
+    seed: int,
+    configs: Path,
+    progress: bool = True,
+    overrides: list[str] | None = None,
+) -> Path:
     """Train (or reuse) the source model for ``seed``; reused only if its recipe matches."""
-    cfg = load_config(SourceConfig, configs / "source.yaml",
-                      [f"data_root={data_root}", f"seed={seed}", f"out={out / f'source_seed{seed}.pt'}",
-                       *(overrides or [])])
+    cfg = load_config(
+        SourceConfig,
+        configs / "source.yaml",
+        [
+            f"data_root={data_root}",
+            f"seed={seed}",
+            f"out={out / f'source_seed{seed}.pt'}",
+            *(overrides or []),
+        ],
+    )
     path = Path(cfg.out)
     if path.is_file():
         from sfseg.config import to_dict
@@ -47,10 +60,17 @@ def source_checkpoint(data_root: str | Path, out: Path, seed: int, configs: Path
     return path
 
 
-def run_bench(data_root: str | Path, out: str | Path, methods: list[str], seeds: list[int],
-              config_dir: str | Path | None = None, overrides: list[str] | None = None,
-              source_overrides: list[str] | None = None, progress: bool = True) -> dict:
-    """Run ``methods`` x ``seeds``; write ``results.json``, ``results.md`` and ``per_class_iou.png`` to ``out``.
+def run_bench(
+    data_root: str | Path,
+    out: str | Path,
+    methods: list[str],
+    seeds: list[int],
+    config_dir: str | Path | None = None,
+    overrides: list[str] | None = None,
+    source_overrides: list[str] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run ``methods`` x ``seeds``; write results.json, results.md and per_class_iou.png to ``out``.
 
     Returns:
         ``{"results": {method: [final eval per seed]}, "runs": {method: [summary per seed]}}``.
@@ -68,17 +88,27 @@ def run_bench(data_root: str | Path, out: str | Path, methods: list[str], seeds:
     for seed in seeds:
         ckpt = source_checkpoint(data_root, out, seed, configs, progress, source_overrides)
         for m in methods:
-            cfg = load_config(AdaptConfig, configs / f"{m}.yaml", [
-                f"data_root={data_root}", f"checkpoint={ckpt}", f"seed={seed}",
-                f"out={out / m / f'seed{seed}'}", *(overrides or [])])
+            cfg = load_config(
+                AdaptConfig,
+                configs / f"{m}.yaml",
+                [
+                    f"data_root={data_root}",
+                    f"checkpoint={ckpt}",
+                    f"seed={seed}",
+                    f"out={out / m / f'seed{seed}'}",
+                    *(overrides or []),
+                ],
+            )
             runs[m].append(run_adaptation(cfg, progress=progress))
             print(f"[seed {seed}] {m}: target-val mIoU {runs[m][-1]['final']['miou']:.1f}", flush=True)
     results = {m: [r["final"] for r in rs] for m, rs in runs.items()}
     (out / "results.json").write_text(json.dumps({"results": results, "runs": runs}, indent=1))
     table = per_class_table(results, TOYCITY)
     (out / "results.md").write_text(
-        f"ToyCity target val, {len(seeds)} seed(s) {seeds}, mean ± std (IoU %)\n\n{table}\n")
-    plot_per_class(results, out / "per_class_iou.png",
-                   title=f"ToyCity target val, per-class IoU ({len(seeds)} seed(s))")
+        f"ToyCity target val, {len(seeds)} seed(s) {seeds}, mean ± std (IoU %)\n\n{table}\n"
+    )
+    plot_per_class(
+        results, out / "per_class_iou.png", title=f"ToyCity target val, per-class IoU ({len(seeds)} seed(s))"
+    )
     print(f"bench finished in {time.time() - t0:.0f} s; results in {out}")
     return {"results": results, "runs": runs}

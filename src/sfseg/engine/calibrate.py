@@ -30,8 +30,13 @@ def class_frequencies(root: Path, domain: str, split: str) -> np.ndarray:
     return 100 * c / c.sum()
 
 
-def calibrate(data_root: str | Path, out: str | Path, seeds: list[int], report: str | Path | None,
-              source_overrides: list[str] | None = None) -> dict:
+def calibrate(
+    data_root: str | Path,
+    out: str | Path,
+    seeds: list[int],
+    report: str | Path | None,
+    source_overrides: list[str] | None = None,
+) -> dict:
     """Train source and oracle models per seed, measure source-only and AdaBN, write the report.
 
     ``out`` is shared with ``sfseg bench`` by default, so the source models are trained once.
@@ -40,24 +45,38 @@ def calibrate(data_root: str | Path, out: str | Path, seeds: list[int], report: 
     root = check_toycity_root(data_root)
     out = Path(out)
     configs = config_dir(None)
-    bench = run_bench(root, out, methods=["source_only", "adabn"], seeds=seeds,
-                      source_overrides=source_overrides)
+    bench = run_bench(
+        root, out, methods=["source_only", "adabn"], seeds=seeds, source_overrides=source_overrides
+    )
     source_val, oracle = [], []
     for seed in seeds:
         from sfseg.models import load_checkpoint
 
         prov = load_checkpoint(out / f"source_seed{seed}.pt").provenance
         source_val.append(prov["source_val_miou"])
-        cfg = load_config(SourceConfig, configs / "oracle.yaml",
-                          [f"data_root={root}", f"seed={seed}", f"out={out / f'oracle_seed{seed}.pt'}",
-                           *(source_overrides or [])])
+        cfg = load_config(
+            SourceConfig,
+            configs / "oracle.yaml",
+            [
+                f"data_root={root}",
+                f"seed={seed}",
+                f"out={out / f'oracle_seed{seed}.pt'}",
+                *(source_overrides or []),
+            ],
+        )
         oracle.append(train_source(cfg)["val_miou"])
     so = [r["miou"] for r in bench["results"]["source_only"]]
     ab = [r["miou"] for r in bench["results"]["adabn"]]
     gap_closed = [(a - s) / (o - s) * 100 for a, s, o in zip(ab, so, oracle)]
-    numbers = {"seeds": seeds, "source_on_source_val": source_val, "oracle_on_target_val": oracle,
-               "source_only_on_target_val": so, "adabn_on_target_val": ab, "adabn_gap_closed_pct": gap_closed,
-               "seconds": round(time.time() - t0)}
+    numbers = {
+        "seeds": seeds,
+        "source_on_source_val": source_val,
+        "oracle_on_target_val": oracle,
+        "source_only_on_target_val": so,
+        "adabn_on_target_val": ab,
+        "adabn_gap_closed_pct": gap_closed,
+        "seconds": round(time.time() - t0),
+    }
     freq = {d: class_frequencies(root, d, "train") for d in ("source", "target")}
     numbers["class_share_pct"] = {d: dict(zip(TOYCITY.names, f.round(3).tolist())) for d, f in freq.items()}
     (out / "calibration.json").write_text(json.dumps(numbers, indent=1))
@@ -74,10 +93,19 @@ def calibrate(data_root: str | Path, out: str | Path, seeds: list[int], report: 
     ]
     numbers["checks"] = {a: d for a, _, _, d in checks if d is not None}
     lines = ["| measure | mIoU | target | met |", "|---|---:|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {'' if d is None else ('yes' if d else '**no**')} |" for a, b, c, d in checks]
-    lines += ["", "Class shares of the train labels (% of pixels):", "",
-              "| class | source | target |", "|---|---:|---:|"]
-    lines += [f"| {n} | {freq['source'][i]:.2f} | {freq['target'][i]:.2f} |" for i, n in enumerate(TOYCITY.names)]
+    lines += [
+        f"| {a} | {b} | {c} | {'' if d is None else ('yes' if d else '**no**')} |" for a, b, c, d in checks
+    ]
+    lines += [
+        "",
+        "Class shares of the train labels (% of pixels):",
+        "",
+        "| class | source | target |",
+        "|---|---:|---:|",
+    ]
+    lines += [
+        f"| {n} | {freq['source'][i]:.2f} | {freq['target'][i]:.2f} |" for i, n in enumerate(TOYCITY.names)
+    ]
     table = "\n".join(lines)
     print(table)
     if report:
@@ -87,9 +115,12 @@ def calibrate(data_root: str | Path, out: str | Path, seeds: list[int], report: 
 
 def _write_report(path: Path, table: str, seeds: list[int], root: Path, numbers: dict) -> None:
     marker = "<!-- calibration -->"
-    block = (f"{marker}\nMeasured with `sfseg toycity calibrate --data {root} --seeds {' '.join(map(str, seeds))}` "
-             f"({numbers['seconds']} s on a 2-core CPU). Per-seed numbers: `calibration.json` in the run "
-             f"directory.\n\n{table}\n{marker}")
+    block = (
+        f"{marker}\nMeasured with "
+        f"`sfseg toycity calibrate --data {root} --seeds {' '.join(map(str, seeds))}` "
+        f"({numbers['seconds']} s on a 2-core CPU). Per-seed numbers: `calibration.json` in the run "
+        f"directory.\n\n{table}\n{marker}"
+    )
     text = path.read_text() if path.is_file() else ""
     if text.count(marker) == 2:
         head, _, rest = text.partition(marker)

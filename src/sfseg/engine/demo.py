@@ -17,9 +17,15 @@ from sfseg.engine.report import per_class_table, plot_pl_share
 DEMO_METHODS = ["source_only", "adabn", "naive_st", "ld"]
 
 
-def run_demo(data_root: str | Path = "data/toycity", out: str | Path = "runs/demo", seed: int = 0,
-             methods: list[str] | None = None, overrides: list[str] | None = None,
-             source_overrides: list[str] | None = None, spec: ToyCitySpec | None = None) -> dict:
+def run_demo(
+    data_root: str | Path = "data/toycity",
+    out: str | Path = "runs/demo",
+    seed: int = 0,
+    methods: list[str] | None = None,
+    overrides: list[str] | None = None,
+    source_overrides: list[str] | None = None,
+    spec: ToyCitySpec | None = None,
+) -> dict:
     """Run the demo; ``overrides``/``source_overrides``/``spec`` shrink it for tests."""
     t0 = time.time()
     data_root, out = Path(data_root), Path(out)
@@ -30,26 +36,36 @@ def run_demo(data_root: str | Path = "data/toycity", out: str | Path = "runs/dem
     else:
         print(f"Using ToyCity in {data_root}", flush=True)
     methods = methods or DEMO_METHODS
-    res = run_bench(data_root, out, methods=methods, seeds=[seed], overrides=overrides,
-                    source_overrides=source_overrides)
+    res = run_bench(
+        data_root, out, methods=methods, seeds=[seed], overrides=overrides, source_overrides=source_overrides
+    )
     figures = [out / "per_class_iou.png"]
     for m in methods:
         stats = res["runs"][m][0]["round_stats"]
         if stats:
-            figures.append(plot_pl_share(stats, out / f"pl_share_{m}.png", TOYCITY,
-                                         title=f"{m}: class shares of the pseudo-labels per round"))
+            figures.append(
+                plot_pl_share(
+                    stats,
+                    out / f"pl_share_{m}.png",
+                    TOYCITY,
+                    title=f"{m}: class shares of the pseudo-labels per round",
+                )
+            )
     print()
     print("ToyCity target val, IoU % (single seed; see docs/RESULTS.md for 3-seed means)")
     print(per_class_table({m: r[0] for m, r in res["results"].items()}, TOYCITY))
     print()
+    minority = [TOYCITY.names[i] for i in TOYCITY.minority]
     for m in methods:
-        stats = res["runs"][m][0]["round_stats"]
-        if stats:
-            minority = [TOYCITY.names[i] for i in TOYCITY.minority]
-            first = sum(stats[0]["pl_share"][n] for n in minority) * 100
-            last = sum(stats[-1]["pl_share"][n] for n in minority) * 100
-            print(f"{m}: minority classes hold {first:.1f}% of the pseudo-labels in round 0, "
-                  f"{last:.1f}% in round {len(stats) - 1}")
+        run = res["runs"][m][0]
+        if run["final_shares"]:
+            start = sum(run["round_stats"][0]["pred_share"][n] for n in minority) * 100
+            end = sum(run["final_shares"]["pred_share"][n] for n in minority) * 100
+            warned = run["final_shares"]["collapsed"] or "none"
+            print(
+                f"{m}: minority classes hold {start:.1f}% of the source model's target predictions, "
+                f"{end:.1f}% after adaptation; collapse warnings: {warned}"
+            )
     print(f"\nRun directory: {out}  (config.yaml, metrics.jsonl, checkpoints, pseudo_labels/ per method)")
     print("Figures: " + ", ".join(str(f) for f in figures))
     print(f"Demo finished in {time.time() - t0:.0f} s")

@@ -15,8 +15,15 @@ from sfseg.engine.metrics import ConfusionMatrix
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: ListDataset, normalization: Normalization, protocol: ClassProtocol,
-             batch_size: int = 16, progress: bool = False, desc: str = "eval") -> dict:
+def evaluate(
+    model: nn.Module,
+    dataset: ListDataset,
+    normalization: Normalization,
+    protocol: ClassProtocol,
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str = "eval",
+) -> dict:
     """Single-scale evaluation in eval mode (BN running statistics).
 
     Logits are upsampled bilinearly to the label's resolution before the argmax; labels are never resized.

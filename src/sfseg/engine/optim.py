@@ -38,11 +38,18 @@ def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
 
 def build_sgd(model: nn.Module, cfg: OptimConfig, lr_scale: float = 1.0) -> torch.optim.SGD:
     backbone, head = param_groups(model)
-    groups = [g for g in (
-        {"params": backbone, "lr": cfg.lr * lr_scale, "base_lr": cfg.lr * lr_scale},
-        {"params": head, "lr": cfg.lr * lr_scale * cfg.head_lr_mult,
-         "base_lr": cfg.lr * lr_scale * cfg.head_lr_mult},
-    ) if g["params"]]
+    groups = [
+        g
+        for g in (
+            {"params": backbone, "lr": cfg.lr * lr_scale, "base_lr": cfg.lr * lr_scale},
+            {
+                "params": head,
+                "lr": cfg.lr * lr_scale * cfg.head_lr_mult,
+                "base_lr": cfg.lr * lr_scale * cfg.head_lr_mult,
+            },
+        )
+        if g["params"]
+    ]
     if not groups:
         raise ValueError("the model has no trainable parameters")
     return torch.optim.SGD(groups, lr=cfg.lr * lr_scale, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -34,11 +34,16 @@ def per_class_table(results: dict[str, dict | list[dict]], protocol: ClassProtoc
     lines = [header, "|---|" + "---:|" * len(runs)]
     for title, key in ROWS_HEAD:
         if key in first:
-            lines.append(f"| **{title}** | " + " | ".join(_fmt([r[key] for r in rs]) for rs in runs.values()) + " |")
+            lines.append(
+                f"| **{title}** | " + " | ".join(_fmt([r[key] for r in rs]) for rs in runs.values()) + " |"
+            )
     for c in classes:
         tag = " (maj.)" if c in majority else ""
-        lines.append(f"| {c}{tag} | " + " | ".join(_fmt([r["per_class"][c] for r in rs]) for rs in runs.values())
-                     + " |")
+        lines.append(
+            f"| {c}{tag} | "
+            + " | ".join(_fmt([r["per_class"][c] for r in rs]) for rs in runs.values())
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -55,8 +60,13 @@ def plot_per_class(results: dict[str, dict | list[dict]], path: str | Path, titl
     width = 0.85 / len(runs)
     fig, ax = plt.subplots(figsize=(max(10, 0.9 * len(classes)), 4.5))
     for i, (m, rs) in enumerate(runs.items()):
-        vals = np.array([[np.nan if r["per_class"][c] is None else r["per_class"][c] for c in classes]
-                         + [r["miou"]] for r in rs], dtype=float)
+        vals = np.array(
+            [
+                [np.nan if r["per_class"][c] is None else r["per_class"][c] for c in classes] + [r["miou"]]
+                for r in rs
+            ],
+            dtype=float,
+        )
         mean = np.nanmean(vals, 0)
         err = np.nanstd(vals, 0, ddof=1) if len(rs) > 1 else None
         ax.bar(x + (i - (len(runs) - 1) / 2) * width, mean, width, yerr=err, label=m, capsize=1.5)
@@ -74,7 +84,9 @@ def plot_per_class(results: dict[str, dict | list[dict]], path: str | Path, titl
     return path
 
 
-def plot_pl_share(round_stats: list[dict], path: str | Path, protocol: ClassProtocol, title: str = "") -> Path:
+def plot_pl_share(
+    round_stats: list[dict], path: str | Path, protocol: ClassProtocol, title: str = ""
+) -> Path:
     """Each class's share of the pseudo-labels per round, next to its share of the source model's predictions.
 
     A minority class whose line falls toward zero is being swallowed (winner-takes-all).
@@ -88,14 +100,21 @@ def plot_pl_share(round_stats: list[dict], path: str | Path, protocol: ClassProt
     rounds = np.arange(len(round_stats))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for c, n in enumerate(names):
-        share = [100 * s["pl_share"][n] for s in round_stats]
+        share = [100 * s.get("pl_share", s["pred_share"])[n] for s in round_stats]
         colour = np.array(protocol.colors[c]) / 255
-        ax.plot(rounds, share, marker="o", color=colour, label=n,
-                linestyle="-" if c in protocol.majority else "--")
+        ax.plot(
+            rounds,
+            share,
+            marker="o",
+            color=colour,
+            label=n,
+            linestyle="-" if c in protocol.majority else "--",
+        )
     ax.set_yscale("log")
     ax.set_xlabel("round")
     ax.set_xticks(rounds)
-    ax.set_ylabel("share of pseudo-labels (%)")
+    kind = "pseudo-labels" if "pl_share" in round_stats[0] else "predictions"
+    ax.set_ylabel(f"share of {kind} (%)")
     ax.set_title(title or "class shares of the pseudo-labels per round (dashed: minority)")
     ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.grid(alpha=0.3, which="both")

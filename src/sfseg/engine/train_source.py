@@ -67,8 +67,11 @@ def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | Non
     g = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=g)
     total = cfg.epochs * len(loader)
-    optim_cfg = cfg.optim if cfg.optim.nominal_steps else OptimConfig(**{**to_dict(cfg.optim),
-                                                                          "nominal_steps": total})
+    optim_cfg = (
+        cfg.optim
+        if cfg.optim.nominal_steps
+        else OptimConfig(**{**to_dict(cfg.optim), "nominal_steps": total})
+    )
     optimizer = build_sgd(model, optim_cfg)
     model.train()
     step, t0 = 0, time.time()
@@ -93,13 +96,25 @@ def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | Non
             log.write({"phase": "train_source", "epoch": epoch, "loss": running / len(loader)})
     bar.close()
     val = evaluate(model, val_set, norm, protocol, progress=progress, desc=f"eval {cfg.domain} val")
-    summary = {"val_domain": cfg.domain, "val_miou": val["miou"], "val_per_class": val["per_class"],
-               "train_seconds": round(time.time() - t0, 1)}
+    summary = {
+        "val_domain": cfg.domain,
+        "val_miou": val["miou"],
+        "val_per_class": val["per_class"],
+        "train_seconds": round(time.time() - t0, 1),
+    }
     save_checkpoint(
-        cfg.out, model, arch=cfg.arch, arch_kwargs=cfg.arch_kwargs, class_names=protocol.names,
+        cfg.out,
+        model,
+        arch=cfg.arch,
+        arch_kwargs=cfg.arch_kwargs,
+        class_names=protocol.names,
         normalization=norm,
-        provenance={"stage": "train_source", "recipe": to_dict(cfg), f"{cfg.domain}_val_miou": val["miou"],
-                    "data_root": str(Path(cfg.data_root))},
+        provenance={
+            "stage": "train_source",
+            "recipe": to_dict(cfg),
+            f"{cfg.domain}_val_miou": val["miou"],
+            "data_root": str(Path(cfg.data_root)),
+        },
     )
     if log is not None:
         log.write({"phase": "train_source_done", **summary})

@@ -54,7 +54,8 @@ class Checkpoint:
         """Raise if this checkpoint's classes differ from those of the data at ``where``."""
         if list(class_names) != list(self.class_names):
             raise ValueError(
-                f"class mismatch: the checkpoint predicts {self.num_classes} classes {list(self.class_names)}, "
+                f"class mismatch: the checkpoint predicts {self.num_classes} classes "
+                f"{list(self.class_names)}, "
                 f"but the data at {where} has {len(class_names)} classes {list(class_names)}. "
                 "Use a checkpoint trained for this class protocol, or select the matching protocol."
             )
@@ -97,7 +98,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         keys = sorted(payload)[:10] if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path} is not an sfseg checkpoint (format {FORMAT!r}); top-level keys seen: {keys}")
+        raise ValueError(
+            f"{path} is not an sfseg checkpoint (format {FORMAT!r}); top-level keys seen: {keys}"
+        )
     return Checkpoint(
         arch=payload["arch"],
         arch_kwargs=payload["arch_kwargs"],

@@ -72,8 +72,13 @@ class DeepLabSmall(nn.Module):
         input (B, 3, H, W) normalised image; output (B, num_classes, H, W) logits.
     """
 
-    def __init__(self, num_classes: int, width: int = 24, output_stride: int = 2,
-                 dilations: tuple[int, ...] = (1, 3, 6, 9)):
+    def __init__(
+        self,
+        num_classes: int,
+        width: int = 24,
+        output_stride: int = 2,
+        dilations: tuple[int, ...] = (1, 3, 6, 9),
+    ):
         super().__init__()
         if output_stride not in (2, 4):
             raise ValueError(f"output_stride must be 2 or 4, got {output_stride}")
@@ -98,7 +103,8 @@ class DeepLabSmall(nn.Module):
 
 
 @register_model
-def deeplab_small(num_classes: int, width: int = 24, output_stride: int = 2,
-                  dilations: tuple[int, ...] = (1, 3, 6, 9)) -> nn.Module:
+def deeplab_small(
+    num_classes: int, width: int = 24, output_stride: int = 2, dilations: tuple[int, ...] = (1, 3, 6, 9)
+) -> nn.Module:
     """The ToyCity default: about 0.3 M parameters, trains on a 2-core CPU in minutes."""
     return DeepLabSmall(num_classes, width=width, output_stride=output_stride, dilations=tuple(dilations))
