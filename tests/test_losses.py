@@ -72,3 +72,17 @@ def test_negative_loss_gradient_pushes_the_complementary_class_down():
     loss = L.negative_loss(F.softmax(logits, 1), torch.tensor([[[2]]]))
     loss.backward()
     assert logits.grad[0, 2].item() > 0 and all(logits.grad[0, c].item() < 0 for c in (0, 1, 3))
+
+
+def test_entropy_and_max_squares_closed_form():
+    probs = torch.tensor([[0.5, 0.5], [0.9, 0.1]]).T.reshape(1, 2, 1, 2)
+    h = [math.log(2), -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))]
+    assert L.entropy_loss(probs).item() == pytest.approx(sum(h) / 2, rel=1e-6)
+    assert L.max_squares_loss(probs).item() == pytest.approx(-0.5 * (0.5 + 0.82) / 2, rel=1e-6)
+
+
+def test_diversity_is_the_negative_entropy_of_the_mean_prediction():
+    probs = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 2)  # mean (0.5, 0.5): most diverse
+    assert L.diversity_loss(probs).item() == pytest.approx(-math.log(2), rel=1e-6)
+    same = torch.tensor([[1.0, 0.0], [1.0, 0.0]]).T.reshape(1, 2, 1, 2)  # one class only: least diverse
+    assert L.diversity_loss(same).item() == pytest.approx(0.0, abs=1e-6)

@@ -32,8 +32,30 @@ def test_total_loss_is_the_weighted_sum_of_the_parts():
         "negative": L.negative_loss(probs, L.complementary_labels(probs, rank)),
         "entropy_unselected": L.entropy_unselected(probs, pseudo),
         "reference_code": L.reference_code_entropy(probs),
+        "entropy": L.entropy_loss(probs),
+        "max_squares": L.max_squares_loss(probs),
+        "diversity": L.diversity_loss(probs),
     }
+    assert set(expected) == set(LOSS_PARTS)
     for k, v in expected.items():
         assert values[k] == pytest.approx(v.item(), rel=1e-6)
     weights = {"positive": 2.0, "negative": 0.5}
     assert total.item() == pytest.approx(sum(weights.get(k, 1.0) * v.item() for k, v in expected.items()))
+
+
+def test_tent_trains_only_batchnorm_affine_parameters():
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from sfseg.adapt.bn import freeze_bn_affine, train_only_bn_affine
+    from sfseg.models import create_model
+
+    model = create_model("deeplab_small", 3, width=8)
+    train_only_bn_affine(model)
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            assert p.requires_grad == isinstance(m, _BatchNorm)
+    model = create_model("deeplab_small", 3, width=8)
+    freeze_bn_affine(model)
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            assert p.requires_grad != isinstance(m, _BatchNorm)

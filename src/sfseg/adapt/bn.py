@@ -24,6 +24,15 @@ def freeze_bn_affine(model: nn.Module) -> None:
             p.requires_grad_(False)
 
 
+def train_only_bn_affine(model: nn.Module) -> None:
+    """Freeze every parameter except BN scale and shift (TENT, Wang et al., ICLR 2021)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in bn_layers(model):
+        for p in m.parameters():
+            p.requires_grad_(True)
+
+
 def set_bn_mode(model: nn.Module, mode: str) -> None:
     """``train``: batch statistics (running statistics keep updating); ``frozen``: running statistics."""
     if mode not in ("train", "frozen"):

@@ -49,7 +49,9 @@ class AdaptConfig:
         batch_size: training batch size.
         hflip: random horizontal flips of image and pseudo-label together.
         bn_mode: ``train`` (batch statistics while labelling and training, as the reference code) or
-            ``frozen`` (running statistics throughout). BN affine parameters are frozen in both.
+            ``frozen`` (running statistics throughout).
+        trainable: ``all`` (every parameter except BN scale and shift, as the reference code) or
+            ``bn_affine`` (only BN scale and shift, as TENT).
         pseudo_labels: pseudo-label selection.
         losses: the loss parts, by name (see ``sfseg.adapt.parts.LOSS_PARTS``).
         loss_weights: weight per loss part (default 1).
@@ -73,6 +75,7 @@ class AdaptConfig:
     batch_size: int = 8
     hflip: bool = True
     bn_mode: Literal["train", "frozen"] = "train"
+    trainable: Literal["all", "bn_affine"] = "all"
     pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     losses: list[str] = field(default_factory=lambda: ["positive", "negative", "entropy_unselected"])
     loss_weights: dict[str, float] = field(default_factory=dict)

@@ -6,6 +6,8 @@
   ``-log(1 - p_k)``.
 * The entropy-style term: the paper's entropy on unselected pixels, or the released code's
   ``-sum_c p_c * log_softmax(p)_c`` (a log-softmax of probabilities, not an entropy).
+* Baselines: entropy minimisation on all pixels; maximum squares (Chen et al., ICCV 2019); SHOT's
+  diversity term (Liang et al., ICML 2020), which with entropy makes information maximisation (SHOT-IM).
 """
 
 from __future__ import annotations
@@ -83,3 +85,38 @@ def reference_code_entropy(probs: torch.Tensor) -> torch.Tensor:
     ``-sum_c p_c^2`` (max-squares). Offered only to reproduce the released behaviour.
     """
     return -(probs * F.log_softmax(probs, dim=1)).sum(1).mean()
+
+
+def entropy_loss(probs: torch.Tensor) -> torch.Tensor:
+    """Mean per-pixel Shannon entropy (entropy minimisation; TENT's objective, Wang et al., ICLR 2021).
+
+    Shape:
+        probs (B, C, H, W) -> scalar.
+    """
+    return entropy_map(probs).mean()
+
+
+def max_squares_loss(probs: torch.Tensor) -> torch.Tensor:
+    """Maximum squares loss, ``-1/2 * mean over pixels of sum_c p_c^2`` (Chen et al., ICCV 2019).
+
+    Its gradient grows linearly, not logarithmically, with confidence, so easy (majority) pixels do not
+    dominate as they do under entropy minimisation. The paper's image-wise class-balanced weighting is not
+    included.
+
+    Shape:
+        probs (B, C, H, W) -> scalar.
+    """
+    return -0.5 * (probs**2).sum(1).mean()
+
+
+def diversity_loss(probs: torch.Tensor) -> torch.Tensor:
+    """SHOT's diversity term: ``sum_c pbar_c log pbar_c`` with ``pbar`` the mean prediction of the batch.
+
+    Minimising it maximises the entropy of the average prediction, which keeps every class in use (it is
+    ``KL(pbar || uniform) - log C``). Liang et al., "Do We Really Need to Access the Source Data?", ICML 2020.
+
+    Shape:
+        probs (B, C, H, W) -> scalar.
+    """
+    mean = probs.mean(dim=(0, 2, 3))
+    return (mean * torch.log(mean.clamp(min=_EPS))).sum()

@@ -89,8 +89,44 @@ class ReferenceCodeEntropy(LossPart):
         return L.reference_code_entropy(inputs.probs)
 
 
+class Entropy(LossPart):
+    """Entropy minimisation on every pixel (the TENT objective)."""
+
+    name = "entropy"
+
+    def __call__(self, inputs: StepInputs) -> torch.Tensor:
+        return L.entropy_loss(inputs.probs)
+
+
+class MaxSquares(LossPart):
+    """Maximum squares loss (Chen et al., ICCV 2019)."""
+
+    name = "max_squares"
+
+    def __call__(self, inputs: StepInputs) -> torch.Tensor:
+        return L.max_squares_loss(inputs.probs)
+
+
+class Diversity(LossPart):
+    """SHOT's diversity term; with ``entropy`` it is SHOT-IM (Liang et al., ICML 2020)."""
+
+    name = "diversity"
+
+    def __call__(self, inputs: StepInputs) -> torch.Tensor:
+        return L.diversity_loss(inputs.probs)
+
+
 LOSS_PARTS: dict[str, type[LossPart]] = {
-    cls.name: cls for cls in (PositiveLearning, NegativeLearning, EntropyUnselected, ReferenceCodeEntropy)
+    cls.name: cls
+    for cls in (
+        PositiveLearning,
+        NegativeLearning,
+        EntropyUnselected,
+        ReferenceCodeEntropy,
+        Entropy,
+        MaxSquares,
+        Diversity,
+    )
 }
 
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sfseg import IGNORE_INDEX
-from sfseg.adapt.bn import adabn, freeze_bn_affine, set_bn_mode
+from sfseg.adapt.bn import adabn, freeze_bn_affine, set_bn_mode, train_only_bn_affine
 from sfseg.adapt.config import AdaptConfig
 from sfseg.adapt.parts import StepInputs, build_loss_parts, total_loss
 from sfseg.adapt.pseudo_labels import (
@@ -255,7 +255,10 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True, protocol: ClassProto
     # Target train labels (ToyCity has them) feed only the pseudo-label diagnostics, never a loss.
     target_train = toycity_split(cfg.data_root, "target", "train", progress=progress)
     target_val = toycity_split(cfg.data_root, "target", "val", progress=progress)
-    freeze_bn_affine(model)
+    if cfg.trainable == "bn_affine":
+        train_only_bn_affine(model)
+    else:
+        freeze_bn_affine(model)
     generator = torch.Generator().manual_seed(cfg.seed)
 
     def evaluate_and_log(round_index: int, phase: str) -> dict:
