@@ -15,7 +15,7 @@ from sfseg.config import load_config
 from sfseg.data.classes import TOYCITY
 from sfseg.data.datasets import check_toycity_root
 from sfseg.engine.adapt_loop import run_adaptation
-from sfseg.engine.report import per_class_table, plot_per_class
+from sfseg.engine.report import per_class_table, plot_per_class, share_table, trajectory_table
 from sfseg.engine.train_source import SourceConfig, train_source
 from sfseg.models import load_checkpoint
 
@@ -103,9 +103,13 @@ def run_bench(
             print(f"[seed {seed}] {m}: target-val mIoU {runs[m][-1]['final']['miou']:.1f}", flush=True)
     results = {m: [r["final"] for r in rs] for m, rs in runs.items()}
     (out / "results.json").write_text(json.dumps({"results": results, "runs": runs}, indent=1))
-    table = per_class_table(results, TOYCITY)
     (out / "results.md").write_text(
-        f"ToyCity target val, {len(seeds)} seed(s) {seeds}, mean ± std (IoU %)\n\n{table}\n"
+        f"ToyCity target val, {len(seeds)} seed(s) {seeds}, mean ± std (IoU %)\n\n"
+        f"{per_class_table(results, TOYCITY)}\n\n"
+        "Target-val mIoU after each step (0 = source model; AdaBN adds a step; then one per round), "
+        f"mean over seeds:\n\n{trajectory_table(runs)}\n\n"
+        "Minority classes' share of the target-train predictions before and after adaptation:\n\n"
+        f"{share_table(runs, TOYCITY)}\n"
     )
     plot_per_class(
         results, out / "per_class_iou.png", title=f"ToyCity target val, per-class IoU ({len(seeds)} seed(s))"

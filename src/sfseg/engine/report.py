@@ -124,3 +124,37 @@ def plot_pl_share(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def trajectory_table(runs: dict[str, list[dict]]) -> str:
+    """Target-val mIoU after each phase (source model, AdaBN, each round), mean over seeds.
+
+    Monitoring only: the reported model is always the last round's.
+    """
+    width = max(len(r["val_miou_per_round"]) for rs in runs.values() for r in rs)
+    lines = ["| method | " + " | ".join(f"step {i}" for i in range(width)) + " |", "|---|" + "---:|" * width]
+    for m, rs in runs.items():
+        cells = []
+        for i in range(width):
+            vals = [r["val_miou_per_round"][i] for r in rs if i < len(r["val_miou_per_round"])]
+            cells.append(f"{np.mean(vals):.1f}" if vals else "")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def share_table(runs: dict[str, list[dict]], protocol: ClassProtocol) -> str:
+    """The winner-takes-all view, label-free: minority classes' share of the target-train predictions
+    before and after adaptation, and the classes flagged as collapsed (per seed)."""
+    minority = [protocol.names[i] for i in protocol.minority]
+    lines = [
+        "| method | minority share before (%) | after (%) | collapsed classes (per seed) |",
+        "|---|---:|---:|---|",
+    ]
+    for m, rs in runs.items():
+        if not rs[0].get("final_shares"):
+            continue
+        before = [100 * sum(r["round_stats"][0]["pred_share"][n] for n in minority) for r in rs]
+        after = [100 * sum(r["final_shares"]["pred_share"][n] for n in minority) for r in rs]
+        flagged = "; ".join(", ".join(r["final_shares"]["collapsed"]) or "none" for r in rs)
+        lines.append(f"| {m} | {_fmt(before)} | {_fmt(after)} | {flagged} |")
+    return "\n".join(lines)
