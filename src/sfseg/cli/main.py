@@ -93,7 +93,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         args.out,
         methods=args.methods,
         seeds=args.seeds,
-        config_dir=args.configs,
+        recipes=args.configs,
         overrides=args.overrides,
     )
 

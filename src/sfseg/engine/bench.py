@@ -65,7 +65,7 @@ def run_bench(
     out: str | Path,
     methods: list[str],
     seeds: list[int],
-    config_dir: str | Path | None = None,
+    recipes: str | Path | None = None,
     overrides: list[str] | None = None,
     source_overrides: list[str] | None = None,
     progress: bool = True,
@@ -76,7 +76,7 @@ def run_bench(
         ``{"results": {method: [final eval per seed]}, "runs": {method: [summary per seed]}}``.
     """
     check_toycity_root(data_root)
-    configs = globals()["config_dir"](config_dir)
+    configs = config_dir(recipes)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for m in methods:
