@@ -32,9 +32,10 @@ calibrate: $(STAMP)
 	$(BIN)/sfseg toycity generate --out data/toycity
 	$(BIN)/sfseg toycity calibrate --data data/toycity --seeds 0 1 2
 
+RESULT_METHODS ?= source_only adabn naive_st conf_st ld_pl ld_nl ld ld_noent ld_refcode ld_bnfrozen
 results: $(STAMP)
 	$(BIN)/sfseg toycity generate --out data/toycity
-	$(BIN)/sfseg bench toycity --data data/toycity --out runs/bench --seeds 0 1 2
+	$(BIN)/sfseg bench toycity --data data/toycity --out runs/bench --seeds 0 1 2 --methods $(RESULT_METHODS)
 
 clean:
 	rm -rf $(VENV) runs
