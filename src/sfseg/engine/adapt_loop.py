@@ -266,6 +266,24 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True, protocol: ClassProto
         log.write({"phase": phase, "round": round_index, "split": "target_val", **res})
         return res
 
+    def save(name: str, **where) -> None:
+        provenance = {
+            "stage": "adapt",
+            "method": cfg.method,
+            **where,
+            "recipe": to_dict(cfg),
+            "parent": ckpt.provenance,
+        }
+        save_checkpoint(
+            out / name,
+            model,
+            arch=ckpt.arch,
+            arch_kwargs=ckpt.arch_kwargs,
+            class_names=ckpt.class_names,
+            normalization=norm,
+            provenance=provenance,
+        )
+
     history = [evaluate_and_log(-1, "source_model")]
     if cfg.adabn:
         adabn(model, (norm(b["image"]) for b in _batches(target_train, EVAL_BATCH)), progress=progress)
@@ -294,21 +312,7 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True, protocol: ClassProto
             model, target_train, norm, cfg, parts, pseudo_paths, r, step, generator, progress, log
         )
         history.append(evaluate_and_log(r, "round"))
-        save_checkpoint(
-            out / f"round_{r}.pt",
-            model,
-            arch=ckpt.arch,
-            arch_kwargs=ckpt.arch_kwargs,
-            class_names=ckpt.class_names,
-            normalization=norm,
-            provenance={
-                "stage": "adapt",
-                "method": cfg.method,
-                "round": r,
-                "recipe": to_dict(cfg),
-                "parent": ckpt.provenance,
-            },
-        )
+        save(f"round_{r}.pt", round=r)
         if not cfg.save_pseudo_labels and pseudo_paths:
             for p in pseudo_paths:
                 p.unlink()
@@ -322,21 +326,7 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True, protocol: ClassProto
         end["collapsed"] = collapse_check(start_share, end, cfg.collapse_warning, "after the last round")
         log.write({"phase": "final_shares", **end})
     final = history[-1]
-    save_checkpoint(
-        out / "final.pt",
-        model,
-        arch=ckpt.arch,
-        arch_kwargs=ckpt.arch_kwargs,
-        class_names=ckpt.class_names,
-        normalization=norm,
-        provenance={
-            "stage": "adapt",
-            "method": cfg.method,
-            "rounds": cfg.rounds,
-            "recipe": to_dict(cfg),
-            "parent": ckpt.provenance,
-        },
-    )
+    save("final.pt", rounds=cfg.rounds)
     summary = {
         "method": cfg.method,
         "seed": cfg.seed,
