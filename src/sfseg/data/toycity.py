@@ -32,7 +32,7 @@ from sfseg.data.classes import TOYCITY
 from sfseg.data.toycity_render import AppearanceStyle, render
 from sfseg.data.toycity_scene import LayoutStyle, generate_scene
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DOMAINS = ("source", "target")
 SPLITS = ("train", "val")
 
@@ -72,8 +72,8 @@ PHOTO_LAYOUT = LayoutStyle(
     light_p=0.5,
     cars=(2, 6),
     car_width=0.36,
-    persons=(2, 6),
-    person_height=0.3,
+    persons=(2, 5),
+    person_height=0.27,
 )
 
 SIM_LOOK = AppearanceStyle(
