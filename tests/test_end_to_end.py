@@ -62,8 +62,13 @@ def test_cli_errors_are_readable(tiny_toycity, tmp_path, capsys):
     assert main(["adapt", "--config", "configs/toycity/ld.yaml", "roundz=1"]) == 2
     err = capsys.readouterr().err
     assert "roundz" in err and "valid keys" in err
-    assert main(["adapt", f"data_root={tmp_path / 'none'}", f"checkpoint={tmp_path / 'x.pt'}"]) == 2
+    out = tmp_path / "run"
+    assert (
+        main(["adapt", f"data_root={tmp_path / 'none'}", f"checkpoint={tmp_path / 'x.pt'}", f"out={out}"])
+        == 2
+    )
     assert "checkpoint not found" in capsys.readouterr().err
+    assert not out.exists()  # nothing written for a command that cannot run
 
 
 def test_demo_end_to_end_on_tiny_data(tmp_path, capsys):

@@ -37,7 +37,7 @@ from sfseg.adapt.pseudo_labels import (
 )
 from sfseg.config import save_config, to_dict
 from sfseg.data.classes import TOYCITY, ClassProtocol
-from sfseg.data.datasets import ListDataset, toycity_split
+from sfseg.data.datasets import ListDataset, check_toycity_root, toycity_split
 from sfseg.data.normalization import Normalization
 from sfseg.engine.evaluate import evaluate
 from sfseg.engine.optim import build_sgd, poly_step
@@ -231,7 +231,11 @@ def train_round(
 
 def run_adaptation(cfg: AdaptConfig, progress: bool = True, protocol: ClassProtocol = TOYCITY) -> dict:
     """Adapt ``cfg.checkpoint`` to the target domain; write the run directory; return the summary."""
-    parts = build_loss_parts(cfg, protocol.num_classes)  # reject a bad composition before reading data
+    # Reject a bad composition, a missing checkpoint or data before anything is written.
+    parts = build_loss_parts(cfg, protocol.num_classes)
+    ckpt = load_checkpoint(cfg.checkpoint)
+    ckpt.check_classes(protocol.names, cfg.data_root)
+    check_toycity_root(cfg.data_root)
     seed_everything(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,8 +252,6 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True, protocol: ClassProto
         }
     )
 
-    ckpt = load_checkpoint(cfg.checkpoint)
-    ckpt.check_classes(protocol.names, cfg.data_root)
     model = ckpt.build()
     norm = ckpt.normalization
     # Target train labels (ToyCity has them) feed only the pseudo-label diagnostics, never a loss.
