@@ -7,7 +7,7 @@ source-val mIoU and the code version, so the provenance of every adapted model c
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -67,11 +67,7 @@ def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | Non
     g = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=g)
     total = cfg.epochs * len(loader)
-    optim_cfg = (
-        cfg.optim
-        if cfg.optim.nominal_steps
-        else OptimConfig(**{**to_dict(cfg.optim), "nominal_steps": total})
-    )
+    optim_cfg = cfg.optim if cfg.optim.nominal_steps else replace(cfg.optim, nominal_steps=total)
     optimizer = build_sgd(model, optim_cfg)
     model.train()
     step, t0 = 0, time.time()
