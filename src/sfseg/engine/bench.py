@@ -15,19 +15,10 @@ from sfseg.config import load_config
 from sfseg.data.classes import TOYCITY
 from sfseg.data.datasets import check_toycity_root
 from sfseg.engine.adapt_loop import run_adaptation
+from sfseg.engine.recipes import config_dir, recipe_path
 from sfseg.engine.report import per_class_table, plot_per_class, share_table, trajectory_table
 from sfseg.engine.train_source import SourceConfig, train_source
 from sfseg.models import load_checkpoint
-
-PACKAGE_CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "toycity"
-
-
-def config_dir(path: str | Path | None) -> Path:
-    """The recipe directory: ``path`` if it exists, else the repository's ``configs/toycity``."""
-    for candidate in (Path(path) if path else None, PACKAGE_CONFIGS):
-        if candidate is not None and candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"recipe directory not found: {path} (nor {PACKAGE_CONFIGS})")
 
 
 def source_checkpoint(
@@ -80,9 +71,7 @@ def run_bench(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for m in methods:
-        if not (configs / f"{m}.yaml").is_file():
-            known = sorted(p.stem for p in configs.glob("*.yaml"))
-            raise FileNotFoundError(f"no recipe {configs / (m + '.yaml')}; recipes available: {known}")
+        recipe_path(m, configs)  # fail before any training if a recipe is missing
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     t0 = time.time()
     for seed in seeds:
