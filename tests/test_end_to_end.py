@@ -140,3 +140,21 @@ def test_ldbe_runs_ld_then_be_from_its_checkpoint(tiny_toycity, tmp_path):
     prov = load_checkpoint(tmp_path / "ldbe" / "final.pt").provenance
     assert prov["method"] == "ldbe" and prov["parent"]["method"] == "ld"
     assert summary["final"]["miou"] >= 0
+
+
+def test_bench_reuses_the_first_stage_of_a_two_stage_method(tiny_toycity, tmp_path):
+    from sfseg.engine.bench import run_bench
+    from sfseg.models import load_checkpoint
+
+    run_bench(
+        tiny_toycity,
+        tmp_path,
+        methods=["ld", "ldbe"],
+        seeds=[0],
+        progress=False,
+        overrides=["rounds=1", "epochs_per_round=1", "batch_size=4"],
+        source_overrides=["epochs=1", SMALL_MODEL],
+    )
+    assert not (tmp_path / "ldbe" / "seed0" / "ld").exists()  # LD was not run a second time
+    prov = load_checkpoint(tmp_path / "ldbe" / "seed0" / "final.pt").provenance
+    assert prov["parent"]["method"] == "ld" and prov["parent"]["rounds"] == 1

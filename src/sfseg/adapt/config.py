@@ -78,8 +78,9 @@ class AdaptConfig:
         teacher: the EMA teacher (BE stage).
         mixing: ``classmix`` pastes half the classes of each image onto the next (labels from the
             teacher, else from the pseudo-labels), before the student's forward pass.
-        init_from: a recipe name (e.g. ``ld``) to run first; this run starts from its final checkpoint,
-            which is how LDBE = LD, then BE.
+        init_from: a recipe name (e.g. ``ld``) to run first, as its recipe says (only data, checkpoint
+            and seed are passed on); this run starts from its final checkpoint: LDBE = LD, then BE.
+            ``sfseg bench`` reuses the same seed's run of that recipe when it is in the method list.
         collapse_warning: warn (and record in the metrics) when a class's share of the pseudo-labels
             (of the predictions, for methods without pseudo-labels) falls below this fraction of its
             share in the source model's predictions; 0 disables.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from sfseg.adapt.config import AdaptConfig
@@ -76,6 +77,7 @@ def run_bench(
     t0 = time.time()
     for seed in seeds:
         ckpt = source_checkpoint(data_root, out, seed, configs, progress, source_overrides)
+        finished: dict[str, Path] = {}
         for m in methods:
             cfg = load_config(
                 AdaptConfig,
@@ -88,7 +90,11 @@ def run_bench(
                     *(overrides or []),
                 ],
             )
+            if cfg.init_from in finished:
+                # A two-stage method (LDBE) starts from this seed's run of its first stage, not a rerun.
+                cfg = replace(cfg, checkpoint=str(finished[cfg.init_from]), init_from="")
             runs[m].append(run_adaptation(cfg, progress=progress))
+            finished[m] = Path(cfg.out) / "final.pt"
             print(f"[seed {seed}] {m}: target-val mIoU {runs[m][-1]['final']['miou']:.1f}", flush=True)
     results = {m: [r["final"] for r in rs] for m, rs in runs.items()}
     (out / "results.json").write_text(json.dumps({"results": results, "runs": runs}, indent=1))
