@@ -2,7 +2,7 @@ import pytest
 
 from sfseg.adapt.config import AdaptConfig
 from sfseg.config import ConfigError, load_config, to_dict
-from sfseg.engine.bench import config_dir
+from sfseg.engine.recipes import config_dir
 from sfseg.engine.train_source import SourceConfig
 
 

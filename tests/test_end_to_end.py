@@ -103,3 +103,58 @@ def test_calibrate_writes_the_report(tiny_toycity, tmp_path):
         tiny_toycity, tmp_path / "cal", seeds=[0], report=report, source_overrides=["epochs=1", SMALL_MODEL]
     )
     assert report.read_text().count("<!-- calibration -->") == 2  # replaced, not appended
+
+
+def test_ldbe_runs_ld_then_be_from_its_checkpoint(tiny_toycity, tmp_path):
+    from sfseg.adapt.config import AdaptConfig
+    from sfseg.config import load_config
+    from sfseg.engine.adapt_loop import run_adaptation
+    from sfseg.models import load_checkpoint
+
+    src = tmp_path / "src.pt"
+    main(
+        [
+            "train-source",
+            "--config",
+            "configs/toycity/source.yaml",
+            f"data_root={tiny_toycity}",
+            f"out={src}",
+            "epochs=1",
+            SMALL_MODEL,
+        ]
+    )
+    cfg = load_config(
+        AdaptConfig,
+        "configs/toycity/ldbe.yaml",
+        [
+            f"data_root={tiny_toycity}",
+            f"checkpoint={src}",
+            f"out={tmp_path / 'ldbe'}",
+            "rounds=1",
+            "epochs_per_round=1",
+            "batch_size=4",
+        ],
+    )
+    summary = run_adaptation(cfg, progress=False)
+    assert (tmp_path / "ldbe" / "ld" / "final.pt").is_file()  # the LD stage ran first
+    prov = load_checkpoint(tmp_path / "ldbe" / "final.pt").provenance
+    assert prov["method"] == "ldbe" and prov["parent"]["method"] == "ld"
+    assert summary["final"]["miou"] >= 0
+
+
+def test_bench_reuses_the_first_stage_of_a_two_stage_method(tiny_toycity, tmp_path):
+    from sfseg.engine.bench import run_bench
+    from sfseg.models import load_checkpoint
+
+    run_bench(
+        tiny_toycity,
+        tmp_path,
+        methods=["ld", "ldbe"],
+        seeds=[0],
+        progress=False,
+        overrides=["rounds=1", "epochs_per_round=1", "batch_size=4"],
+        source_overrides=["epochs=1", SMALL_MODEL],
+    )
+    assert not (tmp_path / "ldbe" / "seed0" / "ld").exists()  # LD was not run a second time
+    prov = load_checkpoint(tmp_path / "ldbe" / "seed0" / "final.pt").provenance
+    assert prov["parent"]["method"] == "ld" and prov["parent"]["rounds"] == 1

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sfseg.adapt import losses as L
-from sfseg.adapt.config import AdaptConfig, PseudoLabelConfig
+from sfseg.adapt.config import AdaptConfig, PseudoLabelConfig, TeacherConfig
 from sfseg.adapt.parts import LOSS_PARTS, MethodError, StepInputs, build_loss_parts, total_loss
 
 
@@ -22,9 +22,16 @@ def test_total_loss_is_the_weighted_sum_of_the_parts():
     logits = torch.randn(2, 5, 4, 4, generator=g)
     pseudo = torch.randint(0, 5, (2, 4, 4), generator=g)
     pseudo[:, :2] = 255
-    cfg = AdaptConfig(losses=sorted(LOSS_PARTS), loss_weights={"positive": 2.0, "negative": 0.5})
+    cfg = AdaptConfig(
+        losses=sorted(LOSS_PARTS),
+        loss_weights={"positive": 2.0, "negative": 0.5},
+        teacher=TeacherConfig(ema=True),
+    )
     parts = build_loss_parts(cfg, 5)
-    total, values = total_loss(parts, StepInputs(logits, pseudo, torch.Generator().manual_seed(7)))
+    t_label = torch.randint(0, 5, (2, 4, 4), generator=g)
+    t_conf = torch.rand(2, 4, 4, generator=g)
+    inputs = StepInputs(logits, pseudo, torch.Generator().manual_seed(7), t_label, t_conf)
+    total, values = total_loss(parts, inputs)
     probs = logits.softmax(1)
     rank = L.sample_rank(5, 3, torch.Generator().manual_seed(7))
     expected = {
@@ -35,6 +42,7 @@ def test_total_loss_is_the_weighted_sum_of_the_parts():
         "entropy": L.entropy_loss(probs),
         "max_squares": L.max_squares_loss(probs),
         "diversity": L.diversity_loss(probs),
+        "teacher_ce": L.confidence_weighted_ce(logits, t_label, t_conf, 0.97),
     }
     assert set(expected) == set(LOSS_PARTS)
     for k, v in expected.items():

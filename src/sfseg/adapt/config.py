@@ -34,6 +34,22 @@ class PseudoLabelConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """The EMA (mean) teacher of the BE stage.
+
+    Attributes:
+        ema: keep an EMA teacher; its predictions, overridden by the pseudo-labels where they exist
+            (confidence 1), feed the ``teacher_ce`` loss part and choose ClassMix's classes.
+        max_decay: decay cap of ``d_t = min(1 - 1/(t+1), max_decay)``.
+        confidence_threshold: ``teacher_ce`` weights each image by its share of pixels at or above this.
+    """
+
+    ema: bool = False
+    max_decay: float = 0.99
+    confidence_threshold: float = 0.97
+
+
+@dataclass
 class AdaptConfig:
     """Recipe for ``sfseg adapt``. Adaptation reads only the target domain and the source *model*.
 
@@ -59,6 +75,12 @@ class AdaptConfig:
         optim: SGD settings (backbone lr; head at ``head_lr_mult`` x).
         lr_round_decay: the learning rate is divided by this after every round (reference: sqrt 2).
         save_pseudo_labels: keep each round's pseudo-label PNGs in the run directory.
+        teacher: the EMA teacher (BE stage).
+        mixing: ``classmix`` pastes half the classes of each image onto the next (labels from the
+            teacher, else from the pseudo-labels), before the student's forward pass.
+        init_from: a recipe name (e.g. ``ld``) to run first, as its recipe says (only data, checkpoint
+            and seed are passed on); this run starts from its final checkpoint: LDBE = LD, then BE.
+            ``sfseg bench`` reuses the same seed's run of that recipe when it is in the method list.
         collapse_warning: warn (and record in the metrics) when a class's share of the pseudo-labels
             (of the predictions, for methods without pseudo-labels) falls below this fraction of its
             share in the source model's predictions; 0 disables.
@@ -83,4 +105,7 @@ class AdaptConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, head_lr_mult=10.0))
     lr_round_decay: float = 2**0.5
     save_pseudo_labels: bool = True
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    mixing: Literal["none", "classmix"] = "none"
+    init_from: str = ""
     collapse_warning: float = 0.25

@@ -120,3 +120,20 @@ def diversity_loss(probs: torch.Tensor) -> torch.Tensor:
     """
     mean = probs.mean(dim=(0, 2, 3))
     return (mean * torch.log(mean.clamp(min=_EPS))).sum()
+
+
+def confidence_weighted_ce(
+    logits: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor, threshold: float = 0.97
+) -> torch.Tensor:
+    """BE's loss: per-pixel cross-entropy weighted, per image, by the share of its pixels whose
+    confidence is at least ``threshold``; averaged over labelled pixels.
+
+    Shape:
+        logits (B, C, H, W), labels (B, H, W), confidence (B, H, W) -> scalar.
+    """
+    weight = (confidence >= threshold).float().mean(dim=(1, 2))  # (B,)
+    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")  # (B, H, W)
+    valid = labels != IGNORE_INDEX
+    if not valid.any():
+        return logits.sum() * 0.0
+    return (ce * weight.view(-1, 1, 1))[valid].mean()

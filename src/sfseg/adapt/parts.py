@@ -24,12 +24,16 @@ class StepInputs:
     """What a loss part may read at one training step.
 
     Shape:
-        logits (B, C, H, W); pseudo_labels (B, H, W) with 255 = unselected, or None.
+        logits (B, C, H, W); pseudo_labels (B, H, W) with 255 = unselected, or None; teacher_labels and
+        teacher_confidence (B, H, W) when the method keeps a teacher. With ClassMix, all of them are
+        those of the mixed images.
     """
 
     logits: torch.Tensor
     pseudo_labels: torch.Tensor | None
     generator: torch.Generator
+    teacher_labels: torch.Tensor | None = None
+    teacher_confidence: torch.Tensor | None = None
     _probs: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -44,6 +48,7 @@ class LossPart:
 
     name: str = ""
     needs_pseudo_labels: bool = False
+    needs_teacher: bool = False
 
     def __init__(self, cfg: AdaptConfig, num_classes: int):
         self.cfg, self.num_classes = cfg, num_classes
@@ -116,6 +121,21 @@ class Diversity(LossPart):
         return L.diversity_loss(inputs.probs)
 
 
+class TeacherCE(LossPart):
+    """BE's loss: cross-entropy to the teacher's labels, each image weighted by its share of confident
+    pixels (``teacher.confidence_threshold``)."""
+
+    name, needs_teacher = "teacher_ce", True
+
+    def __call__(self, inputs: StepInputs) -> torch.Tensor:
+        return L.confidence_weighted_ce(
+            inputs.logits,
+            inputs.teacher_labels,
+            inputs.teacher_confidence,
+            self.cfg.teacher.confidence_threshold,
+        )
+
+
 LOSS_PARTS: dict[str, type[LossPart]] = {
     cls.name: cls
     for cls in (
@@ -126,6 +146,7 @@ LOSS_PARTS: dict[str, type[LossPart]] = {
         Entropy,
         MaxSquares,
         Diversity,
+        TeacherCE,
     )
 }
 
@@ -152,7 +173,13 @@ def build_loss_parts(cfg: AdaptConfig, num_classes: int) -> list[tuple[float, Lo
                 f"loss part {name!r} needs pseudo-labels, but pseudo_labels.kind is 'none'; "
                 "choose argmax, global_threshold or class_balanced"
             )
+        if part.needs_teacher and not cfg.teacher.ema:
+            raise MethodError(f"loss part {name!r} needs a teacher; set teacher.ema: true")
         parts.append((cfg.loss_weights.get(name, 1.0), part))
+    if cfg.mixing == "classmix" and not cfg.teacher.ema and cfg.pseudo_labels.kind == "none":
+        raise MethodError(
+            "mixing: classmix needs label maps to choose classes from: a teacher or pseudo-labels"
+        )
     if cfg.rounds > 0 and not parts:
         raise MethodError("rounds > 0 but no loss parts are listed: nothing to train (set rounds: 0)")
     return parts

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from sfseg import IGNORE_INDEX
 from sfseg.adapt.bn import adabn, freeze_bn_affine, set_bn_mode, train_only_bn_affine
 from sfseg.adapt.config import AdaptConfig
+from sfseg.adapt.mixing import class_mix, class_mix_masks
 from sfseg.adapt.parts import StepInputs, build_loss_parts, total_loss
 from sfseg.adapt.pseudo_labels import (
     ConfidenceHistogram,
@@ -35,12 +36,14 @@ from sfseg.adapt.pseudo_labels import (
     global_threshold_labels,
     score_to_confidence,
 )
-from sfseg.config import save_config, to_dict
+from sfseg.adapt.teacher import EMATeacher
+from sfseg.config import load_config, save_config, to_dict
 from sfseg.data.classes import TOYCITY, ClassProtocol
 from sfseg.data.datasets import ListDataset, check_toycity_root, toycity_split
 from sfseg.data.normalization import Normalization
 from sfseg.engine.evaluate import evaluate
 from sfseg.engine.optim import build_sgd, poly_step
+from sfseg.engine.recipes import recipe_path
 from sfseg.engine.runlog import MetricsLog, seed_everything
 from sfseg.models import load_checkpoint, save_checkpoint
 
@@ -171,6 +174,25 @@ def _read_pseudo(paths: list[Path], indices: list[int]) -> torch.Tensor:
     return torch.stack([torch.from_numpy(np.asarray(Image.open(paths[i])).astype(np.int64)) for i in indices])
 
 
+def _step_inputs(model, teacher, x, pseudo, cfg: AdaptConfig, generator) -> StepInputs:
+    """The student's forward pass, after the teacher's labels and ClassMix where the method has them."""
+    t_conf = t_label = None
+    if teacher is not None:
+        t_conf, t_label = teacher.predict(x)
+        if pseudo is not None:
+            # Class-balanced pseudo-labels override the teacher, with confidence 1.
+            chosen = pseudo != IGNORE_INDEX
+            t_label = torch.where(chosen, pseudo, t_label)
+            t_conf = torch.where(chosen, torch.ones_like(t_conf), t_conf)
+    if cfg.mixing == "classmix":
+        masks = class_mix_masks(t_label if t_label is not None else pseudo, generator)
+        x = class_mix(masks, x)[0]
+        pseudo, t_label, t_conf = (
+            None if t is None else class_mix(masks, t)[0] for t in (pseudo, t_label, t_conf)
+        )
+    return StepInputs(model(x), pseudo, generator, teacher_labels=t_label, teacher_confidence=t_conf)
+
+
 def train_round(
     model,
     dataset: ListDataset,
@@ -183,6 +205,7 @@ def train_round(
     generator: torch.Generator,
     progress: bool,
     log: MetricsLog,
+    teacher: EMATeacher | None = None,
 ) -> int:
     """One round of training; returns the global step count after it."""
     lr_scale = cfg.lr_round_decay ** (-round_index)
@@ -205,11 +228,13 @@ def train_round(
                 if pseudo is not None:
                     pseudo[flip] = pseudo[flip].flip(-1)
             poly_step(optimizer, cfg.optim, step)
-            inputs = StepInputs(model(norm(images)), pseudo, generator)
+            inputs = _step_inputs(model, teacher, norm(images), pseudo, cfg, generator)
             loss, values = total_loss(parts, inputs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if teacher is not None:
+                teacher.update(model, step)
             step += 1
             n += 1
             for k, v in values.items():
@@ -229,10 +254,25 @@ def train_round(
     return step
 
 
+def _run_init_stage(cfg: AdaptConfig, progress: bool, protocol: ClassProtocol) -> AdaptConfig:
+    """Run the ``init_from`` recipe (same data, seed and source checkpoint) into ``<out>/<name>``; return
+    ``cfg`` starting from its final checkpoint."""
+    first = load_config(
+        AdaptConfig,
+        recipe_path(cfg.init_from),
+        [f"data_root={cfg.data_root}", f"checkpoint={cfg.checkpoint}", f"seed={cfg.seed}"],
+    )
+    first = replace(first, out=str(Path(cfg.out) / cfg.init_from))
+    run_adaptation(first, progress, protocol)
+    return replace(cfg, checkpoint=str(Path(first.out) / "final.pt"), init_from="")
+
+
 def run_adaptation(cfg: AdaptConfig, progress: bool = True, protocol: ClassProtocol = TOYCITY) -> dict:
     """Adapt ``cfg.checkpoint`` to the target domain; write the run directory; return the summary."""
     # Reject a bad composition, a missing checkpoint or data before anything is written.
     parts = build_loss_parts(cfg, protocol.num_classes)
+    if cfg.init_from:
+        cfg = _run_init_stage(cfg, progress, protocol)
     ckpt = load_checkpoint(cfg.checkpoint)
     ckpt.check_classes(protocol.names, cfg.data_root)
     check_toycity_root(cfg.data_root)
@@ -291,6 +331,10 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True, protocol: ClassProto
         adabn(model, (norm(b["image"]) for b in _batches(target_train, EVAL_BATCH)), progress=progress)
         history.append(evaluate_and_log(-1, "adabn"))
 
+    teacher = EMATeacher(model, cfg.teacher.max_decay) if cfg.teacher.ema else None
+    if teacher is not None:
+        teacher.model.eval()
+        set_bn_mode(teacher.model, cfg.bn_mode)
     step = 0
     round_stats = []
     start_share: dict[str, float] | None = None
@@ -311,7 +355,7 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True, protocol: ClassProto
         log.write({"phase": "pseudo_labels", "round": r, **stats})
         round_stats.append(stats)
         step = train_round(
-            model, target_train, norm, cfg, parts, pseudo_paths, r, step, generator, progress, log
+            model, target_train, norm, cfg, parts, pseudo_paths, r, step, generator, progress, log, teacher
         )
         history.append(evaluate_and_log(r, "round"))
         save(f"round_{r}.pt", round=r)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from sfseg.adapt.config import AdaptConfig
@@ -15,19 +16,10 @@ from sfseg.config import load_config
 from sfseg.data.classes import TOYCITY
 from sfseg.data.datasets import check_toycity_root
 from sfseg.engine.adapt_loop import run_adaptation
+from sfseg.engine.recipes import config_dir, recipe_path
 from sfseg.engine.report import per_class_table, plot_per_class, share_table, trajectory_table
 from sfseg.engine.train_source import SourceConfig, train_source
 from sfseg.models import load_checkpoint
-
-PACKAGE_CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "toycity"
-
-
-def config_dir(path: str | Path | None) -> Path:
-    """The recipe directory: ``path`` if it exists, else the repository's ``configs/toycity``."""
-    for candidate in (Path(path) if path else None, PACKAGE_CONFIGS):
-        if candidate is not None and candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"recipe directory not found: {path} (nor {PACKAGE_CONFIGS})")
 
 
 def source_checkpoint(
@@ -80,13 +72,12 @@ def run_bench(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for m in methods:
-        if not (configs / f"{m}.yaml").is_file():
-            known = sorted(p.stem for p in configs.glob("*.yaml"))
-            raise FileNotFoundError(f"no recipe {configs / (m + '.yaml')}; recipes available: {known}")
+        recipe_path(m, configs)  # fail before any training if a recipe is missing
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     t0 = time.time()
     for seed in seeds:
         ckpt = source_checkpoint(data_root, out, seed, configs, progress, source_overrides)
+        finished: dict[str, Path] = {}
         for m in methods:
             cfg = load_config(
                 AdaptConfig,
@@ -99,7 +90,11 @@ def run_bench(
                     *(overrides or []),
                 ],
             )
+            if cfg.init_from in finished:
+                # A two-stage method (LDBE) starts from this seed's run of its first stage, not a rerun.
+                cfg = replace(cfg, checkpoint=str(finished[cfg.init_from]), init_from="")
             runs[m].append(run_adaptation(cfg, progress=progress))
+            finished[m] = Path(cfg.out) / "final.pt"
             print(f"[seed {seed}] {m}: target-val mIoU {runs[m][-1]['final']['miou']:.1f}", flush=True)
     results = {m: [r["final"] for r in rs] for m, rs in runs.items()}
     (out / "results.json").write_text(json.dumps({"results": results, "runs": runs}, indent=1))

@@ -17,7 +17,8 @@ from PIL import Image
 from sfseg.config import load_config
 from sfseg.data.classes import TOYCITY
 from sfseg.data.datasets import check_toycity_root
-from sfseg.engine.bench import config_dir, run_bench
+from sfseg.engine.bench import run_bench
+from sfseg.engine.recipes import config_dir
 from sfseg.engine.train_source import SourceConfig, train_source
 
 

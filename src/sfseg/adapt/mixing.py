@@ -1,0 +1,52 @@
+"""Selected ClassMix: paste half of the classes of one image onto the next.
+
+Olsson et al., "ClassMix: Segmentation-Based Data Augmentation for Semi-Supervised Learning", WACV 2021;
+used with class-balanced pseudo-labels by LDBE's boundary-enhancement stage.
+
+For image ``i`` of a batch, ``floor(n_i / 2)`` of the ``n_i`` classes present in its label map (255 is not a
+class) are drawn at random; their pixels, with their labels and confidences, are pasted onto image
+``(i + 1) mod B``. Every per-pixel tensor is mixed with the same masks, so images, labels and confidences
+stay consistent.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sfseg import IGNORE_INDEX
+
+
+def class_mix_masks(labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per image, the pixels of a random half of its classes.
+
+    Shape:
+        labels (B, H, W) int64 -> masks (B, H, W) bool.
+    """
+    masks = torch.zeros_like(labels, dtype=torch.bool)
+    for i, lab in enumerate(labels):
+        present = lab.unique()
+        present = present[present != IGNORE_INDEX]
+        k = present.numel() // 2
+        if k:
+            chosen = present[torch.randperm(present.numel(), generator=generator)[:k]]
+            masks[i] = torch.isin(lab, chosen)
+    return masks
+
+
+def class_mix(masks: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Mix each tensor: image ``i``'s masked pixels over image ``i + 1`` (cyclic).
+
+    Args:
+        masks: (B, H, W) from :func:`class_mix_masks`.
+        tensors: (B, H, W) or (B, C, H, W) per-pixel tensors, all mixed with the same masks.
+
+    Returns:
+        the mixed tensors; mixed image ``j`` takes its pasted pixels from image ``j - 1``.
+    """
+    src_masks = masks.roll(1, dims=0)  # the mask that lands on image j comes from image j - 1
+    out = []
+    for t in tensors:
+        src = t.roll(1, dims=0)
+        m = src_masks if t.dim() == 3 else src_masks.unsqueeze(1)
+        out.append(torch.where(m, src, t))
+    return out
