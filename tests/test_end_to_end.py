@@ -79,7 +79,7 @@ def test_demo_end_to_end_on_tiny_data(tmp_path, capsys):
         source_overrides=["epochs=2", SMALL_MODEL],
         spec=TINY,
     )
-    assert set(res["results"]) == {"source_only", "adabn", "naive_st", "ld"}
+    assert set(res["results"]) == {"source_only", "adabn", "naive_st", "ld", "ldbe"}
     out = capsys.readouterr().out
     assert "| **mIoU** |" in out and "Demo finished" in out and "minority classes hold" in out
     for f in ("per_class_iou.png", "pl_share_ld.png", "results.md", "results.json"):

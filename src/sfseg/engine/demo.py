@@ -1,7 +1,7 @@
 """``sfseg demo``: the whole story on the embedded ToyCity benchmark, on a CPU, in minutes.
 
 Generate ToyCity if absent -> train (or reuse) the source model -> source-only, AdaBN, naive
-self-training and LD -> a per-class table, figures and a run directory.
+self-training, LD and LDBE (BE from the LD run) -> a per-class table, figures and a run directory.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from sfseg.data.toycity import ToyCitySpec, generate, is_generated
 from sfseg.engine.bench import run_bench
 from sfseg.engine.report import per_class_table, plot_pl_share
 
-DEMO_METHODS = ["source_only", "adabn", "naive_st", "ld"]
+DEMO_METHODS = ["source_only", "adabn", "naive_st", "ld", "ldbe"]
 
 
 def run_demo(
