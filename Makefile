@@ -33,9 +33,11 @@ calibrate: $(STAMP)
 	$(BIN)/sfseg toycity calibrate --data data/toycity --seeds 0 1 2
 
 RESULT_METHODS ?= source_only adabn naive_st conf_st ld_pl ld_nl ld ld_noent ld_refcode ld_bnfrozen
+BASELINE_METHODS ?= ld ldbe entropy_min max_squares tent shot_im cbst tent_nl shot_im_pl
 results: $(STAMP)
 	$(BIN)/sfseg toycity generate --out data/toycity
 	$(BIN)/sfseg bench toycity --data data/toycity --out runs/bench --seeds 0 1 2 --methods $(RESULT_METHODS)
+	$(BIN)/sfseg bench toycity --data data/toycity --out runs/bench_be --seeds 0 1 2 --methods $(BASELINE_METHODS)
 
 clean:
 	rm -rf $(VENV) runs
