@@ -37,7 +37,7 @@ BASELINE_METHODS ?= ld ldbe entropy_min max_squares tent shot_im cbst tent_nl sh
 results: $(STAMP)
 	$(BIN)/sfseg toycity generate --out data/toycity
 	$(BIN)/sfseg bench toycity --data data/toycity --out runs/bench --seeds 0 1 2 --methods $(RESULT_METHODS)
-	$(BIN)/sfseg bench toycity --data data/toycity --out runs/bench_be --seeds 0 1 2 --methods $(BASELINE_METHODS)
+	$(BIN)/sfseg bench toycity --data data/toycity --out runs/bench_be --source-dir runs/bench --seeds 0 1 2 --methods $(BASELINE_METHODS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -94,6 +94,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         methods=args.methods,
         seeds=args.seeds,
         recipes=args.configs,
+        source_dir=args.source_dir,
         overrides=args.overrides,
     )
 
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=["source_only", "adabn", "naive_st", "conf_st", "ld_pl", "ld_nl", "ld"],
     )
     b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    b.add_argument("--source-dir", help="where source models are cached (default: --out)")
     b.add_argument("overrides", nargs="*", help="key=value overrides applied to every method")
     b.set_defaults(func=cmd_bench)
 

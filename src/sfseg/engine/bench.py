@@ -61,8 +61,12 @@ def run_bench(
     overrides: list[str] | None = None,
     source_overrides: list[str] | None = None,
     progress: bool = True,
+    source_dir: str | Path | None = None,
 ) -> dict:
     """Run ``methods`` x ``seeds``; write results.json, results.md and per_class_iou.png to ``out``.
+
+    Source models are cached as ``source_seed<s>.pt`` in ``source_dir`` (default ``out``) and reused when
+    their recipe matches, so several benches can share them.
 
     Returns:
         ``{"results": {method: [final eval per seed]}, "runs": {method: [summary per seed]}}``.
@@ -76,7 +80,9 @@ def run_bench(
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     t0 = time.time()
     for seed in seeds:
-        ckpt = source_checkpoint(data_root, out, seed, configs, progress, source_overrides)
+        ckpt = source_checkpoint(
+            data_root, Path(source_dir or out), seed, configs, progress, source_overrides
+        )
         finished: dict[str, Path] = {}
         for m in methods:
             cfg = load_config(
