@@ -85,7 +85,7 @@ def test_demo_end_to_end_on_tiny_data(tmp_path, capsys):
     for f in ("per_class_iou.png", "pl_share_ld.png", "results.md", "results.json"):
         assert (tmp_path / "demo" / f).is_file()
     md = (tmp_path / "demo" / "results.md").read_text()
-    assert "| ld |" in md and "minority share before" in md and "step 0" in md
+    assert "| ld |" in md and "minority share at start" in md and "step 0" in md
 
 
 def test_calibrate_writes_the_report(tiny_toycity, tmp_path):

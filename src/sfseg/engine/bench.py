@@ -109,7 +109,8 @@ def run_bench(
         f"{per_class_table(results, TOYCITY)}\n\n"
         "Target-val mIoU after each step (0 = source model; AdaBN adds a step; then one per round), "
         f"mean over seeds:\n\n{trajectory_table(runs)}\n\n"
-        "Minority classes' share of the target-train predictions before and after adaptation:\n\n"
+        "Minority classes' share of the target-train predictions of the starting model and after "
+        "adaptation:\n\n"
         f"{share_table(runs, TOYCITY)}\n"
     )
     plot_per_class(

@@ -63,7 +63,7 @@ def run_demo(
             end = sum(run["final_shares"]["pred_share"][n] for n in minority) * 100
             warned = run["final_shares"]["collapsed"] or "none"
             print(
-                f"{m}: minority classes hold {start:.1f}% of the source model's target predictions, "
+                f"{m}: minority classes hold {start:.1f}% of the starting model's target predictions, "
                 f"{end:.1f}% after adaptation; collapse warnings: {warned}"
             )
     print(f"\nRun directory: {out}  (config.yaml, metrics.jsonl, checkpoints, pseudo_labels/ per method)")

@@ -144,10 +144,11 @@ def trajectory_table(runs: dict[str, list[dict]]) -> str:
 
 def share_table(runs: dict[str, list[dict]], protocol: ClassProtocol) -> str:
     """The winner-takes-all view, label-free: minority classes' share of the target-train predictions
-    before and after adaptation, and the classes flagged as collapsed (per seed)."""
+    of the starting model (the source model; for a two-stage method, its first stage's model) and of the
+    adapted model, and the classes flagged as collapsed (per seed)."""
     minority = [protocol.names[i] for i in protocol.minority]
     lines = [
-        "| method | minority share before (%) | after (%) | collapsed classes (per seed) |",
+        "| method | minority share at start (%) | after (%) | collapsed classes (per seed) |",
         "|---|---:|---:|---|",
     ]
     for m, rs in runs.items():
