@@ -12,22 +12,15 @@ pytestmark = pytest.mark.slow
 SMALL_MODEL = "arch_kwargs={width: 8, output_stride: 4}"
 
 
+def train_tiny_source(root, out, epochs: int) -> int:
+    """``sfseg train-source`` with the small model on the tiny tree; returns the exit code."""
+    args = ["--config", "configs/toycity/source.yaml", f"data_root={root}", f"out={out}", f"epochs={epochs}"]
+    return main(["train-source", *args, SMALL_MODEL])
+
+
 def test_cli_train_adapt_eval(tiny_toycity, tmp_path, capsys):
     src = tmp_path / "src.pt"
-    assert (
-        main(
-            [
-                "train-source",
-                "--config",
-                "configs/toycity/source.yaml",
-                f"data_root={tiny_toycity}",
-                f"out={src}",
-                "epochs=2",
-                SMALL_MODEL,
-            ]
-        )
-        == 0
-    )
+    assert train_tiny_source(tiny_toycity, src, epochs=2) == 0
     run = tmp_path / "ld"
     assert (
         main(
@@ -112,17 +105,7 @@ def test_ldbe_runs_ld_then_be_from_its_checkpoint(tiny_toycity, tmp_path):
     from sfseg.models import load_checkpoint
 
     src = tmp_path / "src.pt"
-    main(
-        [
-            "train-source",
-            "--config",
-            "configs/toycity/source.yaml",
-            f"data_root={tiny_toycity}",
-            f"out={src}",
-            "epochs=1",
-            SMALL_MODEL,
-        ]
-    )
+    train_tiny_source(tiny_toycity, src, epochs=1)
     cfg = load_config(
         AdaptConfig,
         "configs/toycity/ldbe.yaml",

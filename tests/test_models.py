@@ -17,17 +17,14 @@ def test_unknown_model_lists_the_registry():
         create_model("resnet9000", 3)
 
 
-def test_checkpoint_round_trip_keeps_metadata(tmp_path):
+def _save_tiny(path, normalization, **provenance):
     model = create_model("deeplab_small", 3, width=8)
-    path = save_checkpoint(
-        tmp_path / "m.pt",
-        model,
-        arch="deeplab_small",
-        arch_kwargs={"width": 8},
-        class_names=["a", "b", "c"],
-        normalization=CAFFE_BGR,
-        provenance={"source_val_miou": 88.0},
-    )
+    kwargs = dict(arch="deeplab_small", arch_kwargs={"width": 8}, class_names=["a", "b", "c"])
+    return model, save_checkpoint(path, model, normalization=normalization, provenance=provenance, **kwargs)
+
+
+def test_checkpoint_round_trip_keeps_metadata(tmp_path):
+    model, path = _save_tiny(tmp_path / "m.pt", CAFFE_BGR, source_val_miou=88.0)
     ck = load_checkpoint(path)
     assert ck.class_names == ["a", "b", "c"] and ck.normalization == CAFFE_BGR
     assert ck.provenance["source_val_miou"] == 88.0 and "code_version" in ck.provenance
@@ -36,15 +33,7 @@ def test_checkpoint_round_trip_keeps_metadata(tmp_path):
 
 
 def test_class_count_mismatch_is_a_clear_error(tmp_path):
-    model = create_model("deeplab_small", 3, width=8)
-    path = save_checkpoint(
-        tmp_path / "m.pt",
-        model,
-        arch="deeplab_small",
-        arch_kwargs={"width": 8},
-        class_names=["a", "b", "c"],
-        normalization=IMAGENET,
-    )
+    _, path = _save_tiny(tmp_path / "m.pt", IMAGENET)
     with pytest.raises(ValueError, match=r"checkpoint predicts 3 classes.*data at /some/where has 4"):
         load_checkpoint(path).check_classes(["a", "b", "c", "d"], "/some/where")
 
