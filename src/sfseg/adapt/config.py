@@ -19,7 +19,9 @@ class PseudoLabelConfig:
         alpha: the selection fraction in round 0 (class_balanced).
         alpha_step: added to alpha after every round.
         threshold: the global confidence threshold (global_threshold).
-        local: fuse the per-image top-alpha selection (class_balanced).
+        local: fuse the per-image top-alpha selection (class_balanced). Without it, class_balanced is
+            CBST-style class-wise top-p self-training (Zou et al., "Unsupervised Domain Adaptation for
+            Semantic Segmentation via Class-Balanced Self-Training", ECCV 2018).
         channel_test: ``argmax`` (default) or ``any`` (the reference code's any-channel test).
         bins: histogram bins for the intra-class thresholds (threshold error <= one bin width).
     """

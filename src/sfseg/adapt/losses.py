@@ -88,7 +88,9 @@ def reference_code_entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 def entropy_loss(probs: torch.Tensor) -> torch.Tensor:
-    """Mean per-pixel Shannon entropy (entropy minimisation; TENT's objective, Wang et al., ICLR 2021).
+    """Mean per-pixel Shannon entropy: entropy minimisation (Vu et al., "ADVENT", CVPR 2019, its direct
+    form) and TENT's objective (Wang et al., "Tent: Fully Test-Time Adaptation by Entropy Minimization",
+    ICLR 2021).
 
     Shape:
         probs (B, C, H, W) -> scalar.

@@ -172,6 +172,7 @@ def argmax_labels(logits: torch.Tensor) -> torch.Tensor:
 
 
 def global_threshold_labels(logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Confidence self-training: one softmax threshold for all classes. Shape: (B, C, H, W) -> (B, H, W)."""
+    """Confidence self-training: one softmax threshold for all classes (the usual pseudo-label baseline,
+    e.g. Lee, "Pseudo-Label", ICML-W 2013). Shape: (B, C, H, W) -> (B, H, W)."""
     conf, pred = logits.softmax(1).max(1)
     return torch.where(conf >= threshold, pred, torch.full_like(pred, IGNORE_INDEX))
