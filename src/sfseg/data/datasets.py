@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from sfseg import IGNORE_INDEX
+from sfseg.data.classes import TOYCITY
 
 TOYCITY_LAYOUT = """\
   <root>/toycity.json
@@ -129,8 +130,6 @@ def toycity_split(
     root: str | Path, domain: str, split: str, labels: bool = True, progress: bool = False
 ) -> ListDataset:
     """One ToyCity split (``domain`` in source/target, ``split`` in train/val)."""
-    from sfseg.data.classes import TOYCITY
-
     root = check_toycity_root(root)
     return ListDataset(
         root, root / f"{domain}_{split}.txt", TOYCITY.num_classes, labels=labels, progress=progress

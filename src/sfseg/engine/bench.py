@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sfseg.adapt.config import AdaptConfig
-from sfseg.config import load_config
+from sfseg.config import load_config, to_dict
 from sfseg.data.classes import TOYCITY
 from sfseg.data.datasets import check_toycity_root
 from sfseg.engine.adapt_loop import run_adaptation
@@ -43,8 +43,6 @@ def source_checkpoint(
     )
     path = Path(cfg.out)
     if path.is_file():
-        from sfseg.config import to_dict
-
         prov = load_checkpoint(path).provenance
         if prov.get("recipe") == to_dict(cfg):
             return path

@@ -20,6 +20,7 @@ from sfseg.data.datasets import check_toycity_root
 from sfseg.engine.bench import run_bench
 from sfseg.engine.recipes import config_dir
 from sfseg.engine.train_source import SourceConfig, train_source
+from sfseg.models import load_checkpoint
 
 
 def class_frequencies(root: Path, domain: str, split: str) -> np.ndarray:
@@ -51,8 +52,6 @@ def calibrate(
     )
     source_val, oracle = [], []
     for seed in seeds:
-        from sfseg.models import load_checkpoint
-
         prov = load_checkpoint(out / f"source_seed{seed}.pt").provenance
         source_val.append(prov["source_val_miou"])
         cfg = load_config(
