@@ -44,4 +44,4 @@ def evaluate(
             logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
         cm.update(label, logits.argmax(1))
     model.train(was_training)
-    return cm.summary(protocol.names, protocol.majority)
+    return cm.summary(protocol.names, protocol.majority, protocol.subsets)

@@ -60,8 +60,17 @@ class ConfusionMatrix:
         total = self.mat.sum().item()
         return float(self.mat.diag().sum().item() / total) if total else float("nan")
 
-    def summary(self, class_names: list[str] | tuple[str, ...], majority: list[int] | None = None) -> dict:
-        """mIoU, per-class IoU and (when ``majority`` is given) majority/minority mIoU, all in percent."""
+    def summary(
+        self,
+        class_names: list[str] | tuple[str, ...],
+        majority: list[int] | None = None,
+        subsets: tuple[tuple[str, tuple[str, ...]], ...] = (),
+    ) -> dict:
+        """mIoU, per-class IoU and (when ``majority`` is given) majority/minority mIoU, all in percent.
+
+        ``subsets`` adds one score per ``(name, class names)``: the mean IoU over those classes of this same
+        matrix (SYNTHIA's 13-class mIoU is the 16-class matrix's IoU averaged over 13 classes).
+        """
         iou = self.iou() * 100
         out = {
             "miou": _nanmean(iou),
@@ -72,6 +81,9 @@ class ConfusionMatrix:
             minority = [i for i in range(self.num_classes) if i not in majority]
             out["majority_miou"] = _nanmean(iou[majority])
             out["minority_miou"] = _nanmean(iou[minority])
+        index = {n: i for i, n in enumerate(class_names)}
+        for name, members in subsets:
+            out[name] = _nanmean(iou[[index[m] for m in members]])
         return out
 
 

@@ -1,0 +1,175 @@
+"""The generic file-list dataset under every real benchmark: images read lazily, labels decoded and remapped.
+
+A benchmark module (``cityscapes``, ``gta5``, ``synthia``, ``folder``) only finds its files and says how
+its label files encode classes (a :class:`LabelCodec`); this module reads, remaps and validates them the
+same way for all. A raw label value that the codec does not know is an error naming the file — an
+un-remapped or wrongly decoded label must never be silently dropped.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from sfseg.data.classes import ClassProtocol
+from sfseg.data.datasets import DatasetError, read_image
+
+
+@dataclass(frozen=True)
+class LabelCodec:
+    """How one benchmark's label files encode classes.
+
+    Args:
+        read: reads a label file into raw ids (H, W), integer dtype.
+        lut: raw id -> class index of the protocol (255 = ignore); its length bounds the raw ids.
+        known: raw ids that may appear (others are an error), same length as ``lut``.
+        what: a short description for error messages, e.g. ``"Cityscapes labelIds"``.
+    """
+
+    read: Callable[[Path], np.ndarray]
+    lut: np.ndarray
+    known: np.ndarray
+    what: str
+
+    def decode(self, path: Path) -> np.ndarray:
+        """Read ``path`` and map it to class indices (uint8, 255 = ignore)."""
+        raw = self.read(path)
+        if raw.max(initial=0) >= len(self.lut):
+            raise DatasetError(f"{path}: value {int(raw.max())} is not a valid {self.what} value")
+        present = np.flatnonzero(np.bincount(raw.ravel(), minlength=len(self.lut)))
+        unknown = [int(v) for v in present if not self.known[v]]
+        if unknown:
+            raise DatasetError(f"{path}: values {unknown} are not {self.what}; is this the right label file?")
+        return self.lut[raw]
+
+
+def png_header(path: Path) -> tuple[int, int, int, int]:
+    """(width, height, bit depth, colour type) from a PNG's IHDR chunk, without decoding pixels."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise DatasetError(f"{path}: not a PNG file")
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height, head[24], head[25]
+
+
+def read_pil_ids(path: Path) -> np.ndarray:
+    """Read an 8-bit id PNG (grayscale, or palette whose *index* is the id) without colour conversion.
+
+    16-bit PNGs are refused: Pillow opens 16-bit-per-channel colour PNGs as 8-bit and destroys the ids.
+    """
+    if path.suffix.lower() == ".png":
+        _, _, depth, _ = png_header(path)
+        if depth > 8:
+            raise DatasetError(
+                f"{path}: {depth}-bit PNG; Pillow would decode it wrongly. SYNTHIA labels must be read with "
+                "dataset 'synthia' (OpenCV decoding)."
+            )
+    with Image.open(path) as im:
+        if im.mode not in ("L", "P"):
+            raise DatasetError(f"{path}: label image has mode {im.mode!r}; expected 8-bit ids (mode L or P)")
+        return np.asarray(im)
+
+
+def lut_codec(id_to_class: np.ndarray, known_ids, what: str, read=read_pil_ids) -> LabelCodec:
+    known = np.zeros(len(id_to_class), dtype=bool)
+    known[list(known_ids)] = True
+    return LabelCodec(read, id_to_class, known, what)
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    image: Path
+    label: Path | None = None
+
+
+class FileListDataset(Dataset):
+    """Images and labels read from disk on demand.
+
+    Args:
+        samples: the files, in dataset order.
+        protocol: the class protocol the labels are mapped to.
+        codec: how the label files are decoded; None for an unlabelled split.
+        repair_size: resize a label that differs in size from its image to the image (nearest neighbour);
+            otherwise such a pair is an error.
+
+    Items are dicts with ``image`` (3, H, W) uint8 RGB at the file's resolution, ``index`` and, when the
+    split has labels, ``label`` (H, W) int64 class indices (255 = ignore).
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        protocol: ClassProtocol,
+        codec: LabelCodec | None,
+        repair_size: bool = False,
+    ):
+        self.samples = samples
+        self.protocol = protocol
+        self.codec = codec
+        self.repair_size = repair_size
+        self.names = [s.name for s in samples]
+        self.has_labels = codec is not None and all(s.label is not None for s in samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.samples[i]
+        image = read_image(s.image)
+        item = {"image": torch.from_numpy(image.copy()).permute(2, 0, 1), "index": i}
+        if self.has_labels:
+            label = self.codec.decode(s.label)
+            if label.shape != image.shape[:2]:
+                if not self.repair_size:
+                    raise DatasetError(
+                        f"{s.label}: label is {label.shape[1]}x{label.shape[0]} but its image {s.image} is "
+                        f"{image.shape[1]}x{image.shape[0]}"
+                    )
+                size = (image.shape[1], image.shape[0])
+                label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+            item["label"] = torch.from_numpy(label.astype(np.int64))
+        return item
+
+
+def listing(root: Path, depth: int = 2, limit: int = 12) -> str:
+    """A short listing of what is under ``root`` (for layout errors)."""
+    if not root.is_dir():
+        return f"{root} does not exist"
+    found = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if len(rel.parts) <= depth:
+            found.append(f"{rel}{'/' if p.is_dir() else ''}")
+        if len(found) >= limit:
+            found.append("...")
+            break
+    return ", ".join(found) if found else "(empty)"
+
+
+def layout_error(root: Path, dataset: str, problem: str, layout: str) -> DatasetError:
+    return DatasetError(
+        f"{root} is not a {dataset} tree: {problem}\nFound: {listing(root)}\nExpected layout:\n{layout}"
+    )
+
+
+def missing_error(dataset: str, what: str, paths: list[Path], fix: str) -> DatasetError:
+    shown = "\n  ".join(str(p) for p in paths[:10])
+    more = f"\n  ... and {len(paths) - 10} more" if len(paths) > 10 else ""
+    return DatasetError(f"{dataset}: {len(paths)} {what} missing:\n  {shown}{more}\n{fix}")
+
+
+def read_list_file(path: str | Path) -> list[str]:
+    """Names (one per line; blank lines and ``#`` comments skipped) from a split list file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"split list file not found: {path}")
+    return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]

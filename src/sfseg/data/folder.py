@@ -1,0 +1,90 @@
+"""A user's own domain: a folder of images, optional label PNGs and an optional mapping file.
+
+Layout::
+
+    <root>/images/**/<name>.{png,jpg,jpeg}
+    <root>/labels/**/<name>.png          (optional; same relative path and stem as the image)
+
+Without a mapping file the labels must already hold class indices of the protocol (255 = ignore). With one
+(YAML or JSON, ``raw id: class name`` or ``raw id: ignore``), every raw value a label may hold is listed;
+any other value is an error naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from sfseg import IGNORE_INDEX
+from sfseg.data.classes import CITYSCAPES19, ClassProtocol
+from sfseg.data.datasets import DatasetError
+from sfseg.data.files import FileListDataset, Sample, layout_error, lut_codec, missing_error
+from sfseg.data.registry import register_dataset
+
+LAYOUT = """\
+  <root>/images/**/<name>.{png,jpg,jpeg}
+  <root>/labels/**/<name>.png     (optional)"""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def load_mapping(path: str | Path, protocol: ClassProtocol) -> np.ndarray:
+    """Read a mapping file into a raw id -> class index table (255 for ``ignore``; unlisted ids unknown)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"mapping file not found: {path}")
+    table = yaml.safe_load(path.read_text())
+    if not isinstance(table, dict) or not table:
+        raise DatasetError(f"{path}: expected a mapping 'raw id: class name' (or 'ignore')")
+    index = {n: i for i, n in enumerate(protocol.names)}
+    lut = np.full(256, -1, dtype=np.int16)
+    for raw, name in table.items():
+        if not str(raw).isdigit() or int(raw) > 255:
+            raise DatasetError(f"{path}: key {raw!r} is not a label value 0..255")
+        if name != "ignore" and name not in index:
+            raise DatasetError(
+                f"{path}: {raw}: {name!r} is not a class of {protocol.name}; use one of "
+                f"{list(protocol.names)} or 'ignore'"
+            )
+        lut[int(raw)] = IGNORE_INDEX if name == "ignore" else index[name]
+    return lut
+
+
+@register_dataset("folder", CITYSCAPES19)
+def folder(
+    root: str | Path, split: str, protocol: ClassProtocol, labels: bool | str = True, mapping: str = ""
+) -> FileListDataset:
+    """Images under ``<root>/images/<split>`` (``split`` ``all``: the whole ``images/`` folder)."""
+    root = Path(root)
+    sub = "" if split == "all" else split
+    img_dir, lab_dir = root / "images" / sub, root / "labels" / sub
+    images = sorted(p for p in img_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise layout_error(root, "image folder", f"no images under {img_dir.relative_to(root)}/", LAYOUT)
+    if labels == "auto":
+        labels = lab_dir.is_dir()
+    samples = []
+    for img in images:
+        rel = img.relative_to(img_dir)
+        samples.append(Sample(str(rel), img, lab_dir / rel.with_suffix(".png") if labels else None))
+    codec = None
+    if labels:
+        missing = [s.label for s in samples if not s.label.is_file()]
+        if missing:
+            raise missing_error(
+                "folder dataset", "label file(s) are", missing, "Each image needs labels/<same path>.png."
+            )
+        if mapping:
+            lut = load_mapping(mapping, protocol)
+            codec = lut_codec(
+                lut.clip(0).astype(np.uint8), np.flatnonzero(lut >= 0), f"ids listed in {mapping}"
+            )
+        else:
+            lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+            lut[: protocol.num_classes] = np.arange(protocol.num_classes)
+            known = list(range(protocol.num_classes)) + [IGNORE_INDEX]
+            codec = lut_codec(
+                lut, known, f"class indices 0..{protocol.num_classes - 1} or 255 (no mapping file)"
+            )
+    return FileListDataset(samples, protocol, codec)
