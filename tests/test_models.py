@@ -6,10 +6,12 @@ from sfseg.models import create_model, list_models, load_checkpoint, save_checkp
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_every_registered_model_gives_full_resolution_logits(name):
+def test_every_registered_model_gives_logits_at_output_stride_8_or_finer(name):
+    # Models return logits at their own resolution; the engine upsamples them to the label size.
     model = create_model(name, num_classes=5).eval()
-    out = model(torch.randn(2, 3, 32, 64))
-    assert out.shape == (2, 5, 32, 64)
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 64))
+    assert out.shape[:2] == (2, 5) and out.shape[2] >= 32 // 8 and out.shape[3] >= 64 // 8
 
 
 def test_unknown_model_lists_the_registry():

@@ -91,16 +91,34 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path, family: str = "", classes: str = "") -> Checkpoint:
+    """Load an sfseg checkpoint, or import a community DeepLab-v2 checkpoint transparently.
+
+    Args:
+        path: the file.
+        family: for a foreign file, its family when the keys cannot tell (see :mod:`sfseg.models.foreign`).
+        classes: for a foreign file, the class protocol name (needed when it has no head, else checked).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001  (not tensors only: import_checkpoint explains)
+        payload = None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        keys = sorted(payload)[:10] if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(
-            f"{path} is not an sfseg checkpoint (format {FORMAT!r}); top-level keys seen: {keys}"
+        # A cycle (foreign builds Checkpoint objects) makes this import local.
+        from sfseg.data.classes import get_protocol
+        from sfseg.models.foreign import import_checkpoint
+
+        ckpt = import_checkpoint(path, family, get_protocol(classes) if classes else None)
+        unused = ckpt.provenance["unused_keys"]
+        print(
+            f"{path}: imported as {ckpt.provenance['family']} (predicting head: "
+            f"{ckpt.provenance['predicting_head']}; {len(unused)} unused keys"
+            f"{': ' + ', '.join(unused[:6]) + (' ...' if len(unused) > 6 else '') if unused else ''})"
         )
+        return ckpt
     return Checkpoint(
         arch=payload["arch"],
         arch_kwargs=payload["arch_kwargs"],
