@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sfseg.data.transforms import AugmentConfig
 from sfseg.engine.optim import OptimConfig
 
 
@@ -57,8 +58,21 @@ class AdaptConfig:
 
     Attributes:
         method: a name for reports and run directories.
-        data_root: ToyCity root; only its target splits are read.
-        checkpoint: the source model.
+        dataset: the target dataset (``toycity``, ``cityscapes``, ``folder``, ...; see
+            ``sfseg.data.registry``).
+        data_root: its root directory.
+        protocol: the class protocol (``cityscapes19``, ``synthia16``, ...); empty = the dataset's own.
+        train_split: the unlabelled target images adapted on (their labels, where present, feed only the
+            pseudo-label diagnostics, never a loss).
+        val_split: the labelled split scored after every round (monitoring; the final model is the last).
+        checkpoint: the source model: an sfseg checkpoint or a community DeepLab-v2 file (imported).
+        checkpoint_family: for a community file whose keys fit several families (see
+            ``sfseg.models.foreign``).
+        input_size: ``[width, height]`` the images are resized to before the network, for pseudo-labels
+            and evaluation; logits are upsampled back to the label resolution. Empty = native size.
+        eval_batch_size: batch size for pseudo-labelling and evaluation.
+        augment: training crops (reference: ``scale_crop`` 720 x {0.5..1.5}, 600 x 600).
+        num_workers: data-loading processes for training.
         out: run directory (config, metrics.jsonl, pseudo-labels, checkpoints).
         seed: seeds sampling, flips and complementary ranks.
         adabn: re-estimate BatchNorm statistics on the target train set before anything else.
@@ -80,8 +94,9 @@ class AdaptConfig:
         teacher: the EMA teacher (BE stage).
         mixing: ``classmix`` pastes half the classes of each image onto the next (labels from the
             teacher, else from the pseudo-labels), before the student's forward pass.
-        init_from: a recipe name (e.g. ``ld``) to run first, as its recipe says (only data, checkpoint
-            and seed are passed on); this run starts from its final checkpoint: LDBE = LD, then BE.
+        init_from: a recipe name (e.g. ``ld``, or ``gta5_to_cityscapes/ld`` outside ToyCity) to run
+            first, as its recipe says (only data, checkpoint and seed are passed on); this run starts
+            from its final checkpoint: LDBE = LD, then BE.
             ``sfseg bench`` reuses the same seed's run of that recipe when it is in the method list.
         collapse_warning: warn (and record in the metrics) when a class's share of the pseudo-labels
             (of the predictions, for methods without pseudo-labels) falls below this fraction of its
@@ -89,8 +104,17 @@ class AdaptConfig:
     """
 
     method: str = "ld"
+    dataset: str = "toycity"
     data_root: str = "data/toycity"
+    protocol: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
     checkpoint: str = "runs/source/source.pt"
+    checkpoint_family: str = ""
+    input_size: list[int] = field(default_factory=list)
+    eval_batch_size: int = 16
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    num_workers: int = 0
     out: str = "runs/adapt"
     seed: int = 0
     adabn: bool = False

@@ -11,6 +11,8 @@ import copy
 import torch
 from torch import nn
 
+from sfseg.models.ops import upsample_logits
+
 
 class EMATeacher:
     """Keeps ``teacher = d * teacher + (1 - d) * student`` for parameters; buffers (BN statistics) are copied.
@@ -41,4 +43,4 @@ class EMATeacher:
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher confidence and label per pixel. Shape: (B, 3, H, W) -> (B, H, W), (B, H, W)."""
-        return self.model(images).softmax(1).max(1)
+        return upsample_logits(self.model(images), images.shape[-2:]).softmax(1).max(1)

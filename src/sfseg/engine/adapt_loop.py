@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from sfseg import IGNORE_INDEX
@@ -38,31 +38,68 @@ from sfseg.adapt.pseudo_labels import (
 )
 from sfseg.adapt.teacher import EMATeacher
 from sfseg.config import load_config, save_config, to_dict
-from sfseg.data.classes import TOYCITY, ClassProtocol
-from sfseg.data.datasets import ListDataset, check_toycity_root, toycity_split
+from sfseg.data.classes import ClassProtocol
 from sfseg.data.normalization import Normalization
+from sfseg.data.registry import build_dataset, dataset_protocol
+from sfseg.data.transforms import AugmentConfig, resize_image, scale_crop
 from sfseg.engine.evaluate import evaluate
 from sfseg.engine.optim import build_sgd, poly_step
 from sfseg.engine.recipes import recipe_path
 from sfseg.engine.runlog import MetricsLog, seed_everything
 from sfseg.models import load_checkpoint, save_checkpoint
+from sfseg.models.ops import upsample_logits
 
-EVAL_BATCH = 16
 
-
-def _batches(dataset: ListDataset, batch_size: int):
+def _batches(dataset: Dataset, batch_size: int):
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
 
+def _prepare(images: torch.Tensor, norm: Normalization, input_size: list[int]) -> torch.Tensor:
+    """uint8 images -> network input, resized to ``input_size`` (W, H) when one is set."""
+    return norm(resize_image(images, tuple(input_size)) if input_size else images)
+
+
 @torch.no_grad()
-def _logits(model, images, norm: Normalization) -> torch.Tensor:
-    return model(norm(images))
+def _logits(model, images: torch.Tensor, norm: Normalization, input_size: list[int]) -> torch.Tensor:
+    """Logits at the images' own (label) resolution, from an input resized to ``input_size``."""
+    return upsample_logits(model(_prepare(images, norm, input_size)), images.shape[-2:])
+
+
+class TrainView(Dataset):
+    """The target train set as one round trains on it: each image with its pseudo-label, jointly cropped.
+
+    Args:
+        base: the target train split.
+        pseudo_paths: this round's pseudo-label PNGs (dataset order), or None for methods without them.
+        augment: the crop recipe.
+        seed, round_index: with the epoch and sample index, they fix each sample's crop.
+    """
+
+    def __init__(self, base: Dataset, pseudo_paths, augment: AugmentConfig, seed: int, round_index: int):
+        self.base, self.pseudo_paths, self.augment = base, pseudo_paths, augment
+        self.seed, self.round_index, self.epoch = seed, round_index, 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        image = self.base[i]["image"]
+        pseudo = None
+        if self.pseudo_paths:
+            pseudo = torch.from_numpy(np.asarray(Image.open(self.pseudo_paths[i])).astype(np.int64))
+        if self.augment.kind == "scale_crop":
+            rng = np.random.default_rng([self.seed, self.round_index, self.epoch, i])
+            image, pseudo = scale_crop(image, pseudo, self.augment, rng)
+        item = {"image": image, "index": i}
+        if pseudo is not None:
+            item["pseudo"] = pseudo
+        return item
 
 
 @torch.no_grad()
 def make_pseudo_labels(
     model,
-    dataset: ListDataset,
+    dataset: Dataset,
     norm: Normalization,
     cfg: AdaptConfig,
     alpha: float,
@@ -87,9 +124,12 @@ def make_pseudo_labels(
     hist = ConfidenceHistogram(C, pl.bins)
     if pl.kind == "class_balanced":
         for batch in tqdm(
-            _batches(dataset, EVAL_BATCH), desc="pseudo-labels: thresholds", disable=not progress, leave=False
+            _batches(dataset, cfg.eval_batch_size),
+            desc="pseudo-labels: thresholds",
+            disable=not progress,
+            leave=False,
         ):
-            hist.update(*confidence_scores(_logits(model, batch["image"], norm)))
+            hist.update(*confidence_scores(_logits(model, batch["image"], norm, cfg.input_size)))
         thresholds = hist.thresholds(alpha)
 
     selected = torch.zeros(C, dtype=torch.int64)
@@ -99,8 +139,8 @@ def make_pseudo_labels(
     paths: list[Path] = []
     palette = protocol.palette()
     desc = "prediction shares" if pl.kind == "none" else "pseudo-labels: select"
-    for batch in tqdm(_batches(dataset, EVAL_BATCH), desc=desc, disable=not progress, leave=False):
-        logits = _logits(model, batch["image"], norm)
+    for batch in tqdm(_batches(dataset, cfg.eval_batch_size), desc=desc, disable=not progress, leave=False):
+        logits = _logits(model, batch["image"], norm, cfg.input_size)
         predicted += torch.bincount(logits.argmax(1).reshape(-1), minlength=C)
         total_pixels += logits.shape[0] * logits.shape[2] * logits.shape[3]
         if pl.kind == "none":
@@ -170,10 +210,6 @@ def _no_labels(cfg: AdaptConfig) -> AdaptConfig:
     return replace(cfg, pseudo_labels=replace(cfg.pseudo_labels, kind="none"))
 
 
-def _read_pseudo(paths: list[Path], indices: list[int]) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.asarray(Image.open(paths[i])).astype(np.int64)) for i in indices])
-
-
 def _step_inputs(model, teacher, x, pseudo, cfg: AdaptConfig, generator) -> StepInputs:
     """The student's forward pass, after the teacher's labels and ClassMix where the method has them."""
     t_conf = t_label = None
@@ -190,12 +226,13 @@ def _step_inputs(model, teacher, x, pseudo, cfg: AdaptConfig, generator) -> Step
         pseudo, t_label, t_conf = (
             None if t is None else class_mix(masks, t)[0] for t in (pseudo, t_label, t_conf)
         )
-    return StepInputs(model(x), pseudo, generator, teacher_labels=t_label, teacher_confidence=t_conf)
+    logits = upsample_logits(model(x), x.shape[-2:])
+    return StepInputs(logits, pseudo, generator, teacher_labels=t_label, teacher_confidence=t_conf)
 
 
 def train_round(
     model,
-    dataset: ListDataset,
+    dataset: Dataset,
     norm: Normalization,
     cfg: AdaptConfig,
     parts,
@@ -210,7 +247,15 @@ def train_round(
     """One round of training; returns the global step count after it."""
     lr_scale = cfg.lr_round_decay ** (-round_index)
     optimizer = build_sgd(model, cfg.optim, lr_scale=lr_scale)  # rebuilt: momentum reset every round
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator)
+    view = TrainView(dataset, pseudo_paths, cfg.augment, cfg.seed, round_index)
+    loader = DataLoader(
+        view,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=generator,
+        num_workers=cfg.num_workers,
+    )
     model.train()
     set_bn_mode(model, cfg.bn_mode)
     bar = tqdm(
@@ -218,10 +263,11 @@ def train_round(
     )
     sums: dict[str, float] = {}
     n = 0
-    for _ in range(cfg.epochs_per_round):
+    for epoch in range(cfg.epochs_per_round):
+        view.epoch = epoch
         for batch in loader:
             images = batch["image"]
-            pseudo = _read_pseudo(pseudo_paths, batch["index"].tolist()) if pseudo_paths else None
+            pseudo = batch.get("pseudo")
             if cfg.hflip:
                 flip = torch.rand(images.shape[0], generator=generator) < 0.5
                 images[flip] = images[flip].flip(-1)
@@ -254,7 +300,7 @@ def train_round(
     return step
 
 
-def _run_init_stage(cfg: AdaptConfig, progress: bool, protocol: ClassProtocol) -> AdaptConfig:
+def _run_init_stage(cfg: AdaptConfig, progress: bool) -> AdaptConfig:
     """Run the ``init_from`` recipe (same data, seed and source checkpoint) into ``<out>/<name>``; return
     ``cfg`` starting from its final checkpoint."""
     first = load_config(
@@ -262,20 +308,26 @@ def _run_init_stage(cfg: AdaptConfig, progress: bool, protocol: ClassProtocol) -
         recipe_path(cfg.init_from),
         [f"data_root={cfg.data_root}", f"checkpoint={cfg.checkpoint}", f"seed={cfg.seed}"],
     )
-    first = replace(first, out=str(Path(cfg.out) / cfg.init_from))
-    run_adaptation(first, progress, protocol)
+    first = replace(first, out=str(Path(cfg.out) / cfg.init_from), checkpoint_family=cfg.checkpoint_family)
+    run_adaptation(first, progress)
     return replace(cfg, checkpoint=str(Path(first.out) / "final.pt"), init_from="")
 
 
-def run_adaptation(cfg: AdaptConfig, progress: bool = True, protocol: ClassProtocol = TOYCITY) -> dict:
+def run_adaptation(cfg: AdaptConfig, progress: bool = True) -> dict:
     """Adapt ``cfg.checkpoint`` to the target domain; write the run directory; return the summary."""
     # Reject a bad composition, a missing checkpoint or data before anything is written.
+    protocol = dataset_protocol(cfg.dataset, cfg.protocol)
     parts = build_loss_parts(cfg, protocol.num_classes)
     if cfg.init_from:
-        cfg = _run_init_stage(cfg, progress, protocol)
-    ckpt = load_checkpoint(cfg.checkpoint)
+        cfg = _run_init_stage(cfg, progress)
+    ckpt = load_checkpoint(cfg.checkpoint, family=cfg.checkpoint_family, classes=protocol.name)
     ckpt.check_classes(protocol.names, cfg.data_root)
-    check_toycity_root(cfg.data_root)
+    # Target train labels (where the split has them) feed only the pseudo-label diagnostics, never a loss.
+    options = {"progress": progress} if cfg.dataset == "toycity" else {}
+    target_train = build_dataset(
+        cfg.dataset, cfg.data_root, cfg.train_split, protocol.name, labels="auto", **options
+    )
+    target_val = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, protocol.name, **options)
     seed_everything(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -294,9 +346,6 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True, protocol: ClassProto
 
     model = ckpt.build()
     norm = ckpt.normalization
-    # Target train labels (ToyCity has them) feed only the pseudo-label diagnostics, never a loss.
-    target_train = toycity_split(cfg.data_root, "target", "train", progress=progress)
-    target_val = toycity_split(cfg.data_root, "target", "val", progress=progress)
     if cfg.trainable == "bn_affine":
         train_only_bn_affine(model)
     else:
@@ -304,7 +353,16 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True, protocol: ClassProto
     generator = torch.Generator().manual_seed(cfg.seed)
 
     def evaluate_and_log(round_index: int, phase: str) -> dict:
-        res = evaluate(model, target_val, norm, protocol, progress=progress, desc=f"eval ({phase})")
+        res = evaluate(
+            model,
+            target_val,
+            norm,
+            protocol,
+            batch_size=cfg.eval_batch_size,
+            input_size=cfg.input_size,
+            progress=progress,
+            desc=f"eval ({phase})",
+        )
         log.write({"phase": phase, "round": round_index, "split": "target_val", **res})
         return res
 
@@ -328,7 +386,8 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True, protocol: ClassProto
 
     history = [evaluate_and_log(-1, "source_model")]
     if cfg.adabn:
-        adabn(model, (norm(b["image"]) for b in _batches(target_train, EVAL_BATCH)), progress=progress)
+        batches = _batches(target_train, cfg.eval_batch_size)
+        adabn(model, (_prepare(b["image"], norm, cfg.input_size) for b in batches), progress=progress)
         history.append(evaluate_and_log(-1, "adabn"))
 
     teacher = EMATeacher(model, cfg.teacher.max_decay) if cfg.teacher.ema else None

@@ -3,30 +3,32 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from sfseg.data.classes import ClassProtocol
-from sfseg.data.datasets import ListDataset
 from sfseg.data.normalization import Normalization
+from sfseg.data.transforms import resize_image
 from sfseg.engine.metrics import ConfusionMatrix
+from sfseg.models.ops import upsample_logits
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    dataset: ListDataset,
+    dataset: Dataset,
     normalization: Normalization,
     protocol: ClassProtocol,
     batch_size: int = 16,
+    input_size: list[int] | tuple[int, int] = (),
     progress: bool = False,
     desc: str = "eval",
 ) -> dict:
-    """Single-scale evaluation in eval mode (BN running statistics).
+    """Single-scale evaluation in eval mode (BN running statistics), no flip.
 
-    Logits are upsampled bilinearly to the label's resolution before the argmax; labels are never resized.
+    Images are resized to ``input_size`` = (W, H) when given (Cityscapes protocol: 1024 x 512); logits are
+    upsampled bilinearly to the label's resolution before the argmax; labels are never resized.
 
     Returns:
         the :meth:`ConfusionMatrix.summary` dict (mIoU, per-class IoU, majority/minority mIoU, in %).
@@ -38,10 +40,10 @@ def evaluate(
     cm = ConfusionMatrix(protocol.num_classes)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        logits = model(normalization(batch["image"]))
+        images = batch["image"]
+        if input_size:
+            images = resize_image(images, tuple(input_size))
         label = batch["label"]
-        if logits.shape[-2:] != label.shape[-2:]:
-            logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
-        cm.update(label, logits.argmax(1))
+        cm.update(label, upsample_logits(model(normalization(images)), label.shape[-2:]).argmax(1))
     model.train(was_training)
     return cm.summary(protocol.names, protocol.majority, protocol.subsets)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PACKAGE_CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "toycity"
+CONFIGS_ROOT = Path(__file__).resolve().parents[3] / "configs"
+PACKAGE_CONFIGS = CONFIGS_ROOT / "toycity"
 
 
 def config_dir(path: str | Path | None) -> Path:
@@ -16,8 +17,15 @@ def config_dir(path: str | Path | None) -> Path:
 
 
 def recipe_path(name: str, recipes: str | Path | None = None) -> Path:
-    """The YAML file of recipe ``name``; a clear error listing the available recipes if absent."""
-    d = config_dir(recipes)
+    """The YAML file of recipe ``name``; a clear error listing the available recipes if absent.
+
+    ``name`` is a recipe of ``recipes`` (default ``configs/toycity``), or ``<benchmark>/<recipe>`` for
+    another directory of ``configs/`` (e.g. ``gta5_to_cityscapes/ld``).
+    """
+    if "/" in name:
+        d, name = CONFIGS_ROOT / name.rsplit("/", 1)[0], name.rsplit("/", 1)[1]
+    else:
+        d = config_dir(recipes)
     path = d / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in d.glob("*.yaml"))

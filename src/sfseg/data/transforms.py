@@ -1,0 +1,83 @@
+"""Joint image/label transforms of the reference recipe (DeepLab-v2 self-training on Cityscapes).
+
+Images are resized bicubically (antialiased when shrinking), labels by nearest neighbour, so a label never
+holds a value that was not in it. All randomness comes from the ``numpy.random.Generator`` passed in, so a
+sample's crop depends only on (seed, round, epoch, index) — the same with or without loader workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation of target images and their pseudo-labels (horizontal flips are separate).
+
+    Attributes:
+        kind: ``none`` (images as they are) or ``scale_crop`` (the reference recipe: resize the short side
+            to ``short_side * s``, s drawn from ``scales``; random ``crop`` x ``crop`` crop, or, when the
+            image is smaller, a random square crop of its short side resized to ``crop``).
+        short_side: the short side before scaling (reference: 720).
+        scales: the scale factors (reference: 0.5, 0.75, 1.0, 1.25, 1.5).
+        crop: the crop size (reference: 600).
+    """
+
+    kind: Literal["none", "scale_crop"] = "none"
+    short_side: int = 720
+    scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])
+    crop: int = 600
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of uint8 images to ``size`` = (W, H).
+
+    Shape:
+        (3, H0, W0) or (B, 3, H0, W0) uint8 -> same rank, (H, W) spatial, uint8.
+    """
+    w, h = size
+    if tuple(image.shape[-2:]) == (h, w):
+        return image
+    x = image.float().unsqueeze(0) if image.dim() == 3 else image.float()
+    shrink = h < x.shape[-2] or w < x.shape[-1]
+    x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=shrink)
+    x = x.round_().clamp_(0, 255).to(torch.uint8)
+    return x[0] if image.dim() == 3 else x
+
+
+def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of a label map (H0, W0) to ``size`` = (W, H)."""
+    w, h = size
+    if tuple(label.shape[-2:]) == (h, w):
+        return label
+    return F.interpolate(label[None, None].float(), size=(h, w), mode="nearest")[0, 0].to(label.dtype)
+
+
+def scale_crop(
+    image: torch.Tensor, label: torch.Tensor | None, cfg: AugmentConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The reference recipe's random rescale and square crop (see :class:`AugmentConfig`).
+
+    Shape:
+        image (3, H, W) uint8, label (H, W) or None -> (3, crop, crop), (crop, crop).
+    """
+    _, h, w = image.shape
+    s = float(rng.choice(cfg.scales))
+    short = max(1, round(cfg.short_side * s))
+    nw, nh = (short, max(1, round(h * short / w))) if w < h else (max(1, round(w * short / h)), short)
+    image = resize_image(image, (nw, nh))
+    label = None if label is None else resize_label(label, (nw, nh))
+    side = min(cfg.crop, nh, nw)
+    y0 = int(rng.integers(0, nh - side + 1))
+    x0 = int(rng.integers(0, nw - side + 1))
+    image = image[:, y0 : y0 + side, x0 : x0 + side]
+    label = None if label is None else label[y0 : y0 + side, x0 : x0 + side]
+    if side < cfg.crop:
+        image = resize_image(image, (cfg.crop, cfg.crop))
+        label = None if label is None else resize_label(label, (cfg.crop, cfg.crop))
+    return image, label
