@@ -5,6 +5,9 @@ sfseg toycity calibrate --data data/toycity
 sfseg train-source --config configs/toycity/source.yaml [key=value ...]
 sfseg adapt --config configs/toycity/ld.yaml [key=value ...]
 sfseg eval --checkpoint runs/adapt/final.pt --data data/toycity
+sfseg eval --checkpoint ld.pt --dataset cityscapes --data /data/cityscapes --input-size 1024 512
+sfseg predict --checkpoint ld.pt --dataset cityscapes --data /data/cityscapes --out preds --format cityscapes
+sfseg import-checkpoint GTA5_source.pth gta5_source.pt [--family crst] [--classes cityscapes19]
 sfseg bench toycity --methods source_only adabn ld --seeds 0 1 2
 sfseg demo
 """
@@ -69,20 +72,89 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     print(f"run directory: {cfg.out}")
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
-    from sfseg.data.classes import TOYCITY
-    from sfseg.data.datasets import toycity_split
-    from sfseg.engine.evaluate import evaluate
-    from sfseg.engine.report import per_class_table
+def _data_and_checkpoint(args: argparse.Namespace, labels: bool):
+    """The checkpoint, the split named on the command line, and its protocol; checked against each other."""
+    from sfseg.data.registry import build_dataset, dataset_protocol
     from sfseg.models import load_checkpoint
 
-    ckpt = load_checkpoint(args.checkpoint)
-    ckpt.check_classes(TOYCITY.names, args.data)
-    data = toycity_split(args.data, args.domain, args.split, progress=True)
-    res = evaluate(ckpt.build(), data, ckpt.normalization, TOYCITY, progress=True)
-    print(per_class_table({Path(args.checkpoint).name: res}))
+    protocol = dataset_protocol(args.dataset, args.protocol)
+    ckpt = load_checkpoint(args.checkpoint, family=args.family, classes=protocol.name)
+    ckpt.check_classes(protocol.names, args.data)
+    split = args.split
+    options = {}
+    if args.dataset == "toycity":
+        split = split if args.domain == "target" else f"source_{split}"
+        options["progress"] = True
+    elif args.mapping:
+        options["mapping"] = args.mapping
+    data = build_dataset(args.dataset, args.data, split, protocol.name, labels=labels, **options)
+    return ckpt, data, protocol
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from sfseg.engine.evaluate import evaluate
+    from sfseg.engine.report import per_class_table
+
+    ckpt, data, protocol = _data_and_checkpoint(args, labels=True)
+    res = evaluate(
+        ckpt.build(),
+        data,
+        ckpt.normalization,
+        protocol,
+        batch_size=args.batch_size,
+        input_size=args.input_size or (),
+        progress=True,
+    )
+    res["protocol"] = {
+        "classes": protocol.name,
+        "input_size": args.input_size,
+        "scales": [1.0],
+        "flip": False,
+    }
+    print(per_class_table({Path(args.checkpoint).name: res}, protocol))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from sfseg.engine.predict import predict
+
+    ckpt, data, protocol = _data_and_checkpoint(args, labels=False)
+    paths = predict(
+        ckpt.build(),
+        data,
+        ckpt.normalization,
+        protocol,
+        args.out,
+        fmt=args.format,
+        input_size=args.input_size or (),
+        batch_size=args.batch_size,
+    )
+    print(f"{len(paths)} prediction(s) ({args.format}) written to {args.out}")
+
+
+def cmd_import_checkpoint(args: argparse.Namespace) -> None:
+    from sfseg.data.classes import get_protocol
+    from sfseg.models import save_checkpoint
+    from sfseg.models.foreign import import_checkpoint
+
+    ckpt = import_checkpoint(args.input, args.family, get_protocol(args.classes) if args.classes else None)
+    save_checkpoint(
+        args.output,
+        ckpt.build(),
+        arch=ckpt.arch,
+        arch_kwargs=ckpt.arch_kwargs,
+        class_names=ckpt.class_names,
+        normalization=ckpt.normalization,
+        provenance=ckpt.provenance,
+    )
+    prov = ckpt.provenance
+    print(f"family: {prov['family']}; predicting head: {prov['predicting_head']}")
+    print(f"classes: {ckpt.num_classes} {ckpt.class_names}")
+    print(f"normalization: {ckpt.normalization}")
+    print(f"filled num_batches_tracked: {prov['filled_num_batches_tracked']}")
+    print(f"unused keys ({len(prov['unused_keys'])}): {', '.join(prov['unused_keys']) or '-'}")
+    print(f"written: {args.output}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -136,12 +208,34 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=func)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint (mIoU, per-class IoU, majority/minority)")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data", default="data/toycity")
-    e.add_argument("--domain", default="target", choices=["source", "target"])
-    e.add_argument("--split", default="val", choices=["train", "val"])
+    pr = sub.add_parser("predict", help="write prediction PNGs (Cityscapes labelIds or trainIds)")
+    for q in (e, pr):
+        q.add_argument("--checkpoint", required=True, help="sfseg checkpoint or community DeepLab-v2 file")
+        q.add_argument("--family", default="", help="checkpoint family when its keys are ambiguous")
+        q.add_argument("--dataset", default="toycity", help="toycity, cityscapes, gta5, synthia, folder")
+        q.add_argument("--data", default="data/toycity", help="dataset root")
+        q.add_argument("--split", default="val", help="split (ToyCity: train/val of --domain)")
+        q.add_argument("--domain", default="target", choices=["source", "target"], help="ToyCity only")
+        q.add_argument("--protocol", default="", help="class protocol (default: the dataset's own)")
+        q.add_argument("--mapping", default="", help="folder dataset: raw id -> class mapping file")
+        q.add_argument(
+            "--input-size", type=int, nargs=2, metavar=("W", "H"), help="resize inputs (Cityscapes: 1024 512)"
+        )
+        q.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--json", help="also write the metrics to this JSON file")
     e.set_defaults(func=cmd_eval)
+    pr.add_argument("--out", required=True, help="output directory")
+    pr.add_argument("--format", default="cityscapes", choices=["cityscapes", "trainid"])
+    pr.set_defaults(func=cmd_predict)
+
+    im = sub.add_parser(
+        "import-checkpoint", help="convert a community DeepLab-v2 checkpoint to sfseg's format"
+    )
+    im.add_argument("input")
+    im.add_argument("output")
+    im.add_argument("--family", default="", help="family when keys are ambiguous (adaptsegnet_single, crst)")
+    im.add_argument("--classes", default="", help="class protocol (needed for files without a head)")
+    im.set_defaults(func=cmd_import_checkpoint)
 
     b = sub.add_parser("bench", help="methods x seeds on a benchmark -> markdown table and figure")
     b.add_argument("benchmark", choices=["toycity"])

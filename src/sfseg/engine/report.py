@@ -32,7 +32,12 @@ def per_class_table(results: dict[str, dict | list[dict]], protocol: ClassProtoc
     majority = set(protocol.names[i] for i in protocol.majority) if protocol else set()
     header = "| | " + " | ".join(runs) + " |"
     lines = [header, "|---|" + "---:|" * len(runs)]
-    for title, key in ROWS_HEAD:
+    subsets = (
+        tuple((f"{name} ({len(members)} classes)", name) for name, members in protocol.subsets)
+        if protocol
+        else ()
+    )
+    for title, key in ROWS_HEAD + subsets:
         if key in first:
             lines.append(
                 f"| **{title}** | " + " | ".join(_fmt([r[key] for r in rs]) for rs in runs.values()) + " |"
