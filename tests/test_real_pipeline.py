@@ -1,0 +1,53 @@
+"""The GTA5 -> Cityscapes recipe end to end on CPU: a fake Cityscapes tree, a community-format R-101 file."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from sfseg.adapt.config import AdaptConfig
+from sfseg.config import load_config
+from sfseg.data.fake_trees import write_cityscapes
+from sfseg.engine.adapt_loop import run_adaptation
+from sfseg.engine.recipes import recipe_path
+from sfseg.models import load_checkpoint
+from sfseg.models.deeplab_v2 import DeepLabV2
+
+
+@pytest.mark.slow
+def test_gta5_ld_recipe_smoke(tmp_path):
+    write_cityscapes(tmp_path / "cs", per_split=3, size=(128, 64))
+    torch.manual_seed(0)
+    sd = DeepLabV2(19).state_dict()
+    # An LDBE-family source file: DataParallel prefix, an unused layer6, no num_batches_tracked.
+    foreign = {f"module.{k}": v for k, v in sd.items() if "num_batches" not in k}
+    foreign.update({f"module.layer6.{k[7:]}": v.clone() for k, v in sd.items() if k.startswith("layer5.")})
+    torch.save({"state_dict": foreign}, tmp_path / "GTA5_source.pth")
+
+    cfg = load_config(
+        AdaptConfig,
+        recipe_path("gta5_to_cityscapes/ld"),
+        [
+            f"data_root={tmp_path / 'cs'}",
+            f"checkpoint={tmp_path / 'GTA5_source.pth'}",
+            f"out={tmp_path / 'run'}",
+            "input_size=[96, 48]",  # the recipe's 1024x512 / 600x600, scaled to the fake images
+            "augment.short_side=48",
+            "augment.crop=40",
+            "num_workers=0",
+            "eval_batch_size=3",
+        ],
+    )
+    assert cfg.batch_size == 3 and cfg.rounds == 2 and cfg.augment.kind == "scale_crop"
+    summary = run_adaptation(cfg, progress=False)
+    assert len(summary["val_miou_per_round"]) == 3
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rounds = [r for r in records if r["phase"] == "pseudo_labels"]
+    assert [r["alpha"] for r in rounds] == [0.10, pytest.approx(0.15)]
+    assert all(r["phase"] != "train" or r["steps"] == 1 for r in records)
+    pl = sorted((tmp_path / "run" / "pseudo_labels" / "round_0").glob("*.png"))
+    assert len(pl) == 3 and all(Image.open(p).size == (128, 64) for p in pl)  # full label resolution
+    final = load_checkpoint(tmp_path / "run" / "final.pt")
+    assert final.arch == "deeplabv2_r101" and final.provenance["parent"]["family"] == "ldbe"
+    assert final.normalization.order == "BGR" and final.normalization.std is None
