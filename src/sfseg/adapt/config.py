@@ -73,6 +73,7 @@ class AdaptConfig:
         eval_batch_size: batch size for pseudo-labelling and evaluation.
         augment: training crops (reference: ``scale_crop`` 720 x {0.5..1.5}, 600 x 600).
         num_workers: data-loading processes for training.
+        device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         out: run directory (config, metrics.jsonl, pseudo-labels, checkpoints).
         seed: seeds sampling, flips and complementary ranks.
         adabn: re-estimate BatchNorm statistics on the target train set before anything else.
@@ -115,6 +116,7 @@ class AdaptConfig:
     eval_batch_size: int = 16
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     num_workers: int = 0
+    device: str = "auto"
     out: str = "runs/adapt"
     seed: int = 0
     adabn: bool = False

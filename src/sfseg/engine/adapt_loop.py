@@ -13,6 +13,7 @@ after the last round — never the best round on the split it is reported on.
 from __future__ import annotations
 
 import math
+import resource
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -54,15 +55,35 @@ def _batches(dataset: Dataset, batch_size: int):
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
 
-def _prepare(images: torch.Tensor, norm: Normalization, input_size: list[int]) -> torch.Tensor:
-    """uint8 images -> network input, resized to ``input_size`` (W, H) when one is set."""
+def resolve_device(name: str) -> torch.device:
+    """``auto`` = the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def peak_memory() -> dict:
+    """Peak resident memory of this process and, on CUDA, peak allocated GPU memory (GiB)."""
+    out = {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+    if torch.cuda.is_available():
+        out["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return out
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _prepare(images: torch.Tensor, norm: Normalization, input_size: list[int], device) -> torch.Tensor:
+    """uint8 images -> network input on ``device``, resized to ``input_size`` (W, H) when one is set."""
+    images = images.to(device, non_blocking=True)
     return norm(resize_image(images, tuple(input_size)) if input_size else images)
 
 
 @torch.no_grad()
 def _logits(model, images: torch.Tensor, norm: Normalization, input_size: list[int]) -> torch.Tensor:
     """Logits at the images' own (label) resolution, from an input resized to ``input_size``."""
-    return upsample_logits(model(_prepare(images, norm, input_size)), images.shape[-2:])
+    return upsample_logits(model(_prepare(images, norm, input_size, _device(model))), images.shape[-2:])
 
 
 class TrainView(Dataset):
@@ -141,7 +162,7 @@ def make_pseudo_labels(
     desc = "prediction shares" if pl.kind == "none" else "pseudo-labels: select"
     for batch in tqdm(_batches(dataset, cfg.eval_batch_size), desc=desc, disable=not progress, leave=False):
         logits = _logits(model, batch["image"], norm, cfg.input_size)
-        predicted += torch.bincount(logits.argmax(1).reshape(-1), minlength=C)
+        predicted += torch.bincount(logits.argmax(1).reshape(-1), minlength=C).cpu()
         total_pixels += logits.shape[0] * logits.shape[2] * logits.shape[3]
         if pl.kind == "none":
             continue
@@ -152,15 +173,15 @@ def make_pseudo_labels(
         else:
             labels = argmax_labels(logits)
         sel = labels != IGNORE_INDEX
-        selected += torch.bincount(labels[sel], minlength=C)
+        selected += torch.bincount(labels[sel], minlength=C).cpu()
         if "label" in batch:
-            gt = batch["label"]
+            gt = batch["label"].to(labels.device)
             hit = sel & (labels == gt)
-            correct += torch.bincount(labels[hit], minlength=C)
+            correct += torch.bincount(labels[hit], minlength=C).cpu()
         out_dir.mkdir(parents=True, exist_ok=True)
         for idx, lab in zip(batch["index"].tolist(), labels):
             path = out_dir / f"{idx:05d}.png"
-            im = Image.fromarray(lab.to(torch.uint8).numpy(), mode="L").convert("P")
+            im = Image.fromarray(lab.to(torch.uint8).cpu().numpy(), mode="L").convert("P")
             im.putpalette(palette)
             im.save(path)
             paths.append(path)
@@ -245,6 +266,7 @@ def train_round(
     teacher: EMATeacher | None = None,
 ) -> int:
     """One round of training; returns the global step count after it."""
+    t0 = time.time()
     lr_scale = cfg.lr_round_decay ** (-round_index)
     optimizer = build_sgd(model, cfg.optim, lr_scale=lr_scale)  # rebuilt: momentum reset every round
     view = TrainView(dataset, pseudo_paths, cfg.augment, cfg.seed, round_index)
@@ -266,10 +288,11 @@ def train_round(
     for epoch in range(cfg.epochs_per_round):
         view.epoch = epoch
         for batch in loader:
-            images = batch["image"]
-            pseudo = batch.get("pseudo")
+            device = _device(model)
+            images = batch["image"].to(device, non_blocking=True)
+            pseudo = batch["pseudo"].to(device, non_blocking=True) if "pseudo" in batch else None
             if cfg.hflip:
-                flip = torch.rand(images.shape[0], generator=generator) < 0.5
+                flip = (torch.rand(images.shape[0], generator=generator) < 0.5).to(device)
                 images[flip] = images[flip].flip(-1)
                 if pseudo is not None:
                     pseudo[flip] = pseudo[flip].flip(-1)
@@ -293,6 +316,7 @@ def train_round(
             "phase": "train",
             "round": round_index,
             "steps": n,
+            "seconds": round(time.time() - t0, 1),
             "lr_scale": lr_scale,
             **{f"loss_{k}": v / max(n, 1) for k, v in sums.items()},
         }
@@ -344,7 +368,7 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True) -> dict:
         }
     )
 
-    model = ckpt.build()
+    model = ckpt.build().to(resolve_device(cfg.device))
     norm = ckpt.normalization
     if cfg.trainable == "bn_affine":
         train_only_bn_affine(model)
@@ -387,7 +411,8 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True) -> dict:
     history = [evaluate_and_log(-1, "source_model")]
     if cfg.adabn:
         batches = _batches(target_train, cfg.eval_batch_size)
-        adabn(model, (_prepare(b["image"], norm, cfg.input_size) for b in batches), progress=progress)
+        device = _device(model)
+        adabn(model, (_prepare(b["image"], norm, cfg.input_size, device) for b in batches), progress=progress)
         history.append(evaluate_and_log(-1, "adabn"))
 
     teacher = EMATeacher(model, cfg.teacher.max_decay) if cfg.teacher.ema else None
@@ -402,9 +427,11 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True) -> dict:
         # The reference labels with BN in the same mode as it trains.
         model.eval()
         set_bn_mode(model, cfg.bn_mode)
+        t_round = time.time()
         pseudo_paths, stats = make_pseudo_labels(
             model, target_train, norm, cfg, alpha, out / "pseudo_labels" / f"round_{r}", protocol, progress
         )
+        stats["seconds"] = round(time.time() - t_round, 1)
         if stats["never_predicted"]:
             tqdm.write(
                 f"round {r}: classes never predicted, no pseudo-labels for them: {stats['never_predicted']}"
@@ -434,6 +461,7 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True) -> dict:
     save("final.pt", rounds=cfg.rounds)
     summary = {
         "method": cfg.method,
+        **peak_memory(),
         "seed": cfg.seed,
         "final": final,
         "val_miou_per_round": [h["miou"] for h in history],
@@ -441,5 +469,13 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True) -> dict:
         "final_shares": end,
         "seconds": round(time.time() - t0, 1),
     }
-    log.write({"phase": "done", "method": cfg.method, "miou": final["miou"], "seconds": summary["seconds"]})
+    log.write(
+        {
+            "phase": "done",
+            "method": cfg.method,
+            "miou": final["miou"],
+            "seconds": summary["seconds"],
+            **peak_memory(),
+        }
+    )
     return summary

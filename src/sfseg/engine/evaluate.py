@@ -38,9 +38,10 @@ def evaluate(
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(protocol.num_classes)
+    device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        images = batch["image"]
+        images = batch["image"].to(device, non_blocking=True)
         if input_size:
             images = resize_image(images, tuple(input_size))
         label = batch["label"]
