@@ -16,7 +16,8 @@ from sfseg.models.deeplab_v2 import DeepLabV2
 
 
 @pytest.mark.slow
-def test_gta5_ld_recipe_smoke(tmp_path):
+@pytest.mark.parametrize("amp", [False, True])
+def test_gta5_ld_recipe_smoke(tmp_path, amp):
     write_cityscapes(tmp_path / "cs", per_split=3, size=(128, 64))
     torch.manual_seed(0)
     sd = DeepLabV2(19).state_dict()
@@ -37,6 +38,7 @@ def test_gta5_ld_recipe_smoke(tmp_path):
             "augment.crop=40",
             "num_workers=0",
             "eval_batch_size=3",
+            f"amp={str(amp).lower()}",
         ],
     )
     assert cfg.batch_size == 3 and cfg.rounds == 2 and cfg.augment.kind == "scale_crop"

@@ -74,6 +74,8 @@ class AdaptConfig:
         augment: training crops (reference: ``scale_crop`` 720 x {0.5..1.5}, 600 x 600).
         num_workers: data-loading processes for training.
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        amp: bfloat16 autocast for the training steps (pseudo-labels and evaluation stay in float32, so
+            confidence thresholds are not quantised).
         out: run directory (config, metrics.jsonl, pseudo-labels, checkpoints).
         seed: seeds sampling, flips and complementary ranks.
         adabn: re-estimate BatchNorm statistics on the target train set before anything else.
@@ -117,6 +119,7 @@ class AdaptConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     num_workers: int = 0
     device: str = "auto"
+    amp: bool = False
     out: str = "runs/adapt"
     seed: int = 0
     adabn: bool = False

@@ -297,8 +297,9 @@ def train_round(
                 if pseudo is not None:
                     pseudo[flip] = pseudo[flip].flip(-1)
             poly_step(optimizer, cfg.optim, step)
-            inputs = _step_inputs(model, teacher, norm(images), pseudo, cfg, generator)
-            loss, values = total_loss(parts, inputs)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                inputs = _step_inputs(model, teacher, norm(images), pseudo, cfg, generator)
+                loss, values = total_loss(parts, inputs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
