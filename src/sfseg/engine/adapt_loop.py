@@ -51,8 +51,8 @@ from sfseg.models import load_checkpoint, save_checkpoint
 from sfseg.models.ops import upsample_logits
 
 
-def _batches(dataset: Dataset, batch_size: int):
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+def _batches(dataset: Dataset, batch_size: int, workers: int = 0):
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -145,7 +145,7 @@ def make_pseudo_labels(
     hist = ConfidenceHistogram(C, pl.bins)
     if pl.kind == "class_balanced":
         for batch in tqdm(
-            _batches(dataset, cfg.eval_batch_size),
+            _batches(dataset, cfg.eval_batch_size, cfg.num_workers),
             desc="pseudo-labels: thresholds",
             disable=not progress,
             leave=False,
@@ -160,7 +160,9 @@ def make_pseudo_labels(
     paths: list[Path] = []
     palette = protocol.palette()
     desc = "prediction shares" if pl.kind == "none" else "pseudo-labels: select"
-    for batch in tqdm(_batches(dataset, cfg.eval_batch_size), desc=desc, disable=not progress, leave=False):
+    for batch in tqdm(
+        _batches(dataset, cfg.eval_batch_size, cfg.num_workers), desc=desc, disable=not progress, leave=False
+    ):
         logits = _logits(model, batch["image"], norm, cfg.input_size)
         predicted += torch.bincount(logits.argmax(1).reshape(-1), minlength=C).cpu()
         total_pixels += logits.shape[0] * logits.shape[2] * logits.shape[3]
@@ -411,7 +413,7 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True) -> dict:
 
     history = [evaluate_and_log(-1, "source_model")]
     if cfg.adabn:
-        batches = _batches(target_train, cfg.eval_batch_size)
+        batches = _batches(target_train, cfg.eval_batch_size, cfg.num_workers)
         device = _device(model)
         adabn(model, (_prepare(b["image"], norm, cfg.input_size, device) for b in batches), progress=progress)
         history.append(evaluate_and_log(-1, "adabn"))
