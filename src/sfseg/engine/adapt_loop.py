@@ -387,6 +387,7 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True) -> dict:
             protocol,
             batch_size=cfg.eval_batch_size,
             input_size=cfg.input_size,
+            workers=cfg.num_workers,
             progress=progress,
             desc=f"eval ({phase})",
         )

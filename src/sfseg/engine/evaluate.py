@@ -22,6 +22,7 @@ def evaluate(
     protocol: ClassProtocol,
     batch_size: int = 16,
     input_size: list[int] | tuple[int, int] = (),
+    workers: int = 0,
     progress: bool = False,
     desc: str = "eval",
 ) -> dict:
@@ -39,7 +40,7 @@ def evaluate(
     model.eval()
     cm = ConfusionMatrix(protocol.num_classes)
     device = next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         images = batch["image"].to(device, non_blocking=True)
         if input_size:
