@@ -191,3 +191,20 @@ def test_unknown_and_broken_files_are_refused(r101, tmp_path):
     )
     with pytest.raises(CheckpointFormatError, match="tensors only"):
         import_checkpoint(path)
+
+
+def test_cli_import_checkpoint(r101, tmp_path, capsys):
+    from sfseg.cli.main import main
+
+    src = tmp_path / "GTA5_source.pth"
+    torch.save(FAMILIES["ldbe"][0](r101.state_dict()), src)
+    assert main(["import-checkpoint", str(src), str(tmp_path / "out.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "family: ldbe" in out and "layer6.conv2d_list.0.weight" in out
+    ckpt = load_checkpoint(tmp_path / "out.pt")
+    assert ckpt.provenance["family"] == "ldbe" and ckpt.class_names[0] == "road"
+    torch.save(FAMILIES["crst"][0](r101.state_dict()), src)
+    assert main(["import-checkpoint", str(src), str(tmp_path / "crst.pt")]) == 2
+    assert "family=crst" in capsys.readouterr().err and not (tmp_path / "crst.pt").exists()
+    assert main(["import-checkpoint", str(src), str(tmp_path / "crst.pt"), "--family", "crst"]) == 0
+    assert load_checkpoint(tmp_path / "crst.pt").normalization == CRST_BGR

@@ -335,7 +335,15 @@ def _run_init_stage(cfg: AdaptConfig, progress: bool) -> AdaptConfig:
         recipe_path(cfg.init_from),
         [f"data_root={cfg.data_root}", f"checkpoint={cfg.checkpoint}", f"seed={cfg.seed}"],
     )
-    first = replace(first, out=str(Path(cfg.out) / cfg.init_from), checkpoint_family=cfg.checkpoint_family)
+    # Where and how it runs follows this run; what it does follows its own recipe.
+    first = replace(
+        first,
+        out=str(Path(cfg.out) / cfg.init_from),
+        checkpoint_family=cfg.checkpoint_family,
+        device=cfg.device,
+        amp=cfg.amp,
+        num_workers=cfg.num_workers,
+    )
     run_adaptation(first, progress)
     return replace(cfg, checkpoint=str(Path(first.out) / "final.pt"), init_from="")
 
