@@ -146,7 +146,8 @@ def _class_names(num_classes: int, protocol: ClassProtocol | None, where: str) -
         if protocol.num_classes != num_classes:
             raise ValueError(
                 f"{where}: the checkpoint predicts {num_classes} classes but protocol {protocol.name} has "
-                f"{protocol.num_classes}"
+                f"{protocol.num_classes}; choose the matching protocol (e.g. --protocol synthia16 for 16 "
+                "classes, cityscapes19 for 19)"
             )
         return list(protocol.names)
     matches = [p for p in PROTOCOLS.values() if p.num_classes == num_classes]
