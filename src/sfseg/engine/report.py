@@ -33,7 +33,7 @@ def per_class_table(results: dict[str, dict | list[dict]], protocol: ClassProtoc
     header = "| | " + " | ".join(runs) + " |"
     lines = [header, "|---|" + "---:|" * len(runs)]
     subsets = (
-        tuple((f"{name} ({len(members)} classes)", name) for name, members in protocol.subsets)
+        tuple((f"mIoU, {len(members)} classes", name) for name, members in protocol.subsets)
         if protocol
         else ()
     )
