@@ -53,3 +53,36 @@ def test_gta5_ld_recipe_smoke(tmp_path, amp):
     final = load_checkpoint(tmp_path / "run" / "final.pt")
     assert final.arch == "deeplabv2_r101" and final.provenance["parent"]["family"] == "ldbe"
     assert final.normalization.order == "BGR" and final.normalization.std is None
+
+
+@pytest.mark.slow
+def test_train_source_on_gta5_from_the_caffe_init(tmp_path, capsys):
+    from sfseg.cli.main import main
+    from sfseg.data.fake_trees import write_gta5
+    from sfseg.data.normalization import CAFFE_BGR
+
+    write_gta5(tmp_path / "gta5", n=4, size=(96, 54), mismatched=(3,))
+    torch.manual_seed(0)
+    sd = DeepLabV2(21).state_dict()  # the Caffe init: 'Scale.' keys, a 21-class VOC head, no counters
+    torch.save({f"Scale.{k}": v for k, v in sd.items() if "num_batches" not in k}, tmp_path / "init.pth")
+    args = [
+        "train-source",
+        "--config",
+        str(recipe_path("gta5_to_cityscapes/source")),
+        f"data_root={tmp_path / 'gta5'}",
+        f"init={tmp_path / 'init.pth'}",
+        f"out={tmp_path / 'src.pt'}",
+        "resize=[80, 45]",
+        "crop=[64, 32]",
+        "epochs=1",
+        "num_workers=0",
+    ]
+    with pytest.warns(UserWarning, match="differ in size"):
+        assert main(args) == 0
+    assert "no val split" in capsys.readouterr().out
+    ckpt = load_checkpoint(tmp_path / "src.pt")
+    assert ckpt.arch == "deeplabv2_r101" and ckpt.normalization == CAFFE_BGR and ckpt.num_classes == 19
+    assert ckpt.provenance["init"]["family"] == "deeplab_caffe_init"
+    # The backbone moved away from the init (it trained), the BN affine parameters did not (frozen).
+    assert not torch.equal(ckpt.state_dict["layer4.2.conv3.weight"], sd["layer4.2.conv3.weight"])
+    assert torch.equal(ckpt.state_dict["layer4.2.bn3.weight"], sd["layer4.2.bn3.weight"])

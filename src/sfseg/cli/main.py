@@ -58,7 +58,8 @@ def cmd_train_source(args: argparse.Namespace) -> None:
 
     cfg = load_config(SourceConfig, args.config, args.overrides)
     summary = train_source(cfg)
-    print(f"{cfg.domain}-val mIoU {summary['val_miou']:.1f}; checkpoint: {cfg.out}")
+    score = "no val split" if summary["val_miou"] is None else f"val mIoU {summary['val_miou']:.1f}"
+    print(f"{cfg.dataset} {score}; checkpoint: {cfg.out}")
 
 
 def cmd_adapt(args: argparse.Namespace) -> None:

@@ -81,3 +81,24 @@ def scale_crop(
         image = resize_image(image, (cfg.crop, cfg.crop))
         label = None if label is None else resize_label(label, (cfg.crop, cfg.crop))
     return image, label
+
+
+def random_crop(
+    image: torch.Tensor, label: torch.Tensor | None, size: tuple[int, int], rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A random ``size`` = (W, H) window; an image smaller than that is padded (label with 255) first.
+
+    Shape:
+        image (3, H0, W0) uint8, label (H0, W0) or None -> (3, H, W), (H, W).
+    """
+    w, h = size
+    _, h0, w0 = image.shape
+    if h0 < h or w0 < w:
+        ph, pw = max(0, h - h0), max(0, w - w0)
+        image = F.pad(image, (0, pw, 0, ph), value=0)
+        label = None if label is None else F.pad(label, (0, pw, 0, ph), value=255)
+        h0, w0 = image.shape[-2:]
+    y0 = int(rng.integers(0, h0 - h + 1))
+    x0 = int(rng.integers(0, w0 - w + 1))
+    image = image[:, y0 : y0 + h, x0 : x0 + w]
+    return image, None if label is None else label[y0 : y0 + h, x0 : x0 + w]

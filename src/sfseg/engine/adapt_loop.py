@@ -46,20 +46,13 @@ from sfseg.data.transforms import AugmentConfig, resize_image, scale_crop
 from sfseg.engine.evaluate import evaluate
 from sfseg.engine.optim import build_sgd, poly_step
 from sfseg.engine.recipes import recipe_path
-from sfseg.engine.runlog import MetricsLog, seed_everything
+from sfseg.engine.runlog import MetricsLog, resolve_device, seed_everything
 from sfseg.models import load_checkpoint, save_checkpoint
 from sfseg.models.ops import upsample_logits
 
 
 def _batches(dataset: Dataset, batch_size: int, workers: int = 0):
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` = the first CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def peak_memory() -> dict:

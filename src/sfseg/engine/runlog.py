@@ -34,3 +34,10 @@ def _jsonable(x):
     if isinstance(x, torch.Tensor):
         return x.tolist()
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` = the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
