@@ -103,6 +103,9 @@ class ListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def image(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
     def __getitem__(self, i: int) -> dict:
         item = {"image": self.images[i], "index": i}
         if self.has_labels:

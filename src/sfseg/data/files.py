@@ -122,6 +122,10 @@ class FileListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def image(self, i: int) -> torch.Tensor:
+        """Image ``i`` alone (3, H, W) uint8, without reading its label."""
+        return torch.from_numpy(read_image(self.samples[i].image).copy()).permute(2, 0, 1)
+
     def __getitem__(self, i: int) -> dict:
         s = self.samples[i]
         image = read_image(s.image)

@@ -97,7 +97,8 @@ class TrainView(Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int) -> dict:
-        image = self.base[i]["image"]
+        # Only the image: target labels, where the split has them, never reach training.
+        image = self.base.image(i)
         pseudo = None
         if self.pseudo_paths:
             pseudo = torch.from_numpy(np.asarray(Image.open(self.pseudo_paths[i])).astype(np.int64))
