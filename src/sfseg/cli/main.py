@@ -58,7 +58,11 @@ def cmd_train_source(args: argparse.Namespace) -> None:
 
     cfg = load_config(SourceConfig, args.config, args.overrides)
     summary = train_source(cfg)
-    score = "no val split" if summary["val_miou"] is None else f"val mIoU {summary['val_miou']:.1f}"
+    score = (
+        "no val split"
+        if summary["val_miou"] is None
+        else f"{summary['val_split']} mIoU {summary['val_miou']:.1f}"
+    )
     print(f"{cfg.dataset} {score}; checkpoint: {cfg.out}")
 
 

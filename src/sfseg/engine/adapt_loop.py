@@ -51,8 +51,22 @@ from sfseg.models import load_checkpoint, save_checkpoint
 from sfseg.models.ops import upsample_logits
 
 
-def _batches(dataset: Dataset, batch_size: int, workers: int = 0):
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+class ImagesOnly(Dataset):
+    """A split's images without their labels (passes that need no labels skip decoding them)."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.base.image(i), "index": i}
+
+
+def _batches(dataset: Dataset, batch_size: int, workers: int = 0, labels: bool = True):
+    data = dataset if labels else ImagesOnly(dataset)
+    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers)
 
 
 def peak_memory() -> dict:
@@ -139,7 +153,7 @@ def make_pseudo_labels(
     hist = ConfidenceHistogram(C, pl.bins)
     if pl.kind == "class_balanced":
         for batch in tqdm(
-            _batches(dataset, cfg.eval_batch_size, cfg.num_workers),
+            _batches(dataset, cfg.eval_batch_size, cfg.num_workers, labels=False),
             desc="pseudo-labels: thresholds",
             disable=not progress,
             leave=False,
@@ -155,7 +169,10 @@ def make_pseudo_labels(
     palette = protocol.palette()
     desc = "prediction shares" if pl.kind == "none" else "pseudo-labels: select"
     for batch in tqdm(
-        _batches(dataset, cfg.eval_batch_size, cfg.num_workers), desc=desc, disable=not progress, leave=False
+        _batches(dataset, cfg.eval_batch_size, cfg.num_workers, labels=pl.kind != "none"),
+        desc=desc,
+        disable=not progress,
+        leave=False,
     ):
         logits = _logits(model, batch["image"], norm, cfg.input_size)
         predicted += torch.bincount(logits.argmax(1).reshape(-1), minlength=C).cpu()
@@ -416,7 +433,7 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True) -> dict:
 
     history = [evaluate_and_log(-1, "source_model")]
     if cfg.adabn:
-        batches = _batches(target_train, cfg.eval_batch_size, cfg.num_workers)
+        batches = _batches(target_train, cfg.eval_batch_size, cfg.num_workers, labels=False)
         device = _device(model)
         adabn(model, (_prepare(b["image"], norm, cfg.input_size, device) for b in batches), progress=progress)
         history.append(evaluate_and_log(-1, "adabn"))

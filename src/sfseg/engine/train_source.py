@@ -175,7 +175,12 @@ def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | Non
         if log is not None:
             log.write({"phase": "train_source", "epoch": epoch, "loss": running / max(len(loader), 1)})
     bar.close()
-    summary = {"val_domain": cfg.domain, "val_miou": None, "train_seconds": round(time.time() - t0, 1)}
+    summary = {
+        "val_domain": cfg.domain,
+        "val_split": val_split,
+        "val_miou": None,
+        "train_seconds": round(time.time() - t0, 1),
+    }
     provenance = {"stage": "train_source", "recipe": to_dict(cfg), "data_root": str(Path(cfg.data_root))}
     if cfg.init:
         provenance["init"] = init.provenance
