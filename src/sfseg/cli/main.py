@@ -86,13 +86,12 @@ def _data_and_checkpoint(args: argparse.Namespace, labels: bool):
     ckpt = load_checkpoint(args.checkpoint, family=args.family, classes=protocol.name)
     ckpt.check_classes(protocol.names, args.data)
     split = args.split
-    options = {}
+    if args.mapping and args.dataset != "folder":
+        raise ValueError(f"--mapping applies to --dataset folder only, not {args.dataset!r}")
+    options = {"mapping": args.mapping} if args.mapping else {}
     if args.dataset == "toycity":
         split = split if args.domain == "target" else f"source_{split}"
-        options["progress"] = True
-    elif args.mapping:
-        options["mapping"] = args.mapping
-    data = build_dataset(args.dataset, args.data, split, protocol.name, labels=labels, **options)
+    data = build_dataset(args.dataset, args.data, split, protocol.name, labels, progress=True, **options)
     return ckpt, data, protocol
 
 

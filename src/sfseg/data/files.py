@@ -177,3 +177,45 @@ def read_list_file(path: str | Path) -> list[str]:
     if not path.is_file():
         raise DatasetError(f"split list file not found: {path}")
     return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def paired_files(
+    root: Path,
+    dataset: str,
+    layout: str,
+    img_dir: Path,
+    lab_dir: Path,
+    split: str,
+    labels: bool | str,
+    fix: str,
+) -> tuple[list[str], bool]:
+    """The names of a flat image folder and its label folder (same file names), checked up front.
+
+    ``split`` is ``all`` (every PNG in either folder) or a list file of names; ``labels`` may be
+    ``"auto"`` (read labels when ``lab_dir`` exists). A missing folder is a layout error; a name without
+    its image or its label is listed in one error with ``fix``.
+
+    Returns:
+        the names and whether labels are read.
+    """
+    if not img_dir.is_dir():
+        raise layout_error(root, dataset, f"no {img_dir.relative_to(root)}/ directory", layout)
+    if labels == "auto":
+        labels = lab_dir.is_dir()
+    if labels and not lab_dir.is_dir():
+        raise layout_error(root, dataset, f"no {lab_dir.relative_to(root)}/ directory", layout)
+    if split == "all":
+        names = {p.name for p in img_dir.glob("*.png")}
+        if labels:
+            names |= {p.name for p in lab_dir.glob("*.png")}
+        names = sorted(names)
+    else:
+        names = read_list_file(split)
+    if not names:
+        raise layout_error(root, dataset, f"no PNG files in {img_dir.relative_to(root)}/", layout)
+    missing = [img_dir / n for n in names if not (img_dir / n).is_file()]
+    if labels:
+        missing += [lab_dir / n for n in names if not (lab_dir / n).is_file()]
+    if missing:
+        raise missing_error(dataset, "file(s) named by the split are", sorted(missing), fix)
+    return names, bool(labels)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from sfseg.data.cityscapes import cityscapes_codec
 from sfseg.data.classes import CITYSCAPES19, ClassProtocol
 from sfseg.data.datasets import DatasetError
-from sfseg.data.files import FileListDataset, Sample, layout_error, missing_error, read_list_file
+from sfseg.data.files import FileListDataset, Sample, paired_files
 from sfseg.data.registry import register_dataset
 
 LAYOUT = """\
@@ -56,30 +56,16 @@ def gta5(
     """
     root = Path(root)
     img_dir, lab_dir = root / "images", root / "labels"
-    if not img_dir.is_dir():
-        raise layout_error(root, "GTA5", "no images/ directory", LAYOUT)
-    if labels == "auto":
-        labels = lab_dir.is_dir()
-    if labels and not lab_dir.is_dir():
-        raise layout_error(root, "GTA5", "no labels/ directory", LAYOUT)
-    if split == "all":
-        names = sorted(p.name for p in img_dir.glob("*.png"))
-        if labels:
-            names = sorted(set(names) | {p.name for p in lab_dir.glob("*.png")})
-    else:
-        names = read_list_file(split)
-    if not names:
-        raise layout_error(root, "GTA5", "no PNG files in images/", LAYOUT)
-    missing = [img_dir / n for n in names if not (img_dir / n).is_file()]
-    if labels:
-        missing += [lab_dir / n for n in names if not (lab_dir / n).is_file()]
-    if missing:
-        raise missing_error(
-            "GTA5",
-            "file(s) named by the split are",
-            sorted(missing),
-            "Restore them from the download, or leave their ids out with a list file (split=<list file>).",
-        )
+    names, labels = paired_files(
+        root,
+        "GTA5",
+        LAYOUT,
+        img_dir,
+        lab_dir,
+        split,
+        labels,
+        "Restore them from the download, or leave their ids out with a list file (split=<list file>).",
+    )
     numbered = sorted(int(Path(n).stem) for n in names if Path(n).stem.isdigit())
     if split == "all" and numbered:
         gaps = sorted(set(range(numbered[0], numbered[-1] + 1)) - set(numbered))

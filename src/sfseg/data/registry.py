@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,12 +42,19 @@ def build_dataset(
     split: str,
     protocol: str = "",
     labels: bool | str = True,
+    progress: bool = False,
     **options,
 ) -> Dataset:
     """Build split ``split`` of dataset ``name`` at ``root`` for class protocol ``protocol`` (default: the
-    dataset's own). Items follow the contract of :class:`sfseg.data.files.FileListDataset`."""
+    dataset's own). Items follow the contract of :class:`sfseg.data.files.FileListDataset`.
+
+    ``progress`` reaches the entries that have slow set-up work to show (loading ToyCity into memory,
+    checking GTA5's image sizes); the others build instantly and take no such argument.
+    """
     _check(name)
     fn, _ = _DATASETS[name]
+    if "progress" in inspect.signature(fn).parameters:
+        options["progress"] = progress
     return fn(root, split, dataset_protocol(name, protocol), labels=labels, **options)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from sfseg.data.classes import SYNTHIA16, SYNTHIA_IDS, ClassProtocol, id_lut
 from sfseg.data.datasets import DatasetError
-from sfseg.data.files import FileListDataset, Sample, layout_error, lut_codec, missing_error, read_list_file
+from sfseg.data.files import FileListDataset, Sample, lut_codec, paired_files
 from sfseg.data.registry import register_dataset
 
 LAYOUT = """\
@@ -57,20 +57,16 @@ def synthia(
             "'19-class SYNTHIA' variant and its mIoU16 = mIoU19*19/16 shortcut are not that protocol."
         )
     img_dir, lab_dir = root / "RGB", root / "GT" / "LABELS"
-    if not img_dir.is_dir():
-        raise layout_error(root, "SYNTHIA-RAND-CITYSCAPES", "no RGB/ directory", LAYOUT)
-    if labels == "auto":
-        labels = lab_dir.is_dir()
-    if labels and not lab_dir.is_dir():
-        raise layout_error(root, "SYNTHIA-RAND-CITYSCAPES", "no GT/LABELS/ directory", LAYOUT)
-    names = sorted(p.name for p in img_dir.glob("*.png")) if split == "all" else read_list_file(split)
-    if not names:
-        raise layout_error(root, "SYNTHIA-RAND-CITYSCAPES", "no PNG files in RGB/", LAYOUT)
-    missing = [img_dir / n for n in names if not (img_dir / n).is_file()]
-    if labels:
-        missing += [lab_dir / n for n in names if not (lab_dir / n).is_file()]
-    if missing:
-        raise missing_error("SYNTHIA", "file(s) are", sorted(missing), "Restore them or use a list file.")
+    names, labels = paired_files(
+        root,
+        "SYNTHIA-RAND-CITYSCAPES",
+        LAYOUT,
+        img_dir,
+        lab_dir,
+        split,
+        labels,
+        "Restore them or use a list file.",
+    )
     codec = lut_codec(
         id_lut(SYNTHIA_IDS, protocol), SYNTHIA_IDS, "SYNTHIA class ids 0..22", read_synthia_label
     )

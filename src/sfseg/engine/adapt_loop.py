@@ -369,11 +369,10 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True) -> dict:
     ckpt = load_checkpoint(cfg.checkpoint, family=cfg.checkpoint_family, classes=protocol.name)
     ckpt.check_classes(protocol.names, cfg.data_root)
     # Target train labels (where the split has them) feed only the pseudo-label diagnostics, never a loss.
-    options = {"progress": progress} if cfg.dataset == "toycity" else {}
     target_train = build_dataset(
-        cfg.dataset, cfg.data_root, cfg.train_split, protocol.name, labels="auto", **options
+        cfg.dataset, cfg.data_root, cfg.train_split, protocol.name, labels="auto", progress=progress
     )
-    target_val = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, protocol.name, **options)
+    target_val = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, protocol.name, progress=progress)
     seed_everything(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -120,11 +120,12 @@ def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | Non
     """Train, evaluate on the domain's val split (if any), save the checkpoint; return its summary."""
     protocol = dataset_protocol(cfg.dataset, cfg.protocol)
     train_split, val_split = _splits(cfg)
-    options = {"progress": progress} if cfg.dataset in ("toycity", "gta5") else {}
     # Missing files, size mismatches and layout errors surface here, before any training.
-    train_set = build_dataset(cfg.dataset, cfg.data_root, train_split, protocol.name, **options)
+    train_set = build_dataset(cfg.dataset, cfg.data_root, train_split, protocol.name, progress=progress)
     val_set = (
-        build_dataset(cfg.dataset, cfg.data_root, val_split, protocol.name, **options) if val_split else None
+        build_dataset(cfg.dataset, cfg.data_root, val_split, protocol.name, progress=progress)
+        if val_split
+        else None
     )
     seed_everything(cfg.seed)
     if cfg.init:

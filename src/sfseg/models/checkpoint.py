@@ -91,6 +91,25 @@ def save_checkpoint(
     return path
 
 
+class CheckpointFormatError(ValueError):
+    """A file whose format is not one of the known checkpoint families."""
+
+
+def read_tensors(path: str | Path):
+    """``torch.load`` with ``weights_only=True`` (never unpickles code), with errors that say what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (torch raises several types for non-tensor pickles)
+        raise CheckpointFormatError(
+            f"{path}: cannot be read as tensors only ({type(e).__name__}). It holds other Python objects "
+            "(e.g. ProDA's NumPy scalar); if you trust the file, load it yourself and save its state dict "
+            "with torch.save(state_dict, ...)."
+        ) from e
+
+
 def load_checkpoint(path: str | Path, family: str = "", classes: str = "") -> Checkpoint:
     """Load an sfseg checkpoint, or import a community DeepLab-v2 checkpoint transparently.
 
@@ -100,18 +119,13 @@ def load_checkpoint(path: str | Path, family: str = "", classes: str = "") -> Ch
         classes: for a foreign file, the class protocol name (needed when it has no head, else checked).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001  (not tensors only: import_checkpoint explains)
-        payload = None
+    payload = read_tensors(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         # A cycle (foreign builds Checkpoint objects) makes this import local.
         from sfseg.data.classes import get_protocol
-        from sfseg.models.foreign import import_checkpoint
+        from sfseg.models.foreign import import_payload
 
-        ckpt = import_checkpoint(path, family, get_protocol(classes) if classes else None)
+        ckpt = import_payload(payload, path, family, get_protocol(classes) if classes else None)
         unused = ckpt.provenance["unused_keys"]
         print(
             f"{path}: imported as {ckpt.provenance['family']} (predicting head: "

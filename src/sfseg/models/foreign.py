@@ -32,7 +32,7 @@ import torch
 
 from sfseg.data.classes import PROTOCOLS, ClassProtocol
 from sfseg.data.normalization import CAFFE_BGR, IMAGENET, Normalization
-from sfseg.models.checkpoint import Checkpoint
+from sfseg.models.checkpoint import Checkpoint, CheckpointFormatError, read_tensors
 from sfseg.models.deeplab_v2 import DeepLabV2
 
 ARCH = "deeplabv2_r101"
@@ -61,10 +61,6 @@ FAMILIES = {
         Family("tllib", "Transfer-Learning-Library DeepLab-v2", CAFFE_BGR, head="classifier"),
     )
 }
-
-
-class CheckpointFormatError(ValueError):
-    """A file whose format is not one of the known checkpoint families."""
 
 
 def _unwrap(payload, path: Path) -> dict[str, torch.Tensor]:
@@ -233,19 +229,15 @@ def import_state_dict(
     )
 
 
+def import_payload(
+    payload, path: str | Path, family: str = "", protocol: ClassProtocol | None = None
+) -> Checkpoint:
+    """Import the already-read contents of a foreign checkpoint file (see :func:`import_state_dict`)."""
+    return import_state_dict(_unwrap(payload, Path(path)), family, protocol, str(path))
+
+
 def import_checkpoint(
     path: str | Path, family: str = "", protocol: ClassProtocol | None = None
 ) -> Checkpoint:
     """Read a foreign checkpoint file (tensors only; never unpickles code) and import it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (torch raises several types for non-tensor pickles)
-        raise CheckpointFormatError(
-            f"{path}: cannot be read as tensors only ({type(e).__name__}). It holds other Python objects "
-            "(e.g. ProDA's NumPy scalar); if you trust the file, load it yourself and save its state dict "
-            "with torch.save(state_dict, ...)."
-        ) from e
-    return import_state_dict(_unwrap(payload, path), family, protocol, str(path))
+    return import_payload(read_tensors(path), path, family, protocol)
