@@ -24,7 +24,7 @@ from sfseg.config import load_config
 from sfseg.data.classes import CITYSCAPES19
 from sfseg.data.fake_trees import write_cityscapes
 from sfseg.data.normalization import CAFFE_BGR
-from sfseg.engine.adapt_loop import run_adaptation
+from sfseg.engine.run import run_adaptation
 from sfseg.engine.recipes import recipe_path
 from sfseg.models import save_checkpoint
 from sfseg.models.deeplab_v2 import DeepLabV2
@@ -60,7 +60,7 @@ def main() -> None:
         AdaptConfig,
         recipe_path("gta5_to_cityscapes/ld"),
         [
-            f"data_root={data}",
+            f"data.root={data}",
             f"checkpoint={ckpt}",
             f"out={out / 'run'}",
             "rounds=1",
@@ -70,7 +70,7 @@ def main() -> None:
             "save_pseudo_labels=false",
         ],
     )
-    summary = run_adaptation(cfg, progress=True)
+    summary = run_adaptation(cfg, progress=True, mode="overwrite")
     records = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     last_start = max(i for i, r in enumerate(records) if r["phase"] == "start")
     records = records[last_start:]
@@ -93,7 +93,7 @@ def main() -> None:
         "peak_rss_gib": summary["peak_rss_gib"],
         "peak_cuda_gib": summary.get("peak_cuda_gib"),
     }
-    steps = 2975 // cfg.batch_size
+    steps = 2975 // cfg.schedule.batch_size
     report["estimated_round_hours_full_cityscapes"] = round(
         (2975 * report["pseudo_label_seconds_per_image"] + steps * report["seconds_per_step"]) / 3600, 2
     )

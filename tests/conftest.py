@@ -1,4 +1,8 @@
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,3 +20,36 @@ def tiny_toycity(tmp_path_factory):
     root = tmp_path_factory.mktemp("toycity")
     generate(root, TINY, progress=False)
     return root
+
+
+SMALL_MODEL = "arch_kwargs={width: 8, output_stride: 4}"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tiny_toycity, tmp_path_factory):
+    """A source checkpoint of the small model trained one epoch on the tiny tree (once per session)."""
+    from sfseg.config import load_config
+    from sfseg.engine.train_source import SourceConfig, train_source
+
+    out = tmp_path_factory.mktemp("source") / "source.pt"
+    cfg = load_config(
+        SourceConfig,
+        REPO / "configs/toycity/source.yaml",
+        [f"data.root={tiny_toycity}", f"out={out}", "epochs=1", SMALL_MODEL],
+    )
+    train_source(cfg, progress=False)
+    return out
+
+
+def sfseg_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the ``sfseg`` command in a child process (from the repository root)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "sfseg.cli.main", *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

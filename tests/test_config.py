@@ -13,6 +13,9 @@ def test_unknown_key_names_the_key_and_the_valid_keys(tmp_path):
         load_config(AdaptConfig, p)
     msg = str(e.value)
     assert "roundz" in msg and "rounds" in msg and "valid keys" in msg and str(p) in msg
+    p.write_text("schedule: {roundz: 3}\n")
+    with pytest.raises(ConfigError, match=r"roundz.*under 'schedule'.*rounds"):
+        load_config(AdaptConfig, p)
 
 
 def test_nested_unknown_key_and_wrong_choice():
@@ -24,13 +27,22 @@ def test_nested_unknown_key_and_wrong_choice():
         load_config(AdaptConfig, overrides=["rounds=two"])
 
 
+def test_short_override_keys_expand_to_their_group():
+    cfg = load_config(AdaptConfig, overrides=["rounds=2", "optim.lr=0.5", "root=/x", "schedule.batch_size=3"])
+    assert cfg.schedule.rounds == 2 and cfg.schedule.optim.lr == 0.5 and cfg.data.root == "/x"
+    assert cfg.schedule.batch_size == 3
+    with pytest.raises(ConfigError, match=r"'kind' is ambiguous.*augment.kind.*pseudo_labels.kind"):
+        load_config(AdaptConfig, overrides=["kind=none"])
+
+
 def test_overrides_and_base_inheritance():
     d = config_dir(None)
     cfg = load_config(AdaptConfig, d / "ld_nl.yaml", ["rounds=1", "optim.lr=0.5", "losses=[negative]"])
-    assert cfg.rounds == 1 and cfg.optim.lr == 0.5 and cfg.optim.head_lr_mult == 10.0  # rest inherited
-    assert cfg.losses == ["negative"] and cfg.pseudo_labels.kind == "none"
-    assert cfg.method == "ld_nl" and cfg.negative_width == 3
-    assert load_config(AdaptConfig, overrides=["optim.lr=1e-4"]).optim.lr == 1e-4  # YAML 1.1 reads a string
+    sched, method = cfg.schedule, cfg.method
+    assert sched.rounds == 1 and sched.optim.lr == 0.5 and sched.optim.head_lr_mult == 10.0  # rest inherited
+    assert method.losses == ["negative"] and method.pseudo_labels.kind == "none"
+    assert cfg.name == "ld_nl" and method.negative_width == 3
+    assert load_config(AdaptConfig, overrides=["optim.lr=1e-4"]).schedule.optim.lr == 1e-4  # YAML 1.1 string
     with pytest.raises(ConfigError, match="expected a number"):
         load_config(AdaptConfig, overrides=["optim.lr=fast"])
 

@@ -5,10 +5,10 @@ import torch
 
 from sfseg.data.classes import SYNTHIA16
 from sfseg.data.normalization import CAFFE_BGR, IMAGENET
-from sfseg.engine.optim import OptimConfig, build_sgd
 from sfseg.models import create_model, load_checkpoint
 from sfseg.models.deeplab_v2 import DeepLabV2
 from sfseg.models.foreign import CRST_BGR, CheckpointFormatError, import_checkpoint, import_state_dict
+from sfseg.optim import OptimConfig, build_sgd
 
 C = 19
 

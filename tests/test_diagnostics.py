@@ -1,4 +1,4 @@
-from sfseg.engine.adapt_loop import collapse_check
+from sfseg.engine.labelling import collapse_check
 
 
 def test_collapse_check_compares_against_the_start_share(capsys):

@@ -14,7 +14,7 @@ SMALL_MODEL = "arch_kwargs={width: 8, output_stride: 4}"
 
 def train_tiny_source(root, out, epochs: int) -> int:
     """``sfseg train-source`` with the small model on the tiny tree; returns the exit code."""
-    args = ["--config", "configs/toycity/source.yaml", f"data_root={root}", f"out={out}", f"epochs={epochs}"]
+    args = ["--config", "configs/toycity/source.yaml", f"data.root={root}", f"out={out}", f"epochs={epochs}"]
     return main(["train-source", *args, SMALL_MODEL])
 
 
@@ -28,7 +28,7 @@ def test_cli_train_adapt_eval(tiny_toycity, tmp_path, capsys):
                 "adapt",
                 "--config",
                 "configs/toycity/ld.yaml",
-                f"data_root={tiny_toycity}",
+                f"data.root={tiny_toycity}",
                 f"checkpoint={src}",
                 f"out={run}",
                 "rounds=2",
@@ -57,7 +57,7 @@ def test_cli_errors_are_readable(tiny_toycity, tmp_path, capsys):
     assert "roundz" in err and "valid keys" in err
     out = tmp_path / "run"
     assert (
-        main(["adapt", f"data_root={tmp_path / 'none'}", f"checkpoint={tmp_path / 'x.pt'}", f"out={out}"])
+        main(["adapt", f"data.root={tmp_path / 'none'}", f"checkpoint={tmp_path / 'x.pt'}", f"out={out}"])
         == 2
     )
     assert "checkpoint not found" in capsys.readouterr().err
@@ -101,7 +101,7 @@ def test_calibrate_writes_the_report(tiny_toycity, tmp_path):
 def test_ldbe_runs_ld_then_be_from_its_checkpoint(tiny_toycity, tmp_path):
     from sfseg.adapt.config import AdaptConfig
     from sfseg.config import load_config
-    from sfseg.engine.adapt_loop import run_adaptation
+    from sfseg.engine.run import run_adaptation
     from sfseg.models import load_checkpoint
 
     src = tmp_path / "src.pt"
@@ -110,7 +110,7 @@ def test_ldbe_runs_ld_then_be_from_its_checkpoint(tiny_toycity, tmp_path):
         AdaptConfig,
         "configs/toycity/ldbe.yaml",
         [
-            f"data_root={tiny_toycity}",
+            f"data.root={tiny_toycity}",
             f"checkpoint={src}",
             f"out={tmp_path / 'ldbe'}",
             "rounds=1",

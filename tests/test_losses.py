@@ -8,26 +8,37 @@ from sfseg import IGNORE_INDEX
 from sfseg.adapt import losses as L
 
 
-def test_sample_rank_covers_exactly_the_medium_ranks():
+@pytest.mark.parametrize(
+    "num_classes, expected", [(19, range(6, 13)), (16, range(5, 12)), (12, range(3, 10))]
+)
+def test_sample_rank_is_the_released_codes_one_based_k(num_classes, expected):
+    # The released code: k = C // 2 + randint(-3, 3) (both ends inclusive), a 1-based rank.
     g = torch.Generator().manual_seed(0)
-    seen = {L.sample_rank(19, 3, g) for _ in range(2000)}
-    assert seen == set(range(6, 13))  # C = 19, w = 3: k in {6, ..., 12}
-    seen = {L.sample_rank(12, 3, g) for _ in range(2000)}
-    assert seen == set(range(3, 10))
-    seen = {L.sample_rank(4, 3, g) for _ in range(500)}
-    assert seen == {1, 2, 3}  # clipped: never the top class
+    seen = {L.sample_rank(num_classes, 3, g) for _ in range(3000)}
+    assert seen == set(expected)
+    assert seen == {num_classes // 2 + d for d in range(-3, 4)}
 
 
-def test_complementary_labels_are_the_kth_ranked_class():
+def test_sample_rank_never_picks_the_top_class():
+    g = torch.Generator().manual_seed(0)
+    assert {L.sample_rank(4, 3, g) for _ in range(500)} == {2, 3, 4}  # clipped to [2, C]
+
+
+@pytest.mark.parametrize("num_classes", [19, 16])
+def test_complementary_labels_match_a_hand_written_topk(num_classes):
     g = torch.Generator().manual_seed(1)
-    probs = torch.randn(2, 6, 3, 4, generator=g).softmax(1)
-    for k in range(6):
+    probs = torch.randn(2, num_classes, 3, 4, generator=g).softmax(1)
+    for k in range(num_classes // 2 - 3, num_classes // 2 + 4):
         comp = L.complementary_labels(probs, k)
+        # The released code on (N, C) rows: topk(p, k, dim=1, sorted=True).indices[:, -1].
+        rows = probs.permute(0, 2, 3, 1).reshape(-1, num_classes)
+        released = torch.topk(rows, k, dim=1, sorted=True).indices[:, -1].view(2, 3, 4)
+        assert torch.equal(comp, released)
         for b in range(2):
             for y in range(3):
                 for x in range(4):
-                    order = sorted(range(6), key=lambda c: -probs[b, c, y, x].item())
-                    assert comp[b, y, x].item() == order[k]
+                    order = sorted(range(num_classes), key=lambda c: -probs[b, c, y, x].item())
+                    assert comp[b, y, x].item() == order[k - 1]  # the k-th most probable, counting from 1
 
 
 def test_negative_loss_closed_form():

@@ -2,19 +2,20 @@ import pytest
 import torch
 
 from sfseg.adapt import losses as L
-from sfseg.adapt.config import AdaptConfig, PseudoLabelConfig, TeacherConfig
-from sfseg.adapt.parts import LOSS_PARTS, MethodError, StepInputs, build_loss_parts, total_loss
+from sfseg.adapt.config import MethodConfig, PseudoLabelConfig, TeacherConfig
+from sfseg.adapt.parts import LOSS_PARTS, StepInputs, build_loss_parts, total_loss
+from sfseg.errors import MethodError
 
 
 def test_composition_checks_declared_inputs():
     with pytest.raises(MethodError, match="needs pseudo-labels"):
-        build_loss_parts(AdaptConfig(pseudo_labels=PseudoLabelConfig(kind="none"), losses=["positive"]), 5)
+        build_loss_parts(MethodConfig(pseudo_labels=PseudoLabelConfig(kind="none"), losses=["positive"]), 5)
     with pytest.raises(MethodError, match=r"unknown part.*available parts"):
-        build_loss_parts(AdaptConfig(losses=["positive", "tent"]), 5)
+        build_loss_parts(MethodConfig(losses=["positive", "tent"]), 5)
     with pytest.raises(MethodError, match="not in losses"):
-        build_loss_parts(AdaptConfig(losses=["positive"], loss_weights={"negative": 2.0}), 5)
+        build_loss_parts(MethodConfig(losses=["positive"], loss_weights={"negative": 2.0}), 5)
     with pytest.raises(MethodError, match="nothing to train"):
-        build_loss_parts(AdaptConfig(losses=[], rounds=2), 5)
+        build_loss_parts(MethodConfig(losses=[]), 5, rounds=2)
 
 
 def test_total_loss_is_the_weighted_sum_of_the_parts():
@@ -22,7 +23,7 @@ def test_total_loss_is_the_weighted_sum_of_the_parts():
     logits = torch.randn(2, 5, 4, 4, generator=g)
     pseudo = torch.randint(0, 5, (2, 4, 4), generator=g)
     pseudo[:, :2] = 255
-    cfg = AdaptConfig(
+    cfg = MethodConfig(
         losses=sorted(LOSS_PARTS),
         loss_weights={"positive": 2.0, "negative": 0.5},
         teacher=TeacherConfig(ema=True),

@@ -9,8 +9,8 @@ from PIL import Image
 from sfseg.adapt.config import AdaptConfig
 from sfseg.config import load_config
 from sfseg.data.fake_trees import write_cityscapes
-from sfseg.engine.adapt_loop import run_adaptation
 from sfseg.engine.recipes import recipe_path
+from sfseg.engine.run import run_adaptation
 from sfseg.models import load_checkpoint
 from sfseg.models.deeplab_v2 import DeepLabV2
 
@@ -30,7 +30,7 @@ def test_gta5_ld_recipe_smoke(tmp_path, amp):
         AdaptConfig,
         recipe_path("gta5_to_cityscapes/ld"),
         [
-            f"data_root={tmp_path / 'cs'}",
+            f"data.root={tmp_path / 'cs'}",
             f"checkpoint={tmp_path / 'GTA5_source.pth'}",
             f"out={tmp_path / 'run'}",
             "input_size=[96, 48]",  # the recipe's 1024x512 / 600x600, scaled to the fake images
@@ -41,7 +41,7 @@ def test_gta5_ld_recipe_smoke(tmp_path, amp):
             f"amp={str(amp).lower()}",
         ],
     )
-    assert cfg.batch_size == 3 and cfg.rounds == 2 and cfg.augment.kind == "scale_crop"
+    assert cfg.schedule.batch_size == 3 and cfg.schedule.rounds == 2 and cfg.data.augment.kind == "scale_crop"
     summary = run_adaptation(cfg, progress=False)
     assert len(summary["val_miou_per_round"]) == 3
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -69,7 +69,7 @@ def test_train_source_on_gta5_from_the_caffe_init(tmp_path, capsys):
         "train-source",
         "--config",
         str(recipe_path("gta5_to_cityscapes/source")),
-        f"data_root={tmp_path / 'gta5'}",
+        f"data.root={tmp_path / 'gta5'}",
         f"init={tmp_path / 'init.pth'}",
         f"out={tmp_path / 'src.pt'}",
         "resize=[80, 45]",

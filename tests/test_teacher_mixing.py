@@ -1,14 +1,17 @@
 import copy
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sfseg import IGNORE_INDEX
 from sfseg.adapt import losses as L
-from sfseg.adapt.config import AdaptConfig, PseudoLabelConfig, TeacherConfig
+from sfseg.adapt.config import MethodConfig, PseudoLabelConfig, TeacherConfig
 from sfseg.adapt.mixing import class_mix, class_mix_masks
-from sfseg.adapt.parts import MethodError, build_loss_parts
+from sfseg.adapt.parts import build_loss_parts
 from sfseg.adapt.teacher import EMATeacher
+from sfseg.errors import MethodError
 from sfseg.models import create_model
 
 
@@ -59,17 +62,50 @@ def test_confidence_weighting_closed_form():
     labels = torch.tensor([[[0, 1]], [[1, IGNORE_INDEX]]])
     conf = torch.tensor([[[0.99, 0.5]], [[0.97, 0.97]]])  # image weights 1/2 and 1
     expected = (0.5 + 0.5 + 1.0) * torch.log(torch.tensor(2.0)) / 3
-    assert L.confidence_weighted_ce(logits, labels, conf, 0.97).item() == pytest.approx(expected.item())
+    assert L.confidence_weighted_ce(logits, labels, conf, 0.97, "labelled").item() == pytest.approx(
+        expected.item()
+    )
+    # No saturated pixel: both averaging modes agree.
+    assert L.confidence_weighted_ce(logits, labels, conf, 0.97, "positive").item() == pytest.approx(
+        expected.item()
+    )
+
+
+def test_be_loss_averaging_modes_with_saturated_pixels():
+    # Image 0: pixel a is saturated (float32 CE exactly 0), pixel b has CE log 2; image 1: one pixel with
+    # CE log 2 and one ignored. Weights: image 0 has 1 of 2 pixels >= 0.97 (1/2), image 1 both (1).
+    logits = torch.tensor([[[[200.0, 0.0]], [[0.0, 0.0]]], [[[0.0, 0.0]], [[0.0, 0.0]]]])
+    labels = torch.tensor([[[0, 1]], [[1, IGNORE_INDEX]]])
+    conf = torch.tensor([[[0.99, 0.5]], [[0.97, 0.97]]])
+    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")
+    assert ce[0, 0, 0].item() == 0.0  # saturated in float32
+    log2 = math.log(2)
+    # labelled: (0.5 * 0 + 0.5 * log2 + 1 * log2) / 3 labelled pixels
+    assert L.confidence_weighted_ce(logits, labels, conf, 0.97, "labelled").item() == pytest.approx(
+        (0.5 * log2 + log2) / 3
+    )
+    # positive (released): loss[loss > 0].mean() over the 2 unsaturated pixels
+    assert L.confidence_weighted_ce(logits, labels, conf, 0.97, "positive").item() == pytest.approx(
+        (0.5 * log2 + log2) / 2
+    )
+    # Hand-written released form: masked_select(weighting[:, None, None] * loss, loss > 0).mean()
+    weighting = (conf >= 0.97).float().mean((1, 2))
+    released = torch.masked_select(weighting[:, None, None] * ce, ce > 0).mean()
+    assert L.confidence_weighted_ce(logits, labels, conf, 0.97, "positive").item() == pytest.approx(
+        released.item()
+    )
 
 
 def test_teacher_parts_need_a_teacher():
     with pytest.raises(MethodError, match="needs a teacher"):
-        build_loss_parts(AdaptConfig(losses=["teacher_ce"]), 5)
+        build_loss_parts(MethodConfig(losses=["teacher_ce"]), 5)
     with pytest.raises(MethodError, match="classmix needs label maps"):
         build_loss_parts(
-            AdaptConfig(mixing="classmix", pseudo_labels=PseudoLabelConfig(kind="none"), losses=["negative"]),
+            MethodConfig(
+                mixing="classmix", pseudo_labels=PseudoLabelConfig(kind="none"), losses=["negative"]
+            ),
             5,
         )
     build_loss_parts(
-        AdaptConfig(mixing="classmix", teacher=TeacherConfig(ema=True), losses=["teacher_ce"]), 5
+        MethodConfig(mixing="classmix", teacher=TeacherConfig(ema=True), losses=["teacher_ce"]), 5
     )

@@ -2,15 +2,20 @@
 
 * An unknown key is an error naming the key, where it was found and the valid keys.
 * A wrong type or a value outside a ``Literal`` is an error naming the key and the valid choices.
+* A value out of range (``rounds=-1``, ``alpha=1.5``) is an error naming the key and where it came from:
+  a config class may define ``check(self)`` that raises :class:`ValueCheck` for a dotted key.
 * A YAML file may start from another with ``_base_: other.yaml`` (relative to the file) and state only
   its deltas, so a leaf recipe reads like a row of an ablation table.
-* Command-line overrides are ``dotted.key=value`` with ``value`` parsed as YAML (``losses={negative: 1}``,
-  ``rounds=3``, ``bn_mode=frozen``).
+* Command-line overrides are ``dotted.key=value`` with ``value`` parsed as YAML (``losses=[negative]``,
+  ``schedule.rounds=3``). A key whose first part is not a top-level key may be shortened to a field name
+  that is unique in the schema: ``rounds=3`` means ``schedule.rounds=3``, ``optim.lr=1e-4`` means
+  ``schedule.optim.lr=1e-4``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -18,11 +23,19 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
+from sfseg.errors import ConfigError
+
 T = TypeVar("T")
 
+__all__ = ["ConfigError", "ValueCheck", "load_config", "from_dict", "to_dict", "save_config", "field_paths"]
 
-class ConfigError(ValueError):
-    """A config file or override does not fit the config schema."""
+
+class ValueCheck(Exception):
+    """Raised by a config's ``check()``: ``key`` (dotted, relative to that config) holds a bad value."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
 
 
 def _check(tp: Any, value: Any, where: str) -> Any:
@@ -83,19 +96,36 @@ def _check(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
     if tp is str:
+        if value is None:
+            return ""
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
     raise ConfigError(f"{where}: unsupported config type {tp!r}")
 
 
-def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
-    """Build the dataclass ``cls`` from ``data``, validating keys and types recursively."""
+def from_dict(cls: type[T], data: dict, where: str = "") -> T:
+    """Build the dataclass ``cls`` from ``data``, validating keys and types recursively.
+
+    ``where`` is the dotted key path of ``data`` (empty at the top), used in error messages.
+    """
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(fields)}")
+        at = f"under {where!r}" if where else "at the top level"
+        hint = ""
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
+        if close:
+            hint = f" (did you mean {close[0]!r}?)"
+        else:
+            # A key of a nested group written at the wrong level (e.g. ``rounds`` under ``schedule``).
+            nested = {p.rsplit(".", 1)[-1]: p for p in field_paths(cls) if "." in p}
+            close = difflib.get_close_matches(unknown[0], list(nested), n=1)
+            if close:
+                full = f"{where}.{nested[close[0]]}" if where else nested[close[0]]
+                hint = f" (did you mean {full!r}? keys are grouped)"
+        raise ConfigError(f"unknown key(s) {unknown} {at}{hint}; valid keys are {sorted(fields)}")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _check(hints[name], value, f"{where}.{name}" if where else name)
@@ -105,7 +135,7 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
         if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise ConfigError(f"{where}: required key(s) {missing} are missing")
+        raise ConfigError(f"{where or 'config'}: required key(s) {missing} are missing")
     return cls(**kwargs)
 
 
@@ -120,6 +150,36 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+def field_paths(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted field path of the dataclass schema ``cls`` (nested dataclasses included)."""
+    out = []
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        out.append(path)
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += field_paths(hints[f.name], path + ".")
+    return out
+
+
+def resolve_key(cls: type, key: str) -> str:
+    """The full dotted path of an override key, expanding a unique field name (``rounds`` ->
+    ``schedule.rounds``). A key whose first part is a top-level field is returned as it is."""
+    first, _, rest = key.partition(".")
+    top = {f.name for f in dataclasses.fields(cls)}
+    if first in top:
+        return key
+    matches = [p for p in field_paths(cls) if p.rsplit(".", 1)[-1] == first]
+    if len(matches) == 1:
+        return matches[0] + (f".{rest}" if rest else "")
+    if len(matches) > 1:
+        raise ConfigError(f"key {first!r} is ambiguous; write one of {matches}")
+    names = sorted({p.rsplit(".", 1)[-1] for p in field_paths(cls)} | top)
+    close = difflib.get_close_matches(first, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"unknown key {first!r}{hint}; valid keys are {sorted(field_paths(cls))}")
+
+
 def _deep_merge(base: dict, delta: dict) -> dict:
     out = dict(base)
     for k, v in delta.items():
@@ -127,36 +187,65 @@ def _deep_merge(base: dict, delta: dict) -> dict:
     return out
 
 
-def read_yaml(path: str | Path) -> dict:
-    """Read a config file, resolving ``_base_`` chains."""
+def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
+    """Read a config file, resolving ``_base_`` chains; errors name the file."""
     path = Path(path)
-    if not path.is_file():
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: _base_ chain loops back to itself")
+    if not path.exists():
         raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    if not path.is_file():
+        raise ConfigError(f"{path}: is not a file (a config file is expected)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config file as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
     base = data.pop("_base_", None)
     if base is not None:
-        data = _deep_merge(read_yaml(path.parent / base), data)
+        data = _deep_merge(read_yaml(path.parent / base, (*_seen, path.resolve())), data)
     return data
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``dotted.key=value`` strings; values are parsed as YAML. Dict values replace, not merge."""
+def _set(data: dict, path: str, value: Any) -> dict:
     data = dict(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. rounds=3)")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
-        node = data
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            child = node.get(p)
-            node[p] = dict(child) if isinstance(child, dict) else {}
-            node = node[p]
-        node[parts[-1]] = value
+    node = data
+    parts = path.split(".")
+    for p in parts[:-1]:
+        child = node.get(p)
+        node[p] = dict(child) if isinstance(child, dict) else {}
+        node = node[p]
+    node[parts[-1]] = value
     return data
+
+
+def parse_override(cls: type, item: str) -> tuple[str, Any]:
+    """``key=value`` -> (full dotted key, YAML-parsed value)."""
+    if "=" not in item:
+        raise ConfigError(f"command-line override {item!r} must look like key=value (e.g. rounds=3)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"command-line override {item!r} has no key")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"command-line override {item!r}: value is not valid YAML ({e})") from None
+    try:
+        return resolve_key(cls, key), value
+    except ConfigError as e:
+        raise ConfigError(f"command-line override {item!r}: {e}") from None
+
+
+def _covers(prefix: str, key: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
 
 
 def load_config(
@@ -165,12 +254,55 @@ def load_config(
     overrides: list[str] | None = None,
     defaults: dict | None = None,
 ) -> T:
-    """Defaults <- YAML file (with ``_base_``) <- overrides, then validate into ``cls``."""
+    """Defaults <- YAML file (with ``_base_``) <- overrides, then validate into ``cls``.
+
+    Every error names where the offending value came from: the file, or the command-line override.
+    """
     data = dict(defaults or {})
+    origin = str(path) if path is not None else "defaults"
     if path is not None:
         data = _deep_merge(data, read_yaml(path))
-    data = apply_overrides(data, overrides or [])
-    return from_dict(cls, data, where=str(path) if path else "config")
+        try:
+            from_dict(cls, data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    sources: list[tuple[str, str]] = []  # (full key, the override text)
+    for item in overrides or []:
+        key, value = parse_override(cls, item)
+        data = _set(data, key, value)
+        sources.append((key, item))
+        try:
+            from_dict(cls, data)
+        except ConfigError as e:
+            raise ConfigError(f"command-line override {item!r}: {e}") from None
+    cfg = from_dict(cls, data)
+    try:
+        check_config(cfg)
+    except ValueCheck as e:
+        src = next((s for k, s in reversed(sources) if _covers(k, e.key) or _covers(e.key, k)), None)
+        where = f"command-line override {src!r}" if src else origin
+        raise ConfigError(f"{where}: {e.key}: {e.message}") from None
+    return cfg
+
+
+def check_config(cfg: Any, prefix: str = "") -> None:
+    """Run ``check()`` of ``cfg`` and of every nested config, depth first; raise :class:`ValueCheck`."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_config(value, f"{prefix}{f.name}.")
+    check = getattr(cfg, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ValueCheck as e:
+            raise ValueCheck(prefix + e.key, e.message) from None
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """For ``check()`` methods: raise :class:`ValueCheck` for ``key`` unless ``condition`` holds."""
+    if not condition:
+        raise ValueCheck(key, message)
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

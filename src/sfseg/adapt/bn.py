@@ -5,7 +5,8 @@ AdaBN: Li et al., "Revisiting Batch Normalization For Practical Domain Adaptatio
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -22,6 +23,15 @@ def freeze_bn_affine(model: nn.Module) -> None:
     for m in bn_layers(model):
         for p in m.parameters():
             p.requires_grad_(False)
+
+
+def train_downsample_bn_affine(model: nn.Module) -> None:
+    """Let the BN scale and shift of residual ``downsample`` branches train (the released LDBE code froze
+    only the main path's BN affine parameters)."""
+    for name, m in model.named_modules():
+        if isinstance(m, _BatchNorm) and ".downsample." in f".{name}.":
+            for p in m.parameters():
+                p.requires_grad_(True)
 
 
 def train_only_bn_affine(model: nn.Module) -> None:
@@ -41,11 +51,32 @@ def set_bn_mode(model: nn.Module, mode: str) -> None:
         m.train(mode == "train")
 
 
+@contextlib.contextmanager
+def frozen_bn_buffers(model: nn.Module) -> Iterator[None]:
+    """Run a pass (e.g. a share probe with BN in train mode) without changing any BN buffer: running
+    statistics and counters are restored on exit."""
+    saved = [(b, b.detach().clone()) for m in bn_layers(model) for b in m.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+
+
 @torch.no_grad()
-def adabn(model: nn.Module, batches: Iterable[torch.Tensor], progress: bool = False) -> None:
+def adabn(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    progress: bool = False,
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> None:
     """Replace every BN layer's running statistics by the exact average over ``batches`` (normalised images).
 
-    Uses cumulative averaging (``momentum=None``) so the result does not depend on the batch order.
+    Uses cumulative averaging (``momentum=None``): each layer's statistics are the mean of its per-batch
+    means and (unbiased) variances, so the result does not depend on the batch order. Across processes,
+    ``all_reduce_sum`` combines the per-process averages weighted by their batch counts, which equals one
+    process seeing all the batches.
     """
     layers = bn_layers(model)
     saved = [m.momentum for m in layers]
@@ -56,6 +87,16 @@ def adabn(model: nn.Module, batches: Iterable[torch.Tensor], progress: bool = Fa
     model.train()
     for x in tqdm(batches, desc="AdaBN", disable=not progress, leave=False):
         model(x)
+    if all_reduce_sum is not None:
+        for m in layers:
+            n = m.num_batches_tracked.to(m.running_mean.dtype)
+            packed = torch.cat([m.running_mean * n, m.running_var * n, n.view(1)])
+            packed = all_reduce_sum(packed)
+            total = packed[-1].clamp(min=1)
+            c = m.running_mean.numel()
+            m.running_mean.copy_(packed[:c] / total)
+            m.running_var.copy_(packed[c : 2 * c] / total)
+            m.num_batches_tracked.fill_(int(packed[-1].item()))
     for m, mom in zip(layers, saved):
         m.momentum = mom
     model.train(was_training)

@@ -33,22 +33,25 @@ def positive_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def sample_rank(num_classes: int, width: int, generator: torch.Generator | None = None) -> int:
-    """Draw the complementary rank ``k ~ U{floor(C/2) - w, ..., floor(C/2) + w}`` (0 = the top class).
+    """Draw the complementary rank ``k ~ U{floor(C/2) - w, ..., floor(C/2) + w}``, **1-based**.
 
-    The range is clipped to ``[1, C - 1]`` so that the top-ranked class is never pushed down.
+    ``k`` counts from 1: the complementary class of a pixel is its k-th most probable class, as the
+    released code's ``topk(p, k, sorted=True).indices[:, -1]``. For C = 19, w = 3: k in {6, ..., 12},
+    i.e. 0-based ranks 5..11; for C = 16: k in {5, ..., 11}. The range is clipped to ``[2, C]`` so that the
+    top class is never pushed down.
     """
-    lo = max(1, num_classes // 2 - width)
-    hi = min(num_classes - 1, num_classes // 2 + width)
+    lo = max(2, num_classes // 2 - width)
+    hi = min(num_classes, num_classes // 2 + width)
     return int(torch.randint(lo, hi + 1, (1,), generator=generator).item())
 
 
-def complementary_labels(probs: torch.Tensor, rank: int) -> torch.Tensor:
-    """Each pixel's ``rank``-th most probable class (0-based, descending). Detached.
+def complementary_labels(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """Each pixel's k-th most probable class (``k`` 1-based, as :func:`sample_rank` draws it). Detached.
 
     Shape:
         probs (B, C, H, W) -> (B, H, W) int64.
     """
-    return probs.detach().argsort(dim=1, descending=True)[:, rank]
+    return probs.detach().topk(k, dim=1, sorted=True).indices[:, -1]
 
 
 def negative_loss(probs: torch.Tensor, complementary: torch.Tensor) -> torch.Tensor:
@@ -125,17 +128,33 @@ def diversity_loss(probs: torch.Tensor) -> torch.Tensor:
 
 
 def confidence_weighted_ce(
-    logits: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor, threshold: float = 0.97
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    confidence: torch.Tensor,
+    threshold: float = 0.97,
+    mean: str = "positive",
 ) -> torch.Tensor:
     """BE's loss: per-pixel cross-entropy weighted, per image, by the share of its pixels whose
-    confidence is at least ``threshold``; averaged over labelled pixels.
+    confidence is at least ``threshold``.
+
+    Args:
+        mean: ``positive`` averages over the pixels whose (unweighted, float32) cross-entropy is > 0, as
+            the released code's ``loss[loss > 0].mean()``: saturated pixels (loss exactly 0) leave the
+            denominator, so the loss is larger than the plain mean by 1 / (unsaturated share).
+            ``labelled`` averages over every labelled pixel (label != 255).
 
     Shape:
-        logits (B, C, H, W), labels (B, H, W), confidence (B, H, W) -> scalar.
+        logits (B, C, H, W), labels (B, H, W), confidence (B, H, W) -> scalar (zero, with a graph, when no
+        pixel counts).
     """
     weight = (confidence >= threshold).float().mean(dim=(1, 2))  # (B,)
-    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")  # (B, H, W)
-    valid = labels != IGNORE_INDEX
-    if not valid.any():
+    ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")  # (B, H, W)
+    if mean == "positive":
+        counted = ce > 0
+    elif mean == "labelled":
+        counted = labels != IGNORE_INDEX
+    else:
+        raise ValueError(f"mean must be 'positive' or 'labelled', got {mean!r}")
+    if not counted.any():
         return logits.sum() * 0.0
-    return (ce * weight.view(-1, 1, 1))[valid].mean()
+    return (ce * weight.view(-1, 1, 1))[counted].mean()

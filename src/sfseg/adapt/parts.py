@@ -2,8 +2,9 @@
 
 A method is a pseudo-labeller plus a weighted list of loss parts, named in the config::
 
-    pseudo_labels: {kind: class_balanced}
-    losses: [positive, negative, entropy_unselected]
+    method:
+      pseudo_labels: {kind: class_balanced}
+      losses: [positive, negative, entropy_unselected]
 
 Each loss part declares what it consumes (``needs_pseudo_labels``), so a composition that cannot work is
 rejected when the method is built, before any data is read. New parts register in :data:`LOSS_PARTS`.
@@ -16,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from sfseg.adapt import losses as L
-from sfseg.adapt.config import AdaptConfig
+from sfseg.adapt.config import MethodConfig
+from sfseg.errors import MethodError
 
 
 @dataclass
@@ -50,7 +52,7 @@ class LossPart:
     needs_pseudo_labels: bool = False
     needs_teacher: bool = False
 
-    def __init__(self, cfg: AdaptConfig, num_classes: int):
+    def __init__(self, cfg: MethodConfig, num_classes: int):
         self.cfg, self.num_classes = cfg, num_classes
 
     def __call__(self, inputs: StepInputs) -> torch.Tensor:
@@ -67,7 +69,10 @@ class PositiveLearning(LossPart):
 
 
 class NegativeLearning(LossPart):
-    """``-log(1 - p_k)`` for a medium-rank complementary class; one rank per step, shared by the batch."""
+    """``-log(1 - p_k)`` for a medium-rank complementary class; one rank per step, shared by the batch.
+
+    ``k`` is 1-based (the k-th most probable class), drawn from ``floor(C/2) +- negative_width``.
+    """
 
     name = "negative"
 
@@ -133,6 +138,7 @@ class TeacherCE(LossPart):
             inputs.teacher_labels,
             inputs.teacher_confidence,
             self.cfg.teacher.confidence_threshold,
+            self.cfg.teacher.loss_mean,
         )
 
 
@@ -151,12 +157,12 @@ LOSS_PARTS: dict[str, type[LossPart]] = {
 }
 
 
-class MethodError(ValueError):
-    """A method composition that cannot work."""
+def build_loss_parts(cfg: MethodConfig, num_classes: int, rounds: int = 1) -> list[tuple[float, LossPart]]:
+    """Instantiate ``cfg.losses`` with their weights, checking that each part's inputs will exist.
 
-
-def build_loss_parts(cfg: AdaptConfig, num_classes: int) -> list[tuple[float, LossPart]]:
-    """Instantiate ``cfg.losses`` with their weights, checking that each part's inputs will exist."""
+    Raises:
+        MethodError: for an unknown part, a stray weight, or a composition that cannot work.
+    """
     unknown = [n for n in cfg.losses if n not in LOSS_PARTS]
     if unknown:
         raise MethodError(f"losses: unknown part(s) {unknown}; available parts: {sorted(LOSS_PARTS)}")
@@ -180,7 +186,7 @@ def build_loss_parts(cfg: AdaptConfig, num_classes: int) -> list[tuple[float, Lo
         raise MethodError(
             "mixing: classmix needs label maps to choose classes from: a teacher or pseudo-labels"
         )
-    if cfg.rounds > 0 and not parts:
+    if rounds > 0 and not parts:
         raise MethodError("rounds > 0 but no loss parts are listed: nothing to train (set rounds: 0)")
     return parts
 

@@ -10,31 +10,41 @@ Notation: ``p(x)`` softmax, ``m(x) = max_c p_c(x)`` confidence, ``y(x) = argmax_
 * **Local selection**: in each image, the pixels whose confidence is in that image's top-``alpha`` fraction.
 * **Fusion**: selected = intra-class-selected OR locally-selected; label ``y(x)`` there, 255 elsewhere.
 
-Edge cases (documented choices):
+Rank rules (``rank_rule``):
 
-* ``k = max(1, ceil(alpha * N_c))`` pixels are kept per class: when ``alpha * N_c < 1`` the single most
-  confident pixel is kept (the reference code instead selected *every* pixel of such a class).
-* A class never predicted has no threshold (``+inf``): it selects nothing, and the round log says so.
-* Saturation: after a round of self-training, float32 softmax confidences of most pixels are exactly
-  1.0, so a quantile of ``m`` is a tie and "the top alpha" becomes "almost everything" (a threshold at 1.0
-  with ``>=`` keeps all of them; with ``>``, as in the reference code, none). We therefore rank pixels by
-  the **score** ``s(x) = -log(1 - m(x))``, computed from the logits with a log-sum-exp so it never
-  saturates. ``s`` is strictly increasing in ``m``: on unsaturated data it selects exactly the same
-  pixels as thresholding ``m``; on saturated data it still keeps the top alpha. Thresholds are logged in
-  confidence units, ``m = 1 - exp(-s)``.
-* Selection uses ``s >= delta`` (never ``>``).
-* The histogram threshold is the lower edge of the bin that holds the exact k-th largest score:
-  ``delta_exact - width < delta_hist <= delta_exact``, so it selects a superset of the exact selection
-  that differs only by pixels within one bin width of the threshold.
+* ``sfseg`` (default). ``k = max(1, ceil(alpha * N_c))`` pixels are kept per class, so when
+  ``alpha * N_c < 1`` the single most confident pixel is kept; per image ``k = max(1, ceil(alpha * H * W))``.
+  Pixels are ranked by the **score** ``s(x) = -log(1 - m(x))``, computed from the logits so it never
+  saturates (after a round of self-training most float32 softmax confidences are exactly 1.0, and a
+  quantile of ``m`` is a tie: "the top alpha" would become "almost everything" under ``>=`` or "nothing"
+  under ``>``). ``s`` is strictly increasing in ``m``, so on unsaturated data it selects the same pixels
+  as thresholding ``m``. Selection uses ``s >= delta``.
+* ``released`` (the authors' code). Threshold = the ``int(alpha * N_c)``-th largest confidence (the class
+  minimum when that is 0), per image the ``(int(alpha * H * W) - 1)``-th (0-based, descending; the
+  minimum when that is -1); float32 softmax confidences compared with ``>``, so a class saturated at 1.0
+  loses its intra-class pixels.
+
+A class never predicted has no threshold (``+inf``): it selects nothing, and the round log says so.
+The histogram threshold is the lower edge of the bin that holds the exact k-th largest score:
+``delta_exact - width < delta_hist <= delta_exact``, so it selects a superset of the exact selection that
+differs only by pixels within one bin width of the threshold. Thresholds are logged in confidence units,
+``m = 1 - exp(-s)``.
+
+Pseudo-labellers (``PSEUDO_LABELLERS``) share one protocol, so the labelling pass never tests a kind
+string: :meth:`PseudoLabeller.observe` every image (statistics), :meth:`~PseudoLabeller.reduce` across
+processes, :meth:`~PseudoLabeller.select` labels.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 
 from sfseg import IGNORE_INDEX
+from sfseg.adapt.config import PseudoLabelConfig
 
 MAX_SCORE = 40.0
 """Scores above this (confidence > 1 - 4e-18) share the histogram's last bin."""
@@ -43,16 +53,18 @@ MAX_SCORE = 40.0
 def confidence_scores(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The saturation-free confidence score ``s = -log(1 - max_c p_c)`` and the argmax.
 
-    ``log(1 - m)`` is the log-sum-exp of the log-probabilities of the *other* classes, which stays
-    finite and ordered when the softmax itself rounds to 1.0.
+    With ``o = sum_{c != y} exp(z_c - z_y)`` (the other classes' mass relative to the winner),
+    ``1 - m = o / (1 + o)`` and ``s = log1p(1 / o)``: finite and ordered where the softmax itself rounds
+    to 1.0 (``s`` is ``inf`` only when ``o`` underflows, far above :data:`MAX_SCORE`).
 
     Shape:
-        logits (B, C, H, W) -> score (B, H, W) float, prediction (B, H, W) int64.
+        logits (B, C, H, W) -> score (B, H, W) float32, prediction (B, H, W) int64.
     """
-    logp = logits.detach().float().log_softmax(1)
-    pred = logp.argmax(1)
-    others = logp.scatter(1, pred.unsqueeze(1), float("-inf"))
-    return -torch.logsumexp(others, 1), pred
+    z = logits.detach().float()
+    zmax, pred = z.max(1, keepdim=True)
+    e = (z - zmax).exp_()
+    e.scatter_(1, pred, 0.0)
+    return torch.log1p(e.sum(1).reciprocal_()), pred.squeeze(1)
 
 
 def score_to_confidence(score: torch.Tensor) -> torch.Tensor:
@@ -63,17 +75,20 @@ def score_to_confidence(score: torch.Tensor) -> torch.Tensor:
 class ConfidenceHistogram:
     """Streaming per-class histogram of confidence scores ``s`` over [0, MAX_SCORE].
 
+    Counters live on ``device`` (the network's), so nothing per pixel crosses to the host.
+
     Args:
         num_classes: number of classes.
         bins: number of equal-width bins; the threshold error is at most one bin width,
             ``MAX_SCORE / bins`` in score units.
+        device: where the counters live.
     """
 
-    def __init__(self, num_classes: int, bins: int = 65536):
+    def __init__(self, num_classes: int, bins: int = 65536, device: torch.device | str = "cpu"):
         self.num_classes = num_classes
         self.bins = bins
         self.width = MAX_SCORE / bins
-        self.counts = torch.zeros(num_classes, bins, dtype=torch.int64)
+        self.counts = torch.zeros(num_classes * bins, dtype=torch.int64, device=device)
 
     def update(self, score: torch.Tensor, prediction: torch.Tensor) -> None:
         """Add pixels.
@@ -81,44 +96,67 @@ class ConfidenceHistogram:
         Shape:
             score: any shape, from :func:`confidence_scores`; prediction: same shape, class indices.
         """
-        b = (score.detach().reshape(-1).double() / self.width).floor().long().clamp_(0, self.bins - 1)
-        idx = prediction.reshape(-1).long() * self.bins + b.to(prediction.device)
-        self.counts += torch.bincount(idx.cpu(), minlength=self.num_classes * self.bins).view(
-            self.num_classes, self.bins
-        )
+        b = (score.detach().reshape(-1) * (1.0 / self.width)).clamp_(0, self.bins - 1).long()
+        idx = prediction.reshape(-1).to(b.device) * self.bins + b
+        self.counts += torch.bincount(idx, minlength=self.num_classes * self.bins).to(self.counts.device)
+
+    @property
+    def table(self) -> torch.Tensor:
+        """(C, bins) counts."""
+        return self.counts.view(self.num_classes, self.bins)
 
     @property
     def class_counts(self) -> torch.Tensor:
         """(C,) number of pixels predicted as each class."""
-        return self.counts.sum(1)
+        return self.table.sum(1)
 
-    def thresholds(self, alpha: float) -> torch.Tensor:
-        """(C,) score thresholds for the top-``alpha`` fraction of each class; ``+inf`` if never predicted."""
+    def thresholds(self, alpha: float, rule: str = "sfseg") -> torch.Tensor:
+        """(C,) score thresholds for the top-``alpha`` fraction of each class; ``+inf`` if never predicted.
+
+        Args:
+            rule: ``sfseg`` (keep ``max(1, ceil(alpha N))``) or ``released`` (the ``int(alpha N)``-th
+                largest; the class minimum when that is 0).
+        """
         if not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
-        n = self.class_counts
-        k = torch.clamp(torch.ceil(alpha * n.double()).long(), min=1)
-        at_or_above = self.counts.flip(1).cumsum(1).flip(1)  # [c, b] = count of pixels in bins >= b
+        table = self.table.cpu()
+        n = table.sum(1)
+        if rule == "sfseg":
+            k = torch.clamp(torch.ceil(alpha * n.double()).long(), min=1)
+        elif rule == "released":
+            k = torch.floor(alpha * n.double()).long()
+            k = torch.where(k == 0, n, k)  # int(alpha N) = 0 -> cls_prob[-0] = the minimum = the N-th largest
+        else:
+            raise ValueError(f"rule must be 'sfseg' or 'released', got {rule!r}")
+        at_or_above = table.flip(1).cumsum(1).flip(1)  # [c, b] = count of pixels in bins >= b
         j = (at_or_above >= k[:, None]).sum(1) - 1
         delta = j.double() * self.width
         return torch.where(n > 0, delta, torch.full_like(delta, math.inf)).float()
 
 
 def exact_thresholds(
-    score: torch.Tensor, prediction: torch.Tensor, num_classes: int, alpha: float
+    score: torch.Tensor, prediction: torch.Tensor, num_classes: int, alpha: float, rule: str = "sfseg"
 ) -> torch.Tensor:
-    """Reference implementation by a full sort (memory grows with the data); used by the tests."""
+    """Reference implementation by a full sort (memory grows with the data); used by the tests.
+
+    ``score`` may be scores or confidences (the rule only ranks them).
+    """
     out = torch.full((num_classes,), math.inf, dtype=torch.float64)
     for c in range(num_classes):
         v = score[prediction == c].double()
-        if v.numel():
+        if not v.numel():
+            continue
+        desc = v.sort(descending=True).values
+        if rule == "sfseg":
             k = max(1, math.ceil(alpha * v.numel()))
-            out[c] = v.sort(descending=True).values[k - 1]
+        else:
+            k = int(alpha * v.numel()) or v.numel()
+        out[c] = desc[k - 1]
     return out
 
 
 def local_top_alpha(score: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Per image, the pixels whose score (or confidence) is in that image's top-``alpha`` fraction.
+    """Per image, the pixels whose score is in that image's top ``max(1, ceil(alpha H W))``, with ``>=``.
 
     Shape:
         score (B, H, W) -> bool (B, H, W).
@@ -129,50 +167,190 @@ def local_top_alpha(score: torch.Tensor, alpha: float) -> torch.Tensor:
     return (flat >= kth).view_as(score)
 
 
+def local_top_alpha_released(confidence: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The released code's per-image rule: ``m > sorted_desc(m)[int(alpha H W) - 1]`` (index -1 = the
+    smallest value).
+
+    Shape:
+        confidence (B, H, W) float32 softmax maxima -> bool (B, H, W).
+    """
+    flat = confidence.reshape(confidence.shape[0], -1)
+    idx = int(alpha * flat.shape[1]) - 1
+    if idx < 0:
+        kth = flat.min(1, keepdim=True).values
+    else:
+        kth = flat.topk(idx + 1, dim=1).values[:, -1:]
+    return (flat > kth).view_as(confidence)
+
+
 def class_balanced_labels(
     logits: torch.Tensor,
     thresholds: torch.Tensor,
     alpha: float,
     local: bool = True,
     channel_test: str = "argmax",
+    rule: str = "sfseg",
 ) -> torch.Tensor:
     """Fuse intra-class and per-image selection into pseudo-labels.
 
     Args:
         logits: network outputs.
-        thresholds: (C,) score thresholds from :meth:`ConfidenceHistogram.thresholds`.
+        thresholds: (C,) thresholds in the rule's units: scores ``s`` for ``sfseg``
+            (:meth:`ConfidenceHistogram.thresholds`), float32 softmax confidences for ``released``
+            (:func:`score_to_confidence` of the histogram's, or :func:`exact_thresholds` of confidences).
         alpha: the round's selection fraction (for the local part).
         local: include the per-image top-alpha pixels.
         channel_test: ``"argmax"`` tests the predicted class's channel against its threshold (default);
-            ``"any"`` fires when any channel exceeds its class's threshold (the reference code's test).
+            ``"any"`` fires when any channel exceeds its class's threshold (the released code's test).
             The label is the argmax either way.
+        rule: ``sfseg`` or ``released`` (see the module docstring).
 
     Shape:
         logits (B, C, H, W) -> labels (B, H, W) int64, 255 where not selected.
     """
     score, pred = confidence_scores(logits)
-    thr = thresholds.to(score.device, score.dtype)
-    if channel_test == "argmax":
-        selected = score >= thr[pred]
-    elif channel_test == "any":
-        # Per-channel scores -log(1 - p_c); the argmax channel's from the stable formula.
+    if rule == "sfseg":
+        thr = thresholds.to(score.device, score.dtype)
+        if channel_test == "argmax":
+            selected = score >= thr[pred]
+        elif channel_test == "any":
+            # Per-channel scores -log(1 - p_c); the argmax channel's from the stable formula.
+            p = logits.detach().float().softmax(1)
+            per_channel = (-torch.log1p(-p.clamp(max=1 - 1e-7))).scatter(
+                1, pred.unsqueeze(1), score.unsqueeze(1)
+            )
+            selected = (per_channel >= thr.view(1, -1, 1, 1)).any(1)
+        else:
+            raise ValueError(f"channel_test must be 'argmax' or 'any', got {channel_test!r}")
+        if local:
+            selected |= local_top_alpha(score, alpha)
+    elif rule == "released":
+        # float32 confidences and strict '>', as the released code compares softmax outputs.
+        thr = thresholds.float().to(score.device)
         p = logits.detach().float().softmax(1)
-        per_channel = (-torch.log1p(-p.clamp(max=1 - 1e-7))).scatter(1, pred.unsqueeze(1), score.unsqueeze(1))
-        selected = (per_channel >= thr.view(1, -1, 1, 1)).any(1)
+        conf = p.max(1).values
+        if channel_test == "argmax":
+            selected = conf > thr[pred]
+        elif channel_test == "any":
+            selected = (p > thr.view(1, -1, 1, 1)).any(1)
+        else:
+            raise ValueError(f"channel_test must be 'argmax' or 'any', got {channel_test!r}")
+        if local:
+            selected |= local_top_alpha_released(conf, alpha)
     else:
-        raise ValueError(f"channel_test must be 'argmax' or 'any', got {channel_test!r}")
-    if local:
-        selected |= local_top_alpha(score, alpha)
+        raise ValueError(f"rule must be 'sfseg' or 'released', got {rule!r}")
     return torch.where(selected, pred, torch.full_like(pred, IGNORE_INDEX))
 
 
 def argmax_labels(logits: torch.Tensor) -> torch.Tensor:
     """Naive self-training: every pixel labelled with its argmax. Shape: (B, C, H, W) -> (B, H, W)."""
-    return logits.argmax(1)
+    return logits.max(1).indices
 
 
 def global_threshold_labels(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     """Confidence self-training: one softmax threshold for all classes (the usual pseudo-label baseline,
     e.g. Lee, "Pseudo-Label", ICML-W 2013). Shape: (B, C, H, W) -> (B, H, W)."""
-    conf, pred = logits.softmax(1).max(1)
+    conf, pred = logits.float().softmax(1).max(1)
     return torch.where(conf >= threshold, pred, torch.full_like(pred, IGNORE_INDEX))
+
+
+class PseudoLabeller:
+    """A pseudo-label selection rule.
+
+    The labelling pass calls :meth:`start` with the round's alpha, :meth:`observe` on every image's logits
+    (only when :attr:`needs_statistics`), :meth:`reduce` once with a cross-process sum, and then
+    :meth:`select` on every image's logits.
+    """
+
+    name: ClassVar[str] = ""
+    needs_statistics: ClassVar[bool] = False
+
+    def __init__(self, cfg: PseudoLabelConfig, num_classes: int):
+        self.cfg, self.num_classes, self.alpha = cfg, num_classes, cfg.alpha
+
+    def start(self, alpha: float, device: torch.device | str = "cpu") -> None:
+        self.alpha = alpha
+
+    def observe(self, logits: torch.Tensor) -> None:
+        """Accumulate statistics. Shape: logits (B, C, H, W)."""
+
+    def reduce(self, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Sum the statistics across processes (``all_reduce_sum`` is the identity in one process)."""
+
+    def select(self, logits: torch.Tensor) -> torch.Tensor:
+        """Labels, 255 = not selected. Shape: logits (B, C, H, W) -> (B, H, W) int64."""
+        raise NotImplementedError
+
+    def summary(self, class_names: list[str] | tuple[str, ...]) -> dict:
+        """What to log about the round's selection rule (thresholds, ...)."""
+        return {}
+
+
+class ArgmaxLabeller(PseudoLabeller):
+    """Every pixel, labelled with its argmax (naive self-training)."""
+
+    name = "argmax"
+
+    def select(self, logits: torch.Tensor) -> torch.Tensor:
+        return argmax_labels(logits)
+
+
+class GlobalThresholdLabeller(PseudoLabeller):
+    """Pixels whose softmax confidence is at least ``threshold``."""
+
+    name = "global_threshold"
+
+    def select(self, logits: torch.Tensor) -> torch.Tensor:
+        return global_threshold_labels(logits, self.cfg.threshold)
+
+
+class ClassBalancedLabeller(PseudoLabeller):
+    """LD's selection: intra-class thresholds over the whole target set, fused with per-image top-alpha."""
+
+    name = "class_balanced"
+    needs_statistics = True
+
+    def start(self, alpha: float, device: torch.device | str = "cpu") -> None:
+        self.alpha = alpha
+        self.hist = ConfidenceHistogram(self.num_classes, self.cfg.bins, device)
+        self._thresholds: torch.Tensor | None = None
+
+    def observe(self, logits: torch.Tensor) -> None:
+        self.hist.update(*confidence_scores(logits))
+
+    def reduce(self, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.hist.counts = all_reduce_sum(self.hist.counts)
+
+    @property
+    def thresholds(self) -> torch.Tensor:
+        if self._thresholds is None:
+            self._thresholds = self.hist.thresholds(self.alpha, self.cfg.rank_rule)
+        return self._thresholds
+
+    def select(self, logits: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        thr = self.thresholds
+        if cfg.rank_rule == "released":
+            thr = score_to_confidence(thr.double()).float()
+        return class_balanced_labels(logits, thr, self.alpha, cfg.local, cfg.channel_test, cfg.rank_rule)
+
+    def summary(self, class_names: list[str] | tuple[str, ...]) -> dict:
+        thr = self.thresholds
+        conf = score_to_confidence(thr.double()).tolist()
+        return {
+            "thresholds": {
+                n: (t if math.isfinite(s) else None) for n, t, s in zip(class_names, conf, thr.tolist())
+            }
+        }
+
+
+PSEUDO_LABELLERS: dict[str, type[PseudoLabeller]] = {
+    cls.name: cls for cls in (ArgmaxLabeller, GlobalThresholdLabeller, ClassBalancedLabeller)
+}
+
+
+def build_pseudo_labeller(cfg: PseudoLabelConfig, num_classes: int) -> PseudoLabeller | None:
+    """The labeller of ``cfg.kind``; None for ``none`` (methods without pseudo-labels)."""
+    if cfg.kind == "none":
+        return None
+    return PSEUDO_LABELLERS[cfg.kind](cfg, num_classes)

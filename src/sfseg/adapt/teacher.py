@@ -14,19 +14,24 @@ from torch import nn
 from sfseg.models.ops import upsample_logits
 
 
-class EMATeacher:
+class EMATeacher(nn.Module):
     """Keeps ``teacher = d * teacher + (1 - d) * student`` for parameters; buffers (BN statistics) are copied.
 
+    A module, so its weights are part of a run's state (``state_dict``) and resume restores them.
+
     Args:
-        student: the network being trained; the teacher starts as a copy of it.
+        student: the network being trained (unwrapped); the teacher starts as a copy of it.
         max_decay: the decay cap (BE: 0.99).
+        align_corners: how :meth:`predict` upsamples logits to the input size.
     """
 
-    def __init__(self, student: nn.Module, max_decay: float = 0.99):
+    def __init__(self, student: nn.Module, max_decay: float = 0.99, align_corners: bool = False):
+        super().__init__()
         self.model = copy.deepcopy(student)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.max_decay = max_decay
+        self.align_corners = align_corners
 
     def decay(self, step: int) -> float:
         return min(1 - 1 / (step + 1), self.max_decay)
@@ -43,4 +48,8 @@ class EMATeacher:
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher confidence and label per pixel. Shape: (B, 3, H, W) -> (B, H, W), (B, H, W)."""
-        return upsample_logits(self.model(images), images.shape[-2:]).softmax(1).max(1)
+        logits = upsample_logits(self.model(images), images.shape[-2:], self.align_corners)
+        return logits.float().softmax(1).max(1)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.predict(images)

@@ -22,14 +22,16 @@ from pathlib import Path
 import torch
 
 from sfseg.config import ConfigError, load_config
-from sfseg.data.datasets import DatasetError
+from sfseg.errors import SfsegError
 
 
 def _threads() -> None:
-    # Intra-op threads = available cores; PyTorch's default can oversubscribe shared machines.
+    # Intra-op threads = available cores (shared among the processes torchrun starts on this machine);
+    # PyTorch's default can oversubscribe shared machines.
     import os
 
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
 
 
 def cmd_toycity_generate(args: argparse.Namespace) -> None:
@@ -63,17 +65,31 @@ def cmd_train_source(args: argparse.Namespace) -> None:
         if summary["val_miou"] is None
         else f"{summary['val_split']} mIoU {summary['val_miou']:.1f}"
     )
-    print(f"{cfg.dataset} {score}; checkpoint: {cfg.out}")
+    print(f"{cfg.data.dataset} {score}; checkpoint: {cfg.out}")
 
 
 def cmd_adapt(args: argparse.Namespace) -> None:
     from sfseg.adapt.config import AdaptConfig
-    from sfseg.engine.adapt_loop import run_adaptation
     from sfseg.engine.report import per_class_table
+    from sfseg.engine.run import run_adaptation
 
-    cfg = load_config(AdaptConfig, args.config, args.overrides)
-    summary = run_adaptation(cfg)
-    print(per_class_table({cfg.method: summary["final"]}))
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    if args.resume:
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            from sfseg.errors import ResumeError
+
+            raise ResumeError(f"{args.resume} holds no run to resume (no config.yaml)")
+        overrides = [*args.overrides, f"out={args.resume}"]
+        cfg = load_config(AdaptConfig, args.config or saved, overrides)
+        mode = "resume"
+    else:
+        cfg = load_config(AdaptConfig, args.config, args.overrides)
+        mode = "overwrite" if args.overwrite else "new"
+    summary = run_adaptation(cfg, mode=mode)
+    if summary["final"] is not None:
+        print(per_class_table({cfg.name: summary["final"]}))
     print(f"run directory: {cfg.out}")
 
 
@@ -95,20 +111,23 @@ def _data_and_checkpoint(args: argparse.Namespace, labels: bool):
     return ckpt, data, protocol
 
 
+def _inference(args: argparse.Namespace, ckpt):
+    from sfseg.engine.inference import Inference
+
+    model = ckpt.build()
+    return Inference(model, ckpt.normalization, args.input_size or ())
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from sfseg.engine.evaluate import evaluate
     from sfseg.engine.report import per_class_table
 
     ckpt, data, protocol = _data_and_checkpoint(args, labels=True)
-    res = evaluate(
-        ckpt.build(),
-        data,
-        ckpt.normalization,
-        protocol,
-        batch_size=args.batch_size,
-        input_size=args.input_size or (),
-        progress=True,
-    )
+    if args.json:
+        from sfseg.engine.runlog import check_writable_file
+
+        check_writable_file(Path(args.json), "--json")
+    res = evaluate(_inference(args, ckpt), data, protocol, batch_size=args.batch_size, progress=True)
     res["protocol"] = {
         "classes": protocol.name,
         "input_size": args.input_size,
@@ -122,17 +141,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from sfseg.engine.predict import predict
+    from sfseg.engine.runlog import check_writable_dir
 
     ckpt, data, protocol = _data_and_checkpoint(args, labels=False)
+    check_writable_dir(Path(args.out), "--out")
     paths = predict(
-        ckpt.build(),
-        data,
-        ckpt.normalization,
-        protocol,
-        args.out,
-        fmt=args.format,
-        input_size=args.input_size or (),
-        batch_size=args.batch_size,
+        _inference(args, ckpt), data, protocol, args.out, fmt=args.format, batch_size=args.batch_size
     )
     print(f"{len(paths)} prediction(s) ({args.format}) written to {args.out}")
 
@@ -172,6 +186,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         recipes=args.configs,
         source_dir=args.source_dir,
         overrides=args.overrides,
+        resume=args.resume,
     )
 
 
@@ -202,14 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--report", default="docs/toycity.md")
     c.set_defaults(func=cmd_toycity_calibrate)
 
-    for name, func, help_ in (
-        ("train-source", cmd_train_source, "stage 0: supervised source training"),
-        ("adapt", cmd_adapt, "source-free adaptation of a checkpoint"),
-    ):
-        s = sub.add_parser(name, help=help_)
-        s.add_argument("--config", help="YAML recipe (see configs/toycity/)")
-        s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rounds=3 optim.lr=1e-3")
-        s.set_defaults(func=func)
+    ts = sub.add_parser("train-source", help="stage 0: supervised source training")
+    ts.add_argument("--config", help="YAML recipe (see configs/toycity/source.yaml)")
+    ts.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=10 optim.lr=0.02")
+    ts.set_defaults(func=cmd_train_source)
+    ad = sub.add_parser("adapt", help="source-free adaptation of a checkpoint")
+    ad.add_argument("--config", help="YAML recipe (see configs/toycity/)")
+    ad.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last saved state"
+    )
+    ad.add_argument("--overwrite", action="store_true", help="clear an earlier run in `out` first")
+    ad.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rounds=3 optim.lr=1e-3")
+    ad.set_defaults(func=cmd_adapt)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint (mIoU, per-class IoU, majority/minority)")
     pr = sub.add_parser("predict", help="write prediction PNGs (Cityscapes labelIds or trainIds)")
@@ -253,7 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     b.add_argument("--source-dir", help="where source models are cached (default: --out)")
-    b.add_argument("overrides", nargs="*", help="key=value overrides applied to every method")
+    b.add_argument("--resume", action="store_true", help="reuse finished runs, resume unfinished ones")
+    b.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides applied to every method (e.g. --set rounds=1 batch_size=4)",
+    )
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser(
@@ -271,10 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     _threads()
     try:
         args.func(args)
-    except (ConfigError, DatasetError, FileNotFoundError, ValueError, KeyError) as e:
+    except (SfsegError, FileNotFoundError, ValueError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"sfseg: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("sfseg: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -18,6 +18,9 @@ from tqdm import tqdm
 
 from sfseg import IGNORE_INDEX
 from sfseg.data.classes import TOYCITY
+from sfseg.errors import DatasetError
+
+__all__ = ["DatasetError", "ListDataset", "check_toycity_root", "read_image", "read_label", "toycity_split"]
 
 TOYCITY_LAYOUT = """\
   <root>/toycity.json
@@ -25,10 +28,6 @@ TOYCITY_LAYOUT = """\
   <root>/{source,target}/images/{train,val}/00000.png ...
   <root>/{source,target}/labels/{train,val}/00000.png ...
 Create it with:  sfseg toycity generate --out <root>"""
-
-
-class DatasetError(ValueError):
-    """A dataset on disk does not match what sfseg expects."""
 
 
 def read_image(path: Path) -> np.ndarray:

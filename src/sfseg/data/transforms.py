@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sfseg.config import require
+
 
 @dataclass
 class AugmentConfig:
@@ -32,6 +34,11 @@ class AugmentConfig:
     short_side: int = 720
     scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])
     crop: int = 600
+
+    def check(self) -> None:
+        require(self.short_side >= 1, "short_side", f"must be >= 1, got {self.short_side}")
+        require(self.crop >= 1, "crop", f"must be >= 1, got {self.crop}")
+        require(bool(self.scales) and min(self.scales) > 0, "scales", f"must be positive, got {self.scales}")
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -58,6 +65,43 @@ def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(label[None, None].float(), size=(h, w), mode="nearest")[0, 0].to(label.dtype)
 
 
+def scale_crop_params(height: int, width: int, cfg: AugmentConfig, rng: np.random.Generator) -> tuple:
+    """Draw the reference recipe's random rescale and square crop for an image of ``height`` x ``width``.
+
+    Returns:
+        ``(new_w, new_h, y0, x0, side)``: resize to (new_w, new_h), crop ``side`` x ``side`` at (y0, x0),
+        then (when ``side < cfg.crop``) resize the crop to ``cfg.crop``.
+    """
+    s = float(rng.choice(cfg.scales))
+    short = max(1, round(cfg.short_side * s))
+    h, w = height, width
+    nw, nh = (short, max(1, round(h * short / w))) if w < h else (max(1, round(w * short / h)), short)
+    side = min(cfg.crop, nh, nw)
+    y0 = int(rng.integers(0, nh - side + 1))
+    x0 = int(rng.integers(0, nw - side + 1))
+    return nw, nh, y0, x0, side
+
+
+def apply_scale_crop(
+    image: torch.Tensor, label: torch.Tensor | None, params: tuple, crop: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Apply :func:`scale_crop_params`' draw, on whatever device ``image`` is (the CPU on the loader
+    workers, or the GPU).
+
+    Shape:
+        image (3, H, W) uint8, label (H, W) or None -> (3, crop, crop), (crop, crop).
+    """
+    nw, nh, y0, x0, side = (int(v) for v in params)
+    image = resize_image(image, (nw, nh))
+    label = None if label is None else resize_label(label, (nw, nh))
+    image = image[:, y0 : y0 + side, x0 : x0 + side]
+    label = None if label is None else label[y0 : y0 + side, x0 : x0 + side]
+    if side < crop:
+        image = resize_image(image, (crop, crop))
+        label = None if label is None else resize_label(label, (crop, crop))
+    return image, label
+
+
 def scale_crop(
     image: torch.Tensor, label: torch.Tensor | None, cfg: AugmentConfig, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -66,21 +110,8 @@ def scale_crop(
     Shape:
         image (3, H, W) uint8, label (H, W) or None -> (3, crop, crop), (crop, crop).
     """
-    _, h, w = image.shape
-    s = float(rng.choice(cfg.scales))
-    short = max(1, round(cfg.short_side * s))
-    nw, nh = (short, max(1, round(h * short / w))) if w < h else (max(1, round(w * short / h)), short)
-    image = resize_image(image, (nw, nh))
-    label = None if label is None else resize_label(label, (nw, nh))
-    side = min(cfg.crop, nh, nw)
-    y0 = int(rng.integers(0, nh - side + 1))
-    x0 = int(rng.integers(0, nw - side + 1))
-    image = image[:, y0 : y0 + side, x0 : x0 + side]
-    label = None if label is None else label[y0 : y0 + side, x0 : x0 + side]
-    if side < cfg.crop:
-        image = resize_image(image, (cfg.crop, cfg.crop))
-        label = None if label is None else resize_label(label, (cfg.crop, cfg.crop))
-    return image, label
+    params = scale_crop_params(image.shape[-2], image.shape[-1], cfg, rng)
+    return apply_scale_crop(image, label, params, cfg.crop)
 
 
 def random_crop(

@@ -15,9 +15,9 @@ from sfseg.adapt.config import AdaptConfig
 from sfseg.config import load_config, to_dict
 from sfseg.data.classes import TOYCITY
 from sfseg.data.datasets import check_toycity_root
-from sfseg.engine.adapt_loop import run_adaptation
 from sfseg.engine.recipes import config_dir, recipe_path
 from sfseg.engine.report import per_class_table, plot_per_class, share_table, trajectory_table
+from sfseg.engine.run import read_state, recipe_differences, run_adaptation
 from sfseg.engine.train_source import SourceConfig, train_source
 from sfseg.models import load_checkpoint
 
@@ -35,7 +35,7 @@ def source_checkpoint(
         SourceConfig,
         configs / "source.yaml",
         [
-            f"data_root={data_root}",
+            f"data.root={data_root}",
             f"seed={seed}",
             f"out={out / f'source_seed{seed}.pt'}",
             *(overrides or []),
@@ -50,6 +50,17 @@ def source_checkpoint(
     return path
 
 
+def _run_or_reuse(cfg: AdaptConfig, progress: bool, resume: bool) -> dict:
+    out = Path(cfg.out)
+    if resume and (out / "state.pt").is_file():
+        state = read_state(out)
+        if recipe_differences(state["config"], to_dict(cfg)) == []:
+            if state.get("phase") == "done" and (out / "summary.json").is_file():
+                return json.loads((out / "summary.json").read_text())
+            return run_adaptation(cfg, progress=progress, mode="resume")
+    return run_adaptation(cfg, progress=progress, mode="overwrite")
+
+
 def run_bench(
     data_root: str | Path,
     out: str | Path,
@@ -60,11 +71,13 @@ def run_bench(
     source_overrides: list[str] | None = None,
     progress: bool = True,
     source_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> dict:
     """Run ``methods`` x ``seeds``; write results.json, results.md and per_class_iou.png to ``out``.
 
     Source models are cached as ``source_seed<s>.pt`` in ``source_dir`` (default ``out``) and reused when
-    their recipe matches, so several benches can share them.
+    their recipe matches, so several benches can share them. Each run directory is cleared and run again,
+    unless ``resume``: then a finished run of the same recipe is reused and an unfinished one resumed.
 
     Returns:
         ``{"results": {method: [final eval per seed]}, "runs": {method: [summary per seed]}}``.
@@ -74,7 +87,8 @@ def run_bench(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for m in methods:
-        recipe_path(m, configs)  # fail before any training if a recipe is missing
+        # Fail before any training if a recipe is missing or an override does not fit it.
+        load_config(AdaptConfig, recipe_path(m, configs), overrides or [])
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     t0 = time.time()
     for seed in seeds:
@@ -87,7 +101,7 @@ def run_bench(
                 AdaptConfig,
                 configs / f"{m}.yaml",
                 [
-                    f"data_root={data_root}",
+                    f"data.root={data_root}",
                     f"checkpoint={ckpt}",
                     f"seed={seed}",
                     f"out={out / m / f'seed{seed}'}",
@@ -97,7 +111,7 @@ def run_bench(
             if cfg.init_from in finished:
                 # A two-stage method (LDBE) starts from this seed's run of its first stage, not a rerun.
                 cfg = replace(cfg, checkpoint=str(finished[cfg.init_from]), init_from="")
-            runs[m].append(run_adaptation(cfg, progress=progress))
+            runs[m].append(_run_or_reuse(cfg, progress, resume))
             finished[m] = Path(cfg.out) / "final.pt"
             print(f"[seed {seed}] {m}: target-val mIoU {runs[m][-1]['final']['miou']:.1f}", flush=True)
     results = {m: [r["final"] for r in rs] for m, rs in runs.items()}

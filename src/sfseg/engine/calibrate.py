@@ -58,7 +58,7 @@ def calibrate(
             SourceConfig,
             configs / "oracle.yaml",
             [
-                f"data_root={root}",
+                f"data.root={root}",
                 f"seed={seed}",
                 f"out={out / f'oracle_seed{seed}.pt'}",
                 *(source_overrides or []),

@@ -3,49 +3,46 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from sfseg.data.classes import ClassProtocol
-from sfseg.data.normalization import Normalization
-from sfseg.data.transforms import resize_image
+from sfseg.engine import distributed
+from sfseg.engine.inference import Inference, batch_size_hw
+from sfseg.engine.loading import sharded_loader
 from sfseg.engine.metrics import ConfusionMatrix
-from sfseg.models.ops import upsample_logits
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    inference: Inference,
     dataset: Dataset,
-    normalization: Normalization,
     protocol: ClassProtocol,
     batch_size: int = 16,
-    input_size: list[int] | tuple[int, int] = (),
     workers: int = 0,
     progress: bool = False,
     desc: str = "eval",
+    dist: distributed.Dist = distributed.SINGLE,
 ) -> dict:
     """Single-scale evaluation in eval mode (BN running statistics), no flip.
 
-    Images are resized to ``input_size`` = (W, H) when given (Cityscapes protocol: 1024 x 512); logits are
-    upsampled bilinearly to the label's resolution before the argmax; labels are never resized.
+    Images are resized to the inference's input size when it has one (Cityscapes protocol: 1024 x 512);
+    logits are upsampled to the label's resolution before the argmax; labels are never resized. Under
+    ``torchrun`` each rank scores whole batches and the confusion matrices are summed.
 
     Returns:
         the :meth:`ConfusionMatrix.summary` dict (mIoU, per-class IoU, majority/minority mIoU, in %).
     """
-    if not dataset.has_labels:
+    if not getattr(dataset, "has_labels", False):
         raise ValueError("evaluation needs a labelled split")
+    model = inference.model
     was_training = model.training
     model.eval()
-    cm = ConfusionMatrix(protocol.num_classes)
-    device = next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    cm = ConfusionMatrix(protocol.num_classes, inference.device)
+    loader = sharded_loader(inference.view(dataset, labels=True), batch_size, workers, dist)
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        images = batch["image"].to(device, non_blocking=True)
-        if input_size:
-            images = resize_image(images, tuple(input_size))
-        label = batch["label"]
-        cm.update(label, upsample_logits(model(normalization(images)), label.shape[-2:]).argmax(1))
+        logits = inference.logits(batch["image"], batch_size_hw(batch))
+        cm.update(batch["label"], logits.max(1).indices)
+    cm.reduce_from_all_processes(distributed.all_reduce_sum)
     model.train(was_training)
     return cm.summary(protocol.names, protocol.majority, protocol.subsets)

@@ -17,36 +17,55 @@ from sfseg import IGNORE_INDEX
 class ConfusionMatrix:
     """Accumulates a (num_classes x num_classes) confusion matrix; rows = ground truth, columns = prediction.
 
+    The matrix lives on the device of the first update (the network's), so a GPU evaluation never moves
+    per-pixel data to the host; :meth:`reduce_from_all_processes` sums it across ``torchrun`` ranks.
+
     Args:
         num_classes: number of classes.
     """
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu"):
         self.num_classes = num_classes
-        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self._mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    @property
+    def mat(self) -> torch.Tensor:
+        """The matrix, on the host."""
+        return self._mat.cpu()
 
     def update(self, target: torch.Tensor, pred: torch.Tensor) -> None:
         """Add a batch.
 
         Shape:
-            target, pred: same shape, integer class indices; target may hold 255 (ignored).
+            target, pred: same shape, integer class indices (uint8 or wider); target may hold 255 (ignored).
 
         Raises:
             ValueError: if ``target`` holds a value that is neither a class index nor 255.
         """
         n = self.num_classes
-        target = target.reshape(-1).to(torch.int64)
-        pred = pred.reshape(-1).to(torch.int64).cpu()
-        target = target.cpu()
-        valid = target != IGNORE_INDEX
-        bad = valid & ((target < 0) | (target >= n))
-        if bad.any():
+        device = pred.device
+        if self._mat.device != device:
+            self._mat = self._mat.to(device)
+        target = target.reshape(-1).to(device, non_blocking=True)
+        pred = pred.reshape(-1)
+        bad = (target >= n) & (target != IGNORE_INDEX)
+        if target.dtype != torch.uint8:
+            bad |= target < 0
+        if bool(bad.any()):
             values = sorted(set(target[bad].unique().tolist()))
             raise ValueError(f"ground truth holds values {values}: neither class indices 0..{n - 1} nor 255")
-        if ((pred < 0) | (pred >= n)).any():
+        if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= n):
             raise ValueError(f"predictions must be class indices 0..{n - 1}")
-        idx = n * target[valid] + pred[valid]
-        self.mat += torch.bincount(idx, minlength=n * n).reshape(n, n)
+        valid = target != IGNORE_INDEX
+        idx = target[valid].long() * n + pred[valid].long()
+        self._mat += torch.bincount(idx, minlength=n * n).reshape(n, n)
+
+    def merge(self, other: ConfusionMatrix) -> None:
+        self._mat = self._mat + other._mat.to(self._mat.device)
+
+    def reduce_from_all_processes(self, all_reduce_sum) -> None:
+        """Sum the matrix over ``torchrun`` ranks with ``all_reduce_sum`` (the identity in one process)."""
+        self._mat = all_reduce_sum(self._mat)
 
     def iou(self) -> np.ndarray:
         """Per-class IoU in [0, 1]; NaN for a class with zero union."""

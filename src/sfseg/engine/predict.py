@@ -13,14 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from sfseg.data.classes import ClassProtocol
-from sfseg.data.normalization import Normalization
-from sfseg.data.transforms import resize_image
-from sfseg.models.ops import upsample_logits
+from sfseg.engine.inference import Inference, batch_size_hw
+from sfseg.engine.loading import sharded_loader
 
 FORMATS = ("cityscapes", "trainid")
 
@@ -50,28 +48,32 @@ def output_name(name: str, fmt: str) -> str:
 
 @torch.no_grad()
 def predict(
-    model: nn.Module,
+    inference: Inference,
     dataset: Dataset,
-    normalization: Normalization,
     protocol: ClassProtocol,
     out: str | Path,
     fmt: str = "cityscapes",
-    input_size: list[int] | tuple[int, int] = (),
     batch_size: int = 1,
+    workers: int = 0,
     progress: bool = True,
 ) -> list[Path]:
     """Predict every image of ``dataset`` (eval mode, single scale, no flip) and write one PNG each at the
     image's own resolution. Returns the paths written."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown prediction format {fmt!r}; formats: {list(FORMATS)}")
-    model.eval()
+    inference.model.eval()
     out = Path(out)
     written = []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for batch in tqdm(loader, desc="predict", disable=not progress):
-        images = batch["image"]
-        x = normalization(resize_image(images, tuple(input_size)) if input_size else images)
-        pred = upsample_logits(model(x), images.shape[-2:]).argmax(1).to(torch.uint8).numpy()
+    for batch in tqdm(
+        sharded_loader(inference.view(dataset), batch_size, workers), desc="predict", disable=not progress
+    ):
+        pred = (
+            inference.logits(batch["image"], batch_size_hw(batch))
+            .max(1)
+            .indices.to(torch.uint8)
+            .cpu()
+            .numpy()
+        )
         for i, p in zip(batch["index"].tolist(), pred):
             written.append(export_prediction(p, out / output_name(dataset.names[i], fmt), protocol, fmt))
     return written

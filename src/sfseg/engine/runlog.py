@@ -1,13 +1,17 @@
-"""Run bookkeeping: seeding and an append-only metrics JSONL file."""
+"""Run bookkeeping: seeding, an append-only metrics JSONL file, atomic files and run directories."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from sfseg.errors import RunDirError
 
 
 def seed_everything(seed: int) -> None:
@@ -17,15 +21,38 @@ def seed_everything(seed: int) -> None:
 
 
 class MetricsLog:
-    """Appends one JSON object per line; every record is flushed, so a crash loses nothing written."""
+    """Appends one JSON object per line; every record is flushed, so a crash loses nothing written.
 
-    def __init__(self, path: str | Path):
+    Args:
+        path: the file.
+        enabled: False on every ``torchrun`` rank but 0 (records are dropped).
+    """
+
+    def __init__(self, path: str | Path, enabled: bool = True):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.enabled = enabled
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record, default=_jsonable) + "\n")
+
+    def size(self) -> int:
+        """Bytes written so far (a resume point)."""
+        return self.path.stat().st_size if self.path.is_file() else 0
+
+    def truncate(self, size: int) -> None:
+        """Drop what was written after ``size`` bytes (records of a run that was killed after its last
+        saved state, which the resumed run writes again)."""
+        if self.enabled and self.path.is_file() and self.path.stat().st_size > size:
+            with self.path.open("r+b") as f:
+                f.truncate(size)
+
+    def records(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
 def _jsonable(x):
@@ -36,8 +63,88 @@ def _jsonable(x):
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` = the first CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call ``write(tmp_path)``, then rename onto ``path``: readers see the old file or the new one, never
+    a partial one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    atomic_write_bytes(path, lambda p: torch.save(obj, p))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda p: Path(p).write_text(text))
+
+
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "state.pt")
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """Create ``path`` if needed and prove it writable with a probe file; a clear error otherwise."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{what} {path} exists and is not a directory; choose another path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".sfseg-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise RunDirError(f"{what} {path} is not writable ({e.strerror}); choose another path") from None
+
+
+def check_writable_file(path: Path, what: str) -> None:
+    """``path`` can be written as a file: it is not a directory and its directory is writable."""
+    path = Path(path)
+    if str(path).strip() in ("", "."):
+        raise RunDirError(f"{what} is empty; give a file path")
+    if path.is_dir():
+        raise RunDirError(f"{what} {path} is a directory; give a file path (e.g. {path / 'model.pt'})")
+    check_writable_dir(path.parent, f"the directory of {what}")
+
+
+def prepare_run_dir(out: Path, mode: str) -> None:
+    """Claim ``out`` for a run.
+
+    Args:
+        mode: ``new`` (``out`` must be absent or empty), ``overwrite`` (an earlier run's directory is
+            cleared first; a non-empty directory that is not a run directory is refused, so nothing else
+            is deleted) or ``resume`` (must hold a run).
+    """
+    out = Path(out)
+    if str(out).strip() in ("", "."):
+        raise RunDirError("the run directory (out) is empty or '.'; give a directory such as runs/ld")
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"run directory {out} exists and is not a directory; choose another out")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    is_run = any((out / m).exists() for m in RUN_MARKERS)
+    if mode == "new" and entries:
+        what = "another run's files" if is_run else "other files"
+        raise RunDirError(
+            f"run directory {out} already holds {what} ({', '.join(entries[:6])}"
+            f"{' ...' if len(entries) > 6 else ''}); use --resume to continue that run, --overwrite to clear "
+            "it first, or another out"
+        )
+    if mode == "overwrite" and entries:
+        if not is_run:
+            raise RunDirError(
+                f"{out} is not a run directory (no {', '.join(RUN_MARKERS)}) and is not empty; refusing to "
+                "clear it: choose another out"
+            )
+        check_writable_dir(out, "run directory")
+        for name in entries:
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    if mode == "resume" and not is_run:
+        raise RunDirError(f"{out} holds no run to resume (no {', '.join(RUN_MARKERS)})")
+    check_writable_dir(out, "run directory")

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sfseg.config import require
+
 
 @dataclass
 class OptimConfig:
@@ -28,9 +30,30 @@ class OptimConfig:
     poly_power: float = 0.9
     nominal_steps: int = 0
 
+    def check(self) -> None:
+        require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        require(self.head_lr_mult > 0, "head_lr_mult", f"must be positive, got {self.head_lr_mult}")
+        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(self.poly_power >= 0, "poly_power", f"must be >= 0, got {self.poly_power}")
+        require(self.nominal_steps >= 0, "nominal_steps", f"must be >= 0, got {self.nominal_steps}")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a ``DistributedDataParallel`` (or ``DataParallel``) wrapper; itself otherwise.
+
+    Look up model methods (``head_parameters``) and save weights on the unwrapped model: a wrapper hides
+    the methods and prefixes every key with ``module.``.
+    """
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel) else model
+
 
 def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(backbone, head) trainable parameters; the head is ``model.head_parameters()`` when defined."""
+    """(backbone, head) trainable parameters; the head is ``model.head_parameters()`` when defined.
+
+    A DDP-wrapped model is unwrapped first, so the head keeps its learning rate multiplier.
+    """
+    model = unwrap(model)
     head_ids = {id(p) for p in getattr(model, "head_parameters", lambda: [])()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     return [p for p in trainable if id(p) not in head_ids], [p for p in trainable if id(p) in head_ids]

@@ -1,0 +1,116 @@
+"""Multi-process runs under ``torchrun`` (PyTorch DDP), after torchvision's reference ``utils.py``.
+
+sfseg has no launcher of its own: ``torchrun --nproc_per_node N -m sfseg.cli.main adapt ...`` (or the
+``sfseg`` script) sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; :func:`init` reads them. In one process
+every helper here is the identity, so single-process code paths are the same code.
+
+Conventions: each rank works on its own device (``cuda:LOCAL_RANK``, or the CPU with the ``gloo``
+backend); work is sharded by **whole batches** (batch ``b`` on rank ``b % world``), so anything that
+depends on batch composition (BatchNorm in train mode) gives the same result for any number of
+processes; counters are summed with :func:`all_reduce_sum`; rank 0 writes logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the run."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def owns(self, batch_index: int) -> bool:
+        """Whether batch ``batch_index`` of a sharded pass is this rank's."""
+        return batch_index % self.world == self.rank
+
+
+SINGLE = Dist()
+
+
+def from_env() -> Dist:
+    """The rank layout ``torchrun`` describes in the environment (one process when it is absent)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE
+    return Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(device_name: str = "auto") -> tuple[Dist, torch.device]:
+    """Join the process group when launched by ``torchrun``; return the layout and this rank's device.
+
+    ``auto`` is ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU; NCCL on CUDA, gloo on the CPU.
+    An explicit ``cuda`` becomes ``cuda:LOCAL_RANK`` so that ranks never share a device by accident.
+    """
+    d = from_env()
+    device = resolve_device(device_name, d.local_rank)
+    if d.enabled and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return d, device
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` = this rank's CUDA device when there is one, else the CPU; ``cuda`` = ``cuda:local_rank``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", local_rank)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from sfseg.errors import ConfigError
+
+        raise ConfigError(f"runtime.device is {name!r} but CUDA is not available here; use auto or cpu")
+    return torch.device(name)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over all ranks (in place, and returned); the identity in one process.
+
+    NCCL reduces device tensors only; gloo reduces host tensors only: ``t`` is moved as the backend needs
+    and returned on its own device.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    backend = dist.get_backend()
+    if backend == "gloo" and t.device.type != "cpu":
+        host = t.cpu()
+        dist.all_reduce(host)
+        t.copy_(host)
+        return t
+    dist.all_reduce(t)
+    return t
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank (the identity in one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,190 @@
+"""The one path from uint8 images to logits: resize -> normalise -> forward -> upsample.
+
+Used by pseudo-labelling, evaluation, prediction, AdaBN and the validators, so that they all see the
+network the same way. What can vary is stated by :class:`sfseg.adapt.config.DataConfig`:
+
+* ``input_size`` and ``resize``: the network input is the image resized to ``input_size`` bicubically,
+  either with torch on the device (default, antialiased when shrinking) or with PIL on the loader workers
+  (``pil``, as the released LDBE code);
+* ``align_corners`` of the bilinear upsampling of logits;
+* ``upsample``: ``direct`` (network output -> label resolution) or ``two_step`` (network output -> input
+  size -> label resolution, the released code's path; its intra-class thresholds are measured at the
+  input size).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import Dataset
+
+from sfseg.data.normalization import Normalization
+from sfseg.data.transforms import resize_image
+from sfseg.models.ops import upsample_logits
+
+
+def use_channels_last(setting: str, device: torch.device) -> bool:
+    """``auto``: on CUDA, and on CPUs with native bfloat16 (where oneDNN prefers NHWC); else off."""
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    if device.type == "cuda":
+        return True
+    return cpu_supports_bf16()
+
+
+def use_amp(setting: bool | str, device: torch.device) -> bool:
+    """``auto``: bfloat16 autocast on CUDA and on CPUs with native bfloat16 instructions; else as set."""
+    if setting == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
+    return bool(setting)
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bfloat16 instructions (AVX512-BF16 or AMX), where bf16 autocast is fast."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+class InferenceView(Dataset):
+    """A split as the network reads it.
+
+    Items: ``image`` (3, H', W') uint8 (resized by PIL to ``input_size`` when ``resize`` is ``pil``,
+    otherwise as on disk), ``size`` (H, W) of the image on disk (the label resolution), ``index``, and
+    ``label`` when ``labels`` is set and the split has them.
+    """
+
+    def __init__(
+        self, base: Dataset, input_size: list[int] | tuple = (), resize: str = "torch", labels: bool = False
+    ):
+        self.base, self.input_size, self.resize = base, tuple(input_size or ()), resize
+        self.labels = labels and getattr(base, "has_labels", False)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        if self.labels:
+            item = self.base[i]
+            image = item["image"]
+        else:
+            image = self.base.image(i)
+            item = {"index": i}
+        size = torch.tensor(image.shape[-2:])
+        if self.resize == "pil" and self.input_size:
+            w, h = self.input_size
+            pil = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((w, h), Image.BICUBIC)
+            image = torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
+        return {**item, "image": image, "size": size, "index": i}
+
+
+class Inference:
+    """A network ready for inference on uint8 images.
+
+    Args:
+        model: the network (possibly DDP-wrapped); its mode (eval, BN train) is the caller's business.
+        normalization: the checkpoint's input normalisation.
+        input_size: (W, H) network input size, or empty for the native size.
+        resize: ``torch`` (resize here, on the device) or ``pil`` (done by :class:`InferenceView`).
+        align_corners: bilinear upsampling mode of logits.
+        upsample: ``direct`` or ``two_step``.
+        amp: bfloat16 autocast for the forward pass.
+        channels_last: feed the network channels-last tensors.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        normalization: Normalization,
+        input_size: list[int] | tuple = (),
+        resize: str = "torch",
+        align_corners: bool = False,
+        upsample: str = "direct",
+        amp: bool = False,
+        channels_last: bool = False,
+    ):
+        self.model, self.norm = model, normalization
+        self.input_size = tuple(input_size or ())
+        self.resize, self.align_corners, self.upsample = resize, align_corners, upsample
+        self.amp, self.channels_last = amp, channels_last
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_config(cls, model: nn.Module, normalization: Normalization, data, runtime=None) -> Inference:
+        """From a :class:`~sfseg.adapt.config.DataConfig` (and optionally a ``RuntimeConfig``)."""
+        device = next(model.parameters()).device
+        return cls(
+            model,
+            normalization,
+            data.input_size,
+            data.resize,
+            data.align_corners,
+            data.upsample,
+            amp=bool(runtime and runtime.amp_inference),
+            channels_last=bool(runtime and use_channels_last(runtime.channels_last, device)),
+        )
+
+    def view(self, dataset: Dataset, labels: bool = False) -> InferenceView:
+        """The dataset view this inference expects (PIL resizing on the workers when ``resize`` is pil)."""
+        return InferenceView(dataset, self.input_size, self.resize, labels)
+
+    def network_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> normalised float input on the device, resized to ``input_size``."""
+        images = images.to(self.device, non_blocking=True)
+        if self.input_size and self.resize == "torch":
+            images = resize_image(images, self.input_size)
+        x = self.norm(images)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def autocast(self):
+        if not self.amp:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    @torch.no_grad()
+    def raw(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's own output (its stride, its dtype) for uint8 images."""
+        x = self.network_input(images)
+        with self.autocast():
+            return self.model(x)
+
+    def input_hw(self, raw: torch.Tensor, size: tuple[int, int]) -> tuple[int, int]:
+        """The network input's (H, W) for images of label size ``size``."""
+        return (self.input_size[1], self.input_size[0]) if self.input_size else tuple(size)
+
+    def threshold_logits(self, raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Float32 logits at the resolution where intra-class statistics are measured: the label
+        resolution (``direct``) or the network input size (``two_step``)."""
+        target = self.input_hw(raw, size) if self.upsample == "two_step" else tuple(size)
+        return upsample_logits(raw.float(), target, self.align_corners)
+
+    def label_logits(self, raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Float32 logits at the label resolution ``size`` = (H, W)."""
+        logits = raw.float()
+        if self.upsample == "two_step":
+            logits = upsample_logits(logits, self.input_hw(raw, size), self.align_corners)
+        return upsample_logits(logits, tuple(size), self.align_corners)
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Logits at the label resolution (``size``, default the images' own) for uint8 images."""
+        size = tuple(size) if size is not None else tuple(images.shape[-2:])
+        return self.label_logits(self.raw(images), size)
+
+
+def batch_size_hw(batch: dict) -> tuple[int, int]:
+    """The label resolution (H, W) of a batch from :class:`InferenceView` (one size per batch)."""
+    sizes = batch["size"]
+    if not bool((sizes == sizes[0]).all()):
+        raise ValueError("images of different sizes in one batch; use eval_batch_size 1 for this split")
+    return int(sizes[0, 0]), int(sizes[0, 1])

@@ -1,0 +1,305 @@
+"""The pseudo-labelling pass of a round, its PNG writer, and the label-free class-share probe.
+
+One network forward per image: the first pass keeps each batch's network output (at the network's own
+stride, in its own dtype) in a :class:`LogitCache` while the pseudo-labeller observes it; the selection
+pass reads the cache instead of running the network again. The labels are therefore exactly those of two
+full passes over the same batches (BatchNorm in train mode included: same batches, same statistics).
+The cache is bounded: up to ``runtime.logit_cache_gib`` in memory (on the GPU when it fits easily), beyond
+that in a memory-mapped file in the run directory (about 1 GB per 1,000 Cityscapes images in bfloat16 at
+1024x512 input, 2 GB in float32).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from sfseg import IGNORE_INDEX
+from sfseg.adapt.pseudo_labels import PseudoLabeller
+from sfseg.data.classes import ClassProtocol
+from sfseg.engine import distributed
+from sfseg.engine.inference import Inference, batch_size_hw
+from sfseg.engine.loading import sharded_batches, sharded_loader
+
+
+class LogitCache:
+    """Per-batch network outputs kept between the two passes of a labelling round.
+
+    Args:
+        budget_gib: memory budget; when the first batch shows that all batches would exceed it, the
+            outputs go to a memory-mapped file ``spill_dir/logits.bin`` (deleted by :meth:`close`).
+        total_images: number of images this process will store (for the size estimate).
+        spill_dir: where the file goes.
+    """
+
+    def __init__(self, budget_gib: float, total_images: int, spill_dir: Path):
+        self.budget = budget_gib * 2**30
+        self.total = total_images
+        self.spill_dir = Path(spill_dir)
+        self.mem: dict[int, torch.Tensor] = {}
+        self.file: np.memmap | None = None
+        self.slots: dict[int, tuple[int, int]] = {}
+        self.next_row = 0
+        self.shape: tuple | None = None
+        self.dtype: torch.dtype | None = None
+        self.where = "memory"
+
+    def _plan(self, raw: torch.Tensor) -> None:
+        self.shape, self.dtype = tuple(raw.shape[1:]), raw.dtype
+        per_image = raw[0].numel() * raw.element_size()
+        need = per_image * self.total
+        if need > self.budget:
+            self.where = "file"
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            rows = self.total * int(np.prod(self.shape))
+            dtype = np.int16 if raw.element_size() == 2 else np.float32
+            self.file = np.memmap(self.spill_dir / "logits.bin", dtype=dtype, mode="w+", shape=(rows,))
+        elif raw.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(raw.device)
+            self.where = "device" if need < 0.25 * free else "host"
+        else:
+            self.where = "memory"
+
+    def put(self, key: int, raw: torch.Tensor) -> None:
+        if self.shape is None:
+            self._plan(raw)
+        if self.file is None:
+            self.mem[key] = raw if self.where in ("device", "memory") else raw.to("cpu", non_blocking=True)
+            return
+        per = int(np.prod(self.shape))
+        start, n = self.next_row * per, raw.shape[0]
+        host = raw.detach().cpu().contiguous()
+        view = host.view(torch.int16) if host.element_size() == 2 else host
+        self.file[start : start + n * per] = view.reshape(-1).numpy()
+        self.slots[key] = (self.next_row, n)
+        self.next_row += n
+
+    def get(self, key: int, device: torch.device) -> torch.Tensor:
+        if self.file is None:
+            return self.mem.pop(key).to(device, non_blocking=True)
+        row, n = self.slots.pop(key)
+        per = int(np.prod(self.shape))
+        flat = torch.from_numpy(np.array(self.file[row * per : (row + n) * per]))
+        if self.dtype in (torch.bfloat16, torch.float16):
+            flat = flat.view(self.dtype)
+        return flat.view(n, *self.shape).to(device)
+
+    def close(self) -> None:
+        self.mem.clear()
+        if self.file is not None:
+            path = Path(self.file.filename)
+            del self.file
+            self.file = None
+            path.unlink(missing_ok=True)
+
+
+class PseudoLabelWriter:
+    """Writes pseudo-label PNGs (palette, the index is the class; 255 = not selected) on a thread pool,
+    so that PNG encoding overlaps the network's work. :meth:`close` waits and re-raises any error."""
+
+    def __init__(self, out_dir: Path, palette: list[int], threads: int | None = None):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.palette = palette
+        self.pool = cf.ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1))
+        self.pending: list[cf.Future] = []
+
+    def path(self, index: int) -> Path:
+        return self.out_dir / f"{index:05d}.png"
+
+    def _write(self, index: int, label: np.ndarray) -> None:
+        im = Image.fromarray(label, mode="L").convert("P")
+        im.putpalette(self.palette)
+        tmp = self.path(index).with_suffix(".png.tmp")
+        im.save(tmp, format="PNG")
+        tmp.replace(self.path(index))
+
+    def submit(self, index: int, label: np.ndarray) -> None:
+        self.pending.append(self.pool.submit(self._write, index, label))
+        if len(self.pending) > 64:
+            done = [f for f in self.pending if f.done()]
+            for f in done:
+                f.result()
+            self.pending = [f for f in self.pending if not f.done()]
+
+    def close(self) -> None:
+        try:
+            for f in self.pending:
+                f.result()
+        finally:
+            self.pool.shutdown(wait=True)
+            self.pending = []
+
+
+@torch.no_grad()
+def label_round(
+    inference: Inference,
+    dataset: Dataset,
+    labeller: PseudoLabeller,
+    alpha: float,
+    out_dir: Path,
+    protocol: ClassProtocol,
+    batch_size: int,
+    workers: int = 0,
+    cache_gib: float = 4.0,
+    dist: distributed.Dist = distributed.SINGLE,
+    progress: bool = False,
+    forward_passes: int = 1,
+) -> tuple[list[Path], dict]:
+    """Label the target train set with the current model (its mode is the caller's): one PNG per image.
+
+    Args:
+        forward_passes: 1 (the network runs once per image; its outputs are cached) or 2 (it runs again
+            for the selection pass: the former behaviour, kept for the equivalence test and benchmark).
+
+    Returns:
+        the PNG paths (dataset order) and the round statistics: selection share, per-class share of the
+        pseudo-labels and of the argmax predictions, the labeller's summary (thresholds), and, where the
+        split has labels, pseudo-label accuracy per class. Counts are summed over processes.
+    """
+    C = protocol.num_classes
+    device = inference.device
+    batches = sharded_batches(len(dataset), batch_size, dist)
+    n_mine = sum(len(b) for b in batches)
+    labeller.start(alpha, device)
+    cache = LogitCache(cache_gib, n_mine, Path(out_dir).parent / ".cache")
+    view = inference.view(dataset)
+    sizes: dict[int, tuple[int, int]] = {}
+    try:
+        loader = sharded_loader(view, batch_size, workers, dist)
+        for b, batch in enumerate(
+            tqdm(loader, desc="pseudo-labels: forward", disable=not progress, leave=False)
+        ):
+            raw = inference.raw(batch["image"])
+            sizes[b] = batch_size_hw(batch)
+            if forward_passes == 1:
+                cache.put(b, raw)
+            if labeller.needs_statistics:
+                labeller.observe(inference.threshold_logits(raw, sizes[b]))
+        labeller.reduce(distributed.all_reduce_sum)
+
+        counts = torch.zeros(3, C, dtype=torch.int64, device=device)  # predicted, selected, correct
+        total = torch.zeros(1, dtype=torch.int64, device=device)
+        # Each rank writes the PNGs of its own batches (disjoint files).
+        writer = PseudoLabelWriter(out_dir, protocol.palette())
+        has_labels = getattr(dataset, "has_labels", False)
+        second = sharded_loader(inference.view(dataset, labels=has_labels), batch_size, workers, dist)
+        need_loader = forward_passes == 2 or has_labels
+        source = second if need_loader else [None] * len(batches)
+        try:
+            for b, batch in enumerate(
+                tqdm(
+                    source,
+                    total=len(batches),
+                    desc="pseudo-labels: select",
+                    disable=not progress,
+                    leave=False,
+                )
+            ):
+                raw = inference.raw(batch["image"]) if forward_passes == 2 else cache.get(b, device)
+                logits = inference.label_logits(raw, sizes[b])
+                del raw
+                labels = labeller.select(logits)
+                pred = logits.max(1).indices
+                del logits
+                counts[0] += torch.bincount(pred.reshape(-1), minlength=C)
+                sel = labels != IGNORE_INDEX
+                counts[1] += torch.bincount(labels[sel], minlength=C)
+                if has_labels:
+                    gt = batch["label"].to(device, non_blocking=True).long()
+                    hit = sel & (labels == gt)
+                    counts[2] += torch.bincount(labels[hit], minlength=C)
+                total += labels.numel()
+                host = labels.to(torch.uint8).cpu().numpy()
+                for idx, lab in zip(batches[b], host):
+                    writer.submit(idx, lab)
+        finally:
+            writer.close()
+    finally:
+        cache.close()
+    distributed.all_reduce_sum(counts)
+    distributed.all_reduce_sum(total)
+    predicted, selected, correct = (c.cpu() for c in counts)
+    total_pixels = int(total.item())
+    names = protocol.names
+    n_sel = int(selected.sum())
+    stats = {
+        "alpha": alpha,
+        "pred_share": {n: float(predicted[c]) / max(total_pixels, 1) for c, n in enumerate(names)},
+        "never_predicted": [n for c, n in enumerate(names) if predicted[c] == 0],
+        "selected_fraction": n_sel / max(total_pixels, 1),
+        "pl_share": {n: float(selected[c]) / max(n_sel, 1) for c, n in enumerate(names)},
+        **labeller.summary(names),
+    }
+    if has_labels:
+        stats["pl_accuracy"] = float(correct.sum()) / max(n_sel, 1)
+        stats["pl_accuracy_per_class"] = {
+            n: (float(correct[c]) / float(selected[c]) if selected[c] else None) for c, n in enumerate(names)
+        }
+    paths = [Path(out_dir) / f"{i:05d}.png" for i in range(len(dataset))]
+    return paths, stats
+
+
+@torch.no_grad()
+def class_shares(
+    inference: Inference,
+    dataset: Dataset,
+    protocol: ClassProtocol,
+    batch_size: int,
+    workers: int = 0,
+    dist: distributed.Dist = distributed.SINGLE,
+    progress: bool = False,
+    desc: str = "prediction shares",
+) -> dict:
+    """Each class's share of the model's argmax predictions on ``dataset`` (no labels read): the
+    winner-takes-all signal. Runs the model in its current mode; the caller decides whether BN buffers may
+    move (see :func:`sfseg.adapt.bn.frozen_bn_buffers`)."""
+    C = protocol.num_classes
+    counts = torch.zeros(C, dtype=torch.int64, device=inference.device)
+    for batch in tqdm(
+        sharded_loader(inference.view(dataset), batch_size, workers, dist),
+        desc=desc,
+        disable=not progress,
+        leave=False,
+    ):
+        pred = inference.logits(batch["image"], batch_size_hw(batch)).max(1).indices
+        counts += torch.bincount(pred.reshape(-1), minlength=C)
+    distributed.all_reduce_sum(counts)
+    counts = counts.cpu()
+    total = max(int(counts.sum()), 1)
+    names = protocol.names
+    return {
+        "pred_share": {n: float(counts[c]) / total for c, n in enumerate(names)},
+        "never_predicted": [n for c, n in enumerate(names) if counts[c] == 0],
+    }
+
+
+def collapse_check(
+    start_share: dict[str, float],
+    stats: dict,
+    fraction: float,
+    when: str,
+    warn: Callable[[str], None] = tqdm.write,
+) -> list[str]:
+    """Classes whose share fell below ``fraction`` x their share in the source model's predictions.
+
+    The share compared is the pseudo-label share when the method selects pseudo-labels, else the
+    prediction share. This is the winner-takes-all signal, and it needs no target labels. A warning is
+    printed; the caller records the list in the metrics.
+    """
+    if fraction <= 0:
+        return []
+    share = stats.get("pl_share", stats["pred_share"])
+    collapsed = [n for n, s0 in start_share.items() if s0 > 0 and share[n] < fraction * s0]
+    if collapsed:
+        detail = ", ".join(f"{n} {100 * share[n]:.2f}% (was {100 * start_share[n]:.2f}%)" for n in collapsed)
+        warn(f"warning: {when}: class share collapsed below {fraction:g}x its start: {detail}")
+    return collapsed

@@ -1,0 +1,146 @@
+"""Data loading for the run: whole-batch sharding, seeded epoch orders, and the training view.
+
+Everything random here is a function of (seed, round, epoch, index) or (seed, step, rank), never of a
+generator's history, so a run resumed mid-epoch draws exactly what the uninterrupted run drew, and the
+crops do not depend on the number of loader workers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data._utils.collate import default_collate
+
+from sfseg.data.transforms import AugmentConfig, apply_scale_crop, scale_crop_params
+from sfseg.engine.distributed import SINGLE, Dist
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (NumPy's SeedSequence hashing: well-mixed, platform-independent)."""
+    return int(
+        np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1
+    )
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The generator of training step ``step`` (flips, complementary ranks, ClassMix) on ``rank``."""
+    return torch.Generator().manual_seed(derived_seed(seed, 1, rank, step))
+
+
+def sharded_batches(n: int, batch_size: int, dist: Dist = SINGLE) -> list[list[int]]:
+    """Index lists of the batches of ``range(n)`` (in order, the last one short) that this rank owns:
+    batch ``b`` is rank ``b % world``'s, so each batch has the same members for any process count."""
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    return [b for i, b in enumerate(batches) if dist.owns(i)]
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack what has one size; keep a list of what does not (images of different sizes)."""
+    out = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        if isinstance(values[0], torch.Tensor) and any(v.shape != values[0].shape for v in values):
+            out[key] = values
+        else:
+            out[key] = default_collate(values)
+    return out
+
+
+def sharded_loader(dataset: Dataset, batch_size: int, workers: int = 0, dist: Dist = SINGLE) -> DataLoader:
+    """A loader over this rank's batches of ``dataset``, in order."""
+    return DataLoader(
+        dataset,
+        batch_sampler=sharded_batches(len(dataset), batch_size, dist),
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        collate_fn=collate,
+    )
+
+
+def epoch_batches(
+    n: int, batch_size: int, seed: int, round_index: int, epoch: int, dist: Dist = SINGLE
+) -> list[list[int]]:
+    """This rank's training batches of one epoch: a permutation seeded by (seed, round, epoch), cut into
+    global batches of ``batch_size x world`` (the last incomplete one dropped), each split by rank."""
+    g = torch.Generator().manual_seed(derived_seed(seed, 2, round_index, epoch))
+    perm = torch.randperm(n, generator=g).tolist()
+    glob = batch_size * dist.world
+    out = []
+    for start in range(0, n - glob + 1, glob):
+        mine = start + dist.rank * batch_size
+        out.append(perm[mine : mine + batch_size])
+    return out
+
+
+def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    return n // (batch_size * world)
+
+
+class TrainView(Dataset):
+    """The target train set as one round trains on it: each image with its pseudo-label, jointly cropped.
+
+    Target labels, where the split has them, never reach training: only ``image`` is read.
+
+    Args:
+        base: the target train split.
+        pseudo_paths: this round's pseudo-label PNGs (dataset order), or None for methods without them.
+        augment: the crop recipe.
+        seed, round_index: with the epoch and sample index, they fix each sample's crop.
+        crop_on_device: return the whole decoded image and the drawn crop (``crop`` = the parameters of
+            :func:`~sfseg.data.transforms.scale_crop_params`), for the training loop to apply on the
+            device; otherwise the crop is applied here, on the loader worker.
+    """
+
+    def __init__(
+        self,
+        base: Dataset,
+        pseudo_paths,
+        augment: AugmentConfig,
+        seed: int,
+        round_index: int,
+        crop_on_device: bool = False,
+    ):
+        self.base, self.pseudo_paths, self.augment = base, pseudo_paths, augment
+        self.seed, self.round_index, self.epoch = seed, round_index, 0
+        self.crop_on_device = crop_on_device and augment.kind == "scale_crop"
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        image = self.base.image(i)
+        pseudo = None
+        if self.pseudo_paths:
+            with Image.open(self.pseudo_paths[i]) as im:
+                pseudo = torch.from_numpy(np.asarray(im).copy())
+        item = {"index": i}
+        if self.augment.kind == "scale_crop":
+            rng = np.random.default_rng([self.seed, self.round_index, self.epoch, i])
+            params = scale_crop_params(image.shape[-2], image.shape[-1], self.augment, rng)
+            if self.crop_on_device:
+                item["crop"] = torch.tensor(params)
+            else:
+                image, pseudo = apply_scale_crop(image, pseudo, params, self.augment.crop)
+        item["image"] = image
+        if pseudo is not None:
+            item["pseudo"] = pseudo
+        return item
+
+
+def finish_crops(batch: dict, crop: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Images (B, 3, crop, crop) uint8 and pseudo-labels on ``device`` from a :class:`TrainView` batch,
+    applying the drawn crops on the device when the view left them to it."""
+    images, pseudo = batch["image"], batch.get("pseudo")
+    if "crop" not in batch:
+        images = images.to(device, non_blocking=True)
+        return images, None if pseudo is None else pseudo.to(device, non_blocking=True)
+    out_i, out_p = [], []
+    for j, params in enumerate(batch["crop"].tolist()):
+        img = images[j].to(device, non_blocking=True)
+        lab = None if pseudo is None else pseudo[j].to(device, non_blocking=True)
+        img, lab = apply_scale_crop(img, lab, params, crop)
+        out_i.append(img)
+        out_p.append(lab)
+    return torch.stack(out_i), None if pseudo is None else torch.stack(out_p)

@@ -1,0 +1,742 @@
+"""An adaptation run as an object: the round loop shared by every self-training method, with exact resume.
+
+Per round ``r`` (You et al., ACM MM 2021, Sec. 3):
+
+1. run the current model over the whole target train set and choose pseudo-labels (written as PNGs);
+2. train ``epochs_per_round`` epochs with the method's loss parts;
+3. ``alpha += alpha_step``; learning rate ``/= lr_round_decay``; optimizer rebuilt (momentum reset).
+
+Target-val scores are logged after every round for monitoring only: ``final.pt`` is always the model after
+the last round (the very model whose score the summary reports), never the best round on the split it is
+reported on.
+
+:class:`AdaptationRun` owns the model, the teacher, the optimizer, the round, the step and the history.
+Its :meth:`~AdaptationRun.state_dict` is written atomically to ``<out>/state.pt`` at round boundaries,
+after each round's pseudo-labels, and every ``runtime.save_every`` steps; ``sfseg adapt --resume OUT``
+continues from it and gives the same weights and metrics as an uninterrupted run. Randomness is a function
+of (seed, round, epoch, index) for crops and epoch orders and of (seed, step, rank) for flips,
+complementary ranks and ClassMix, so nothing but the step counter needs restoring.
+
+Under ``torchrun`` every rank labels and scores whole batches of its own (labels do not depend on the
+number of processes), counters are summed, training uses DistributedDataParallel, and rank 0 writes the
+logs, states and checkpoints.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import resource
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from sfseg import IGNORE_INDEX
+from sfseg.adapt.bn import (
+    adabn,
+    freeze_bn_affine,
+    frozen_bn_buffers,
+    set_bn_mode,
+    train_downsample_bn_affine,
+    train_only_bn_affine,
+)
+from sfseg.adapt.config import AdaptConfig
+from sfseg.adapt.mixing import class_mix, class_mix_masks
+from sfseg.adapt.parts import StepInputs, build_loss_parts, total_loss
+from sfseg.adapt.pseudo_labels import build_pseudo_labeller
+from sfseg.adapt.teacher import EMATeacher
+from sfseg.config import load_config, save_config, to_dict
+from sfseg.data.registry import build_dataset, dataset_protocol
+from sfseg.engine import distributed
+from sfseg.engine.evaluate import evaluate
+from sfseg.engine.inference import Inference, use_amp, use_channels_last
+from sfseg.engine.labelling import class_shares, collapse_check, label_round
+from sfseg.engine.loading import (
+    TrainView,
+    collate,
+    epoch_batches,
+    finish_crops,
+    sharded_loader,
+    step_generator,
+    steps_per_epoch,
+)
+from sfseg.engine.recipes import recipe_path
+from sfseg.engine.runlog import (
+    MetricsLog,
+    atomic_torch_save,
+    atomic_write_text,
+    prepare_run_dir,
+    seed_everything,
+)
+from sfseg.errors import ConfigError, ResumeError
+from sfseg.models import load_checkpoint, save_checkpoint
+from sfseg.models.ops import upsample_logits
+from sfseg.optim import build_sgd, poly_step, unwrap
+
+STATE_FORMAT = "sfseg-run-state-v1"
+STATE_FILE = "state.pt"
+# Keys of the recipe a resumed run may change: where and how fast it runs, not what it computes.
+RESUMABLE_CHANGES = ("runtime.device", "runtime.num_workers", "runtime.save_every", "runtime.tensorboard")
+
+
+def peak_memory() -> dict:
+    """Peak resident memory of this process and, on CUDA, peak allocated GPU memory (GiB)."""
+    out = {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+    if torch.cuda.is_available():
+        out["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return out
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in ("loss_weights", "arch_kwargs"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def recipe_differences(a: dict, b: dict, ignore: tuple[str, ...] = RESUMABLE_CHANGES) -> list[str]:
+    """Dotted keys whose values differ between two recipe dicts (``ignore`` excepted)."""
+    fa, fb = _flat(a), _flat(b)
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k) and k not in ignore)
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": repr(random.getstate()),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
+    random.setstate(ast.literal_eval(state["python"]))
+
+
+def read_state(out: Path) -> dict:
+    """The saved state of the run in ``out``; one clear error when it is missing or unreadable."""
+    path = Path(out) / STATE_FILE
+    if not path.is_file():
+        raise ResumeError(
+            f"{path} not found: {out} has no resumable state (was it written by sfseg adapt, and did it "
+            "get past the source-model evaluation?)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (torch raises several types for a damaged file)
+        raise ResumeError(
+            f"{path} is truncated or corrupt ({type(e).__name__}); it cannot be resumed. Start the run "
+            "again with --overwrite"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ResumeError(f"{path} is not an sfseg run state; it cannot be resumed")
+    return state
+
+
+class AdaptationRun:
+    """One adaptation run: ``cfg.checkpoint`` adapted to the target domain, written to ``cfg.out``.
+
+    Construction checks everything that can be checked without writing: the method composition, the
+    checkpoint and its classes, the data, and that the batch size fits the split. :meth:`run` writes.
+
+    Args:
+        cfg: the recipe (for a two-stage recipe, use :func:`run_adaptation`, which runs its first stage).
+        progress: show progress bars (rank 0 only).
+        recipe: what ``config.yaml`` and the state record as the run's recipe, when it differs from ``cfg``
+            (the second stage of a two-stage recipe runs ``cfg`` with the first stage's checkpoint).
+    """
+
+    def __init__(self, cfg: AdaptConfig, progress: bool = True, recipe: AdaptConfig | None = None):
+        self.cfg = cfg
+        self.recipe = recipe or cfg
+        self.dist, self.device = distributed.init(cfg.runtime.device)
+        self.progress = progress and self.dist.is_main
+        data, method, sched = cfg.data, cfg.method, cfg.schedule
+        self.protocol = dataset_protocol(data.dataset, data.protocol)
+        self.parts = build_loss_parts(method, self.protocol.num_classes, sched.rounds)
+        self.labeller = build_pseudo_labeller(method.pseudo_labels, self.protocol.num_classes)
+        self.ckpt = load_checkpoint(cfg.checkpoint, family=cfg.checkpoint_family, classes=self.protocol.name)
+        self.ckpt.check_classes(self.protocol.names, data.root)
+        # Target train labels (where the split has them) feed only the pseudo-label diagnostics, never a loss.
+        self.train_set = build_dataset(
+            data.dataset,
+            data.root,
+            data.train_split,
+            self.protocol.name,
+            labels="auto",
+            progress=self.progress,
+        )
+        self.val_set = (
+            build_dataset(data.dataset, data.root, data.val_split, self.protocol.name, progress=self.progress)
+            if data.val_split
+            else None
+        )
+        n = len(self.train_set)
+        if sched.rounds > 0 and steps_per_epoch(n, sched.batch_size, self.dist.world) == 0:
+            raise ConfigError(
+                f"schedule.batch_size: {sched.batch_size}"
+                f"{f' x {self.dist.world} processes' if self.dist.enabled else ''} is larger than the "
+                f"{n} images of split {data.train_split!r}: an epoch would have no step. Use a batch size "
+                f"of at most {n // self.dist.world}"
+            )
+        self.out = Path(cfg.out)
+        self.log = MetricsLog(self.out / "metrics.jsonl", enabled=self.dist.is_main)
+        self.norm = self.ckpt.normalization
+        self.amp = use_amp(cfg.runtime.amp, self.device)
+        self.model = self._build_model()
+        self.inference = Inference.from_config(self.model, self.norm, data, cfg.runtime)
+        self.teacher = (
+            EMATeacher(self.model, method.teacher.max_decay, data.align_corners).to(self.device)
+            if method.teacher.ema
+            else None
+        )
+        self.train_model: nn.Module = self.model
+        if self.dist.enabled and sched.rounds > 0:
+            model = self.model
+            if cfg.runtime.sync_bn:
+                if self.device.type != "cuda":
+                    raise ConfigError("runtime.sync_bn needs CUDA devices (SyncBatchNorm has no CPU path)")
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        # Run state (what state_dict() saves).
+        self.round = 0
+        self.labelled = False
+        self.epoch = 0
+        self.batch = 0
+        self.step = 0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.sums: dict[str, float] = {}
+        self.round_steps = 0
+        self.history: list[dict] = []
+        self.round_stats: list[dict] = []
+        self.start_share: dict[str, float] | None = None
+        self.pl_stats: dict | None = None
+        self.elapsed = 0.0
+
+    # ----------------------------------------------------------------------------------------- building
+    def _build_model(self) -> nn.Module:
+        method = self.cfg.method
+        model = self.ckpt.build().to(self.device)
+        if use_channels_last(self.cfg.runtime.channels_last, self.device):
+            model = model.to(memory_format=torch.channels_last)
+        if method.trainable == "bn_affine":
+            train_only_bn_affine(model)
+        else:
+            freeze_bn_affine(model)
+            if method.bn_affine == "downsample":
+                train_downsample_bn_affine(model)
+        return model
+
+    def _set_bn(self, model: nn.Module) -> None:
+        model.eval()
+        set_bn_mode(model, self.cfg.method.bn_mode)
+
+    # ---------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """Everything needed to continue the run exactly (tensors and plain values only)."""
+        return {
+            "format": STATE_FORMAT,
+            "config": to_dict(self.recipe),
+            "phase": "run",
+            "round": self.round,
+            "labelled": bool(self.labelled),
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "model": unwrap(self.model).state_dict(),
+            "teacher": None if self.teacher is None else self.teacher.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "sums": dict(self.sums),
+            "round_steps": self.round_steps,
+            "history": json.dumps(self.history),
+            "round_stats": json.dumps(self.round_stats),
+            "start_share": json.dumps(self.start_share),
+            "pl_stats": json.dumps(self.pl_stats),
+            "metrics_bytes": self.log.size(),
+            "elapsed": self.elapsed,
+            "rng": _rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.round, self.labelled = int(state["round"]), bool(state["labelled"])
+        self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+        unwrap(self.model).load_state_dict(state["model"])
+        if self.teacher is not None and state["teacher"] is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        self.optimizer = None
+        if state["optimizer"] is not None:
+            self.optimizer = self._optimizer()
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.sums, self.round_steps = dict(state["sums"]), int(state["round_steps"])
+        self.history = json.loads(state["history"])
+        self.round_stats = json.loads(state["round_stats"])
+        self.start_share = json.loads(state["start_share"])
+        self.pl_stats = json.loads(state["pl_stats"])
+        self.elapsed = float(state["elapsed"])
+        _set_rng_state(state["rng"])
+        self.log.truncate(int(state["metrics_bytes"]))
+
+    def save_state(self) -> None:
+        if self.dist.is_main:
+            atomic_torch_save(self.state_dict(), self.out / STATE_FILE)
+        distributed.barrier()
+
+    def save_model(self, name: str, **where) -> Path:
+        """The one checkpoint-saving call: the unwrapped model with its metadata and provenance."""
+        path = self.out / name
+        if self.dist.is_main:
+            cfg = self.cfg
+            provenance = {"stage": "adapt", "method": cfg.name, **where, "recipe": to_dict(cfg)}
+            provenance["parent"] = self.ckpt.provenance
+            save_checkpoint(
+                path,
+                unwrap(self.model),
+                arch=self.ckpt.arch,
+                arch_kwargs=self.ckpt.arch_kwargs,
+                class_names=self.ckpt.class_names,
+                normalization=self.norm,
+                provenance=provenance,
+            )
+        distributed.barrier()
+        return path
+
+    # ----------------------------------------------------------------------------------------- phases
+    def evaluate(self, round_index: int, phase: str) -> dict | None:
+        if self.val_set is None:
+            return None
+        res = evaluate(
+            self.inference,
+            self.val_set,
+            self.protocol,
+            batch_size=self.cfg.runtime.eval_batch_size,
+            workers=self.cfg.runtime.num_workers,
+            progress=self.progress,
+            desc=f"eval ({phase})",
+            dist=self.dist,
+        )
+        self.log.write({"phase": phase, "round": round_index, "split": "target_val", **res})
+        return res
+
+    def _adabn(self) -> None:
+        rt = self.cfg.runtime
+        loader = sharded_loader(
+            self.inference.view(self.train_set), rt.eval_batch_size, rt.num_workers, self.dist
+        )
+        inputs = (self.inference.network_input(b["image"]) for b in loader)
+        with self.inference.autocast():
+            adabn(self.model, inputs, progress=self.progress, all_reduce_sum=distributed.all_reduce_sum)
+
+    def _label(self, r: int) -> list[Path]:
+        alpha, capped = self.cfg.round_alpha(r)
+        t0 = time.time()
+        self._set_bn(self.model)  # the reference labels with BN in the same mode as it trains
+        rt = self.cfg.runtime
+        paths, stats = label_round(
+            self.inference,
+            self.train_set,
+            self.labeller,
+            alpha,
+            self.pl_dir(r),
+            self.protocol,
+            rt.eval_batch_size,
+            rt.num_workers,
+            rt.logit_cache_gib,
+            self.dist,
+            self.progress,
+        )
+        stats["alpha_capped"] = capped
+        stats["seconds"] = round(time.time() - t0, 1)
+        if capped:
+            self._warn(
+                f"round {r}: alpha {self.cfg.method.pseudo_labels.alpha} + {r} x alpha_step is above 1; "
+                "capped at 1"
+            )
+        if stats["never_predicted"]:
+            self._warn(
+                f"round {r}: classes never predicted, no pseudo-labels for them: {stats['never_predicted']}"
+            )
+        self.start_share = self.start_share or stats["pred_share"]
+        stats["collapsed"] = collapse_check(
+            self.start_share, stats, self.cfg.method.collapse_warning, f"round {r}", self._warn
+        )
+        self.log.write({"phase": "pseudo_labels", "round": r, **stats})
+        self.pl_stats = stats
+        return paths
+
+    def _share_probe(self, r: int) -> dict:
+        """The start-of-round shares for methods without pseudo-labels (their collapse reference)."""
+        self._set_bn(self.model)
+        rt = self.cfg.runtime
+        with frozen_bn_buffers(self.model):
+            stats = class_shares(
+                self.inference,
+                self.train_set,
+                self.protocol,
+                rt.eval_batch_size,
+                rt.num_workers,
+                self.dist,
+                self.progress,
+            )
+        self.start_share = self.start_share or stats["pred_share"]
+        stats["collapsed"] = collapse_check(
+            self.start_share, stats, self.cfg.method.collapse_warning, f"round {r}", self._warn
+        )
+        self.log.write({"phase": "pseudo_labels", "round": r, **stats})
+        self.pl_stats = stats
+        return stats
+
+    def pl_dir(self, r: int) -> Path:
+        return self.out / "pseudo_labels" / f"round_{r}"
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        scale = self.cfg.schedule.lr_round_decay ** (-self.round)
+        return build_sgd(self.train_model, self.cfg.schedule.optim, lr_scale=scale)
+
+    def _warn(self, text: str) -> None:
+        if self.dist.is_main:
+            tqdm.write(text)
+
+    def _step_inputs(self, x: torch.Tensor, pseudo: torch.Tensor | None, generator) -> StepInputs:
+        """The student's forward pass, after the teacher's labels and ClassMix where the method has them."""
+        method = self.cfg.method
+        t_conf = t_label = None
+        if self.teacher is not None:
+            t_conf, t_label = self.teacher.predict(x)
+            if pseudo is not None:
+                # Class-balanced pseudo-labels override the teacher, with confidence 1.
+                chosen = pseudo != IGNORE_INDEX
+                t_label = torch.where(chosen, pseudo, t_label)
+                t_conf = torch.where(chosen, torch.ones_like(t_conf), t_conf)
+        if method.mixing == "classmix":
+            masks = class_mix_masks(t_label if t_label is not None else pseudo, generator)
+            x = class_mix(masks, x)[0]
+            pseudo, t_label, t_conf = (
+                None if t is None else class_mix(masks, t)[0] for t in (pseudo, t_label, t_conf)
+            )
+        logits = upsample_logits(self.train_model(x), x.shape[-2:], self.cfg.data.align_corners)
+        return StepInputs(logits, pseudo, generator, teacher_labels=t_label, teacher_confidence=t_conf)
+
+    def _train_round(self, r: int, pseudo_paths: list[Path] | None) -> None:
+        cfg, sched, rt = self.cfg, self.cfg.schedule, self.cfg.runtime
+        t0 = time.time()
+        crop_on_device = self.device.type == "cuda"
+        view = TrainView(self.train_set, pseudo_paths, cfg.data.augment, cfg.seed, r, crop_on_device)
+        if self.optimizer is None:
+            self.optimizer = self._optimizer()  # rebuilt every round: momentum reset
+        self.train_model.train()
+        set_bn_mode(self.train_model, cfg.method.bn_mode)
+        per_epoch = steps_per_epoch(len(self.train_set), sched.batch_size, self.dist.world)
+        done = self.epoch * per_epoch + self.batch
+        bar = tqdm(
+            total=sched.epochs_per_round * per_epoch,
+            initial=done,
+            desc=f"round {r} train",
+            disable=not self.progress,
+        )
+        channels_last = use_channels_last(rt.channels_last, self.device)
+        while self.epoch < sched.epochs_per_round:
+            view.epoch = self.epoch
+            batches = epoch_batches(len(self.train_set), sched.batch_size, cfg.seed, r, self.epoch, self.dist)
+            loader = DataLoader(
+                view,
+                batch_sampler=batches[self.batch :],
+                num_workers=rt.num_workers,
+                pin_memory=self.device.type == "cuda",
+                collate_fn=collate,
+                persistent_workers=False,
+            )
+            for batch in loader:
+                self._train_step(batch, channels_last)
+                self.batch += 1
+                if self.batch == len(batches):
+                    self.epoch, self.batch = self.epoch + 1, 0
+                bar.update()
+                if rt.save_every and self.step % rt.save_every == 0 and self.epoch < sched.epochs_per_round:
+                    self.save_state()
+                _fault(cfg.name, "step", self.step)
+        bar.close()
+        n = max(self.round_steps, 1)
+        self.log.write(
+            {
+                "phase": "train",
+                "round": r,
+                "steps": self.round_steps,
+                "seconds": round(time.time() - t0, 1),
+                "lr_scale": sched.lr_round_decay ** (-r),
+                **{f"loss_{k}": v / n for k, v in self.sums.items()},
+            }
+        )
+
+    def _train_step(self, batch: dict, channels_last: bool) -> None:
+        cfg = self.cfg
+        gen = step_generator(cfg.seed, self.step, self.dist.rank)
+        images, pseudo = finish_crops(batch, cfg.data.augment.crop, self.device)
+        pseudo = None if pseudo is None else pseudo.long()
+        if cfg.data.hflip:
+            flip = (torch.rand(images.shape[0], generator=gen) < 0.5).to(self.device)
+            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+            if pseudo is not None:
+                pseudo = torch.where(flip.view(-1, 1, 1), pseudo.flip(-1), pseudo)
+        poly_step(self.optimizer, cfg.schedule.optim, self.step)
+        x = self.norm(images)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            inputs = self._step_inputs(x, pseudo, gen)
+            loss, values = total_loss(self.parts, inputs)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.teacher is not None:
+            self.teacher.update(unwrap(self.model), self.step)
+        self.step += 1
+        self.round_steps += 1
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+
+    # ------------------------------------------------------------------------------------------- run
+    def run(self, mode: str = "new", state: dict | None = None) -> dict:
+        """Write the run directory and adapt.
+
+        Args:
+            mode: ``new``, ``overwrite``, ``claimed`` (the directory was prepared by the caller) or
+                ``resume``.
+            state: for ``resume``, the state already read and checked by :func:`resumable_state`.
+        """
+        cfg = self.cfg
+        t_start = time.time()
+        if mode == "resume":
+            state = state if state is not None else resumable_state(self.out, self.recipe)
+            self.load_state_dict(state)
+            self.log.write({"phase": "resume", "round": self.round, "step": self.step, "time": _now()})
+        else:
+            if self.dist.is_main:
+                if mode != "claimed":
+                    prepare_run_dir(self.out, mode)
+                save_config(self.recipe, self.out / "config.yaml")
+            distributed.barrier()
+            seed_everything(cfg.seed)
+            self.log.write(
+                {
+                    "phase": "start",
+                    "method": cfg.name,
+                    "time": _now(),
+                    "processes": self.dist.world,
+                    "device": str(self.device),
+                    "config": to_dict(cfg),
+                }
+            )
+            self._set_bn(self.model)
+            self.history = [self.evaluate(-1, "source_model")]
+            if cfg.method.adabn:
+                self._adabn()
+                self.history.append(self.evaluate(-1, "adabn"))
+            self.save_state()
+
+        while self.round < cfg.schedule.rounds:
+            r = self.round
+            if not self.labelled:
+                pseudo_paths = self._label(r) if self.labeller is not None else None
+                if self.labeller is None:
+                    self._share_probe(r)
+                self.round_stats.append(self.pl_stats)
+                self.labelled = True
+                self.save_state()
+                _fault(cfg.name, "labelled", r)
+            else:
+                pseudo_paths = None if self.labeller is None else self._existing_pseudo_labels(r)
+            self._train_round(r, pseudo_paths)
+            self._set_bn(self.model)
+            self.history.append(self.evaluate(r, "round"))
+            self.save_model(f"round_{r}.pt", round=r)
+            if not cfg.runtime.save_pseudo_labels and pseudo_paths and self.dist.is_main:
+                for p in pseudo_paths:
+                    p.unlink(missing_ok=True)
+            self.round, self.labelled, self.epoch, self.batch = r + 1, False, 0, 0
+            self.optimizer, self.sums, self.round_steps = None, {}, 0
+            self.save_state()
+            _fault(cfg.name, "round", r)
+        return self._finish(t_start)
+
+    def _existing_pseudo_labels(self, r: int) -> list[Path]:
+        paths = [self.pl_dir(r) / f"{i:05d}.png" for i in range(len(self.train_set))]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise ResumeError(
+                f"{len(missing)} pseudo-label file(s) of round {r} are missing (e.g. {missing[0]}); the run "
+                "cannot continue mid-round without them. Start it again with --overwrite"
+            )
+        return paths
+
+    def _finish(self, t_start: float) -> dict:
+        cfg = self.cfg
+        # final.pt is the model scored last, saved before anything else runs on it.
+        final_path = self.save_model("final.pt", rounds=cfg.schedule.rounds)
+        end = None
+        if cfg.schedule.rounds > 0:
+            # The adapted model's own class shares: has training itself swallowed a class? BN buffers are
+            # restored afterwards, so the probe cannot change the saved model.
+            self._set_bn(self.model)
+            rt = self.cfg.runtime
+            with frozen_bn_buffers(self.model):
+                end = class_shares(
+                    self.inference,
+                    self.train_set,
+                    self.protocol,
+                    rt.eval_batch_size,
+                    rt.num_workers,
+                    self.dist,
+                    self.progress,
+                )
+            end["collapsed"] = collapse_check(
+                self.start_share, end, cfg.method.collapse_warning, "after the last round", self._warn
+            )
+            self.log.write({"phase": "final_shares", **end})
+        final = self.history[-1]
+        self.elapsed += time.time() - t_start
+        summary = {
+            "method": cfg.name,
+            **peak_memory(),
+            "seed": cfg.seed,
+            "final": final,
+            "final_checkpoint": str(final_path),
+            "val_miou_per_round": [h["miou"] if h else None for h in self.history],
+            "round_stats": self.round_stats,
+            "final_shares": end,
+            "seconds": round(self.elapsed, 1),
+        }
+        self.log.write(
+            {
+                "phase": "done",
+                "method": cfg.name,
+                "miou": None if final is None else final["miou"],
+                "seconds": summary["seconds"],
+                **peak_memory(),
+            }
+        )
+        if self.dist.is_main:
+            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1))
+            done = {"format": STATE_FORMAT, "phase": "done", "config": to_dict(self.recipe)}
+            atomic_torch_save(done, self.out / STATE_FILE)
+        distributed.barrier()
+        return summary
+
+    def _check_resumable(self, state: dict) -> None:
+        if state.get("stage") == "first":
+            raise ResumeError(f"{self.out}: the second stage has not started; resume the two-stage recipe")
+        if state.get("phase") == "done":
+            raise ResumeError(
+                f"the run in {self.out} has finished; nothing to resume (final.pt is its result)"
+            )
+        check_same_recipe(state["config"], to_dict(self.recipe), self.out)
+
+
+def _fault(name: str, point: str, value: int) -> None:
+    """Fault injection for the resume tests: ``SFSEG_FAULT_KILL=<run name>:<point>:<value>`` makes the run
+    SIGKILL itself right after that point (``step``: after optimizer step ``value`` and any state save;
+    ``labelled``/``round``: after round ``value``'s pseudo-labels / after the round's end state)."""
+    spec = os.environ.get("SFSEG_FAULT_KILL")
+    if spec and spec == f"{name}:{point}:{value}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def init_stage_config(cfg: AdaptConfig) -> AdaptConfig:
+    """The ``init_from`` recipe as this run runs it: its own method and schedule; this run's checkpoint,
+    seed, data and runtime; written into ``<out>/<recipe name>``."""
+    first = load_config(AdaptConfig, recipe_path(cfg.init_from))
+    name = cfg.init_from.rsplit("/", 1)[-1]
+    return replace(
+        first,
+        checkpoint=cfg.checkpoint,
+        checkpoint_family=cfg.checkpoint_family,
+        seed=cfg.seed,
+        data=cfg.data,
+        runtime=cfg.runtime,
+        out=str(Path(cfg.out) / name),
+    )
+
+
+def resumable_state(out: Path, recipe: AdaptConfig) -> dict:
+    """The state of the run in ``out``, checked: unfinished and started with ``recipe``."""
+    state = read_state(out)
+    if state.get("phase") == "done":
+        raise ResumeError(f"the run in {out} has finished; nothing to resume (final.pt is its result)")
+    check_same_recipe(state["config"], to_dict(recipe), Path(out))
+    return state
+
+
+def check_same_recipe(saved: dict, given: dict, out: Path) -> None:
+    """Refuse to resume ``out`` with a recipe that computes something other than the one it started with."""
+    diff = recipe_differences(saved, given)
+    if diff:
+        fs, fg = _flat(saved), _flat(given)
+        shown = ", ".join(f"{k} ({fs.get(k)!r} -> {fg.get(k)!r})" for k in diff[:5])
+        raise ResumeError(
+            f"{out} holds a run of another recipe; it differs in {shown}{' ...' if len(diff) > 5 else ''}. "
+            "Resume with the run's own recipe (omit --config) or start a new run elsewhere"
+        )
+
+
+def run_adaptation(cfg: AdaptConfig, progress: bool = True, mode: str = "new") -> dict:
+    """Adapt ``cfg.checkpoint`` to the target domain; write the run directory; return the summary.
+
+    A two-stage recipe (``init_from``) runs its first stage into ``<out>/<name>`` and starts from its
+    ``final.pt``; on resume, a finished first stage is kept and an unfinished one resumed.
+
+    Args:
+        mode: ``new`` (``out`` must be empty), ``overwrite`` (clear an earlier run there first) or
+            ``resume`` (continue the run in ``out`` from its last saved state).
+    """
+    if not cfg.init_from:
+        state = resumable_state(Path(cfg.out), cfg) if mode == "resume" else None  # before any loading
+        return AdaptationRun(cfg, progress).run(mode, state)
+    first = init_stage_config(cfg)
+    second = replace(cfg, checkpoint=str(Path(first.out) / "final.pt"), init_from="")
+    # Check this stage's composition before the first stage spends any time.
+    num_classes = dataset_protocol(cfg.data.dataset, cfg.data.protocol).num_classes
+    build_loss_parts(cfg.method, num_classes, cfg.schedule.rounds)
+    out = Path(cfg.out)
+    d, _ = distributed.init(cfg.runtime.device)
+    if mode == "resume":
+        if (out / STATE_FILE).is_file():
+            # The second stage has started: its state decides.
+            state = resumable_state(out, cfg)
+            return AdaptationRun(second, progress, recipe=cfg).run("resume", state)
+        saved = out / "config.yaml"
+        if not saved.is_file():
+            raise ResumeError(f"{out} holds no run to resume (no config.yaml)")
+        check_same_recipe(to_dict(load_config(AdaptConfig, saved)), to_dict(cfg), out)
+        first_dir = Path(first.out)
+        if (first_dir / STATE_FILE).is_file():
+            if read_state(first_dir).get("phase") != "done":
+                AdaptationRun(first, progress).run("resume")
+        else:
+            AdaptationRun(first, progress).run("overwrite" if first_dir.exists() else "new")
+        return AdaptationRun(second, progress, recipe=cfg).run("claimed")
+    if d.is_main:
+        prepare_run_dir(out, mode)
+        save_config(cfg, out / "config.yaml")
+    distributed.barrier()
+    AdaptationRun(first, progress).run("new")
+    return AdaptationRun(second, progress, recipe=cfg).run("claimed")

@@ -1,0 +1,146 @@
+"""The run as an object: final.pt is the reported model, exact resume after SIGKILL, bad resume inputs."""
+
+import json
+import signal
+
+import pytest
+import torch
+
+from sfseg.cli.main import main
+from sfseg.models import load_checkpoint
+
+from .conftest import sfseg_cli
+
+pytestmark = pytest.mark.slow
+
+VOLATILE = {"seconds", "time", "peak_rss_gib", "peak_cuda_gib", "config"}
+
+
+def adapt_args(root, src, out, recipe="ld", *extra):
+    return [
+        "adapt",
+        "--config",
+        f"configs/toycity/{recipe}.yaml",
+        f"data.root={root}",
+        f"checkpoint={src}",
+        f"out={out}",
+        "rounds=2",
+        "epochs_per_round=2",
+        "batch_size=2",
+        "eval_batch_size=4",
+        "save_every=3",
+        "amp=false",
+        *extra,
+    ]
+
+
+def stable_records(run_dir):
+    """metrics.jsonl without timing fields and resume markers: what must match an uninterrupted run."""
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["phase"] == "resume":
+            continue
+        out.append({k: v for k, v in r.items() if k not in VOLATILE})
+    return out
+
+
+def assert_same_weights(a, b):
+    sa, sb = load_checkpoint(a).state_dict, load_checkpoint(b).state_dict
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_final_checkpoint_is_the_reported_model(tiny_toycity, tiny_source, tmp_path, capsys):
+    run = tmp_path / "ld"
+    assert main(adapt_args(tiny_toycity, tiny_source, run)) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert_same_weights(run / "final.pt", run / "round_1.pt")
+    # sfseg eval of final.pt reproduces the run's final score.
+    js = tmp_path / "eval.json"
+    assert (
+        main(["eval", "--checkpoint", str(run / "final.pt"), "--data", str(tiny_toycity), "--json", str(js)])
+        == 0
+    )
+    assert json.loads(js.read_text())["miou"] == pytest.approx(summary["final"]["miou"], abs=1e-6)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in records].count("final_shares") == 1  # the probe ran, after final.pt
+
+
+@pytest.mark.parametrize(
+    "recipe, fault",
+    [
+        ("ld", "ld:step:5"),  # mid-round, between two saved states (saved at step 3)
+        ("ld", "ld:round:0"),  # between rounds
+        ("ldbe", "ldbe:step:6"),  # LDBE: mid-round in BE (the teacher's state must be restored)
+    ],
+)
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_toycity, tiny_source, tmp_path, recipe, fault):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    done = sfseg_cli(*adapt_args(tiny_toycity, tiny_source, ref, recipe))
+    assert done.returncode == 0, done.stderr
+    killed = sfseg_cli(*adapt_args(tiny_toycity, tiny_source, run, recipe), env={"SFSEG_FAULT_KILL": fault})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (run / "final.pt").exists()
+    resumed = sfseg_cli("adapt", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(ref / "final.pt", run / "final.pt")
+    assert stable_records(ref) == stable_records(run)
+    ref_summary = json.loads((ref / "summary.json").read_text())
+    run_summary = json.loads((run / "summary.json").read_text())
+    assert ref_summary["val_miou_per_round"] == run_summary["val_miou_per_round"]
+    if recipe == "ldbe":
+        assert_same_weights(ref / "ld" / "final.pt", run / "ld" / "final.pt")
+
+
+def test_bad_resume_inputs_give_one_clear_error_and_keep_the_files(tiny_toycity, tiny_source, tmp_path):
+    run = tmp_path / "run"
+    killed = sfseg_cli(*adapt_args(tiny_toycity, tiny_source, run), env={"SFSEG_FAULT_KILL": "ld:step:5"})
+    assert killed.returncode == -signal.SIGKILL
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+
+    def refused(*args, expect):
+        res = sfseg_cli(*args)
+        assert res.returncode == 2, res.stderr
+        assert expect in res.stderr and "Traceback" not in res.stderr
+        assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # nothing overwritten
+
+    # Another recipe (a different method) into the same run directory.
+    refused(
+        "adapt",
+        "--resume",
+        str(run),
+        "--config",
+        "configs/toycity/ld_pl.yaml",
+        *adapt_args(tiny_toycity, tiny_source, run)[3:],
+        expect="another recipe",
+    )
+    # A new run into a used directory.
+    refused(*adapt_args(tiny_toycity, tiny_source, run), expect="--resume")
+    # A truncated state file.
+    state = run / "state.pt"
+    data = state.read_bytes()
+    state.write_bytes(data[: len(data) // 2])
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    refused("adapt", "--resume", str(run), expect="truncated or corrupt")
+    # A missing state file.
+    state.unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    refused("adapt", "--resume", str(run), expect="state.pt not found")
+    # A directory that holds no run.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = sfseg_cli("adapt", "--resume", str(empty))
+    assert res.returncode == 2 and "no run to resume" in res.stderr
+
+
+def test_a_finished_run_refuses_to_resume(tiny_toycity, tiny_source, tmp_path):
+    run = tmp_path / "run"
+    args = adapt_args(tiny_toycity, tiny_source, run)
+    args[args.index("rounds=2")] = "rounds=1"
+    assert main(args) == 0
+    final = (run / "final.pt").stat().st_mtime_ns
+    res = sfseg_cli("adapt", "--resume", str(run))
+    assert res.returncode == 2 and "has finished" in res.stderr
+    assert (run / "final.pt").stat().st_mtime_ns == final
