@@ -1,10 +1,13 @@
 """DeepLab-v2 ResNet-101: fidelity to the field's layout, and importing each checkpoint family."""
 
+from fractions import Fraction
+
 import pytest
 import torch
 
 from sfseg.data.classes import SYNTHIA16
 from sfseg.data.normalization import CAFFE_BGR, IMAGENET
+from sfseg.errors import CheckpointError
 from sfseg.models import create_model, load_checkpoint
 from sfseg.models.deeplab_v2 import DeepLabV2
 from sfseg.models.foreign import CRST_BGR, CheckpointFormatError, import_checkpoint, import_state_dict
@@ -185,12 +188,19 @@ def test_unknown_and_broken_files_are_refused(r101, tmp_path):
     partial.pop("module.layer4.2.conv3.weight")
     with pytest.raises(CheckpointFormatError, match="missing"):
         import_state_dict(partial)
+    # ProDA's .pkl stores a NumPy scalar next to the weights: read weights-only (NumPy scalars allowed),
+    # recognised and refused.
     path = tmp_path / "proda.pkl"
-    torch.save(
-        {"ResNet101": {"model_state": {"a": torch.zeros(1)}}, "iter": __import__("numpy").float64(3)}, path
-    )
-    with pytest.raises(CheckpointFormatError, match="tensors only"):
+    state = {"layer5.bottleneck.0.weight": torch.zeros(1), "conv1.weight": torch.zeros(1)}
+    torch.save({"ResNet101": {"model_state": state}, "iter": __import__("numpy").float64(3)}, path)
+    with pytest.raises(CheckpointFormatError, match="ProDA"):
         import_checkpoint(path)
+    # Arbitrary Python objects are never unpickled, and the message does not suggest unpickling them.
+    path = tmp_path / "objects.pth"
+    torch.save({"state_dict": {"a": torch.zeros(1)}, "extra": Fraction(1, 3)}, path)
+    with pytest.raises(CheckpointError, match="holds Python objects other than tensors") as e:
+        import_checkpoint(path)
+    assert "trust" not in str(e.value) and "weights_only=False" not in str(e.value)
 
 
 def test_cli_import_checkpoint(r101, tmp_path, capsys):

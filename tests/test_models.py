@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from sfseg.data.normalization import CAFFE_BGR, IMAGENET, Normalization
+from sfseg.errors import ConfigError
 from sfseg.models import create_model, list_models, load_checkpoint, save_checkpoint
 
 
@@ -15,7 +16,7 @@ def test_every_registered_model_gives_logits_at_output_stride_8_or_finer(name):
 
 
 def test_unknown_model_lists_the_registry():
-    with pytest.raises(KeyError, match="deeplab_small"):
+    with pytest.raises(ConfigError, match="deeplab_small"):
         create_model("resnet9000", 3)
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from sfseg.config import require
+from sfseg.errors import MethodError
 
 
 @dataclass
@@ -74,7 +75,7 @@ def build_sgd(model: nn.Module, cfg: OptimConfig, lr_scale: float = 1.0) -> torc
         if g["params"]
     ]
     if not groups:
-        raise ValueError("the model has no trainable parameters")
+        raise MethodError("the model has no trainable parameters (check method.trainable)")
     return torch.optim.SGD(groups, lr=cfg.lr * lr_scale, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 

@@ -38,6 +38,9 @@ def cmd_toycity_generate(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from sfseg.data.toycity import ToyCitySpec, generate, is_generated
+    from sfseg.engine.runlog import check_writable_dir
+
+    check_writable_dir(Path(args.out), "--out")
 
     spec = ToyCitySpec(seed=args.seed)
     if args.small:
@@ -103,7 +106,7 @@ def _data_and_checkpoint(args: argparse.Namespace, labels: bool):
     ckpt.check_classes(protocol.names, args.data)
     split = args.split
     if args.mapping and args.dataset != "folder":
-        raise ValueError(f"--mapping applies to --dataset folder only, not {args.dataset!r}")
+        raise ConfigError(f"--mapping applies to --dataset folder only, not {args.dataset!r}")
     options = {"mapping": args.mapping} if args.mapping else {}
     if args.dataset == "toycity":
         split = split if args.domain == "target" else f"source_{split}"
@@ -149,6 +152,26 @@ def cmd_predict(args: argparse.Namespace) -> None:
         _inference(args, ckpt), data, protocol, args.out, fmt=args.format, batch_size=args.batch_size
     )
     print(f"{len(paths)} prediction(s) ({args.format}) written to {args.out}")
+
+
+def cmd_check_data(args: argparse.Namespace) -> None:
+    from sfseg.data.check import DEFAULT_SPLITS, check_split
+
+    splits = args.split or DEFAULT_SPLITS.get(args.dataset)
+    if not splits:
+        raise ConfigError(f"say which split(s) of dataset {args.dataset!r} to check: --split NAME ...")
+    options = {"mapping": args.mapping} if args.mapping else {}
+    bad = 0
+    for split in splits:
+        n, problems = check_split(args.dataset, args.data, split, args.protocol, **options)
+        bad += len(problems)
+        print(f"{args.dataset} {split}: {n} sample(s), {len(problems) or 'no'} problem(s)")
+        for p in problems:
+            print("  " + p.replace("\n", "\n  "))
+    if bad:
+        from sfseg.errors import DatasetError
+
+        raise DatasetError(f"{bad} problem(s) found in {args.data}; see the list above")
 
 
 def cmd_import_checkpoint(args: argparse.Namespace) -> None:
@@ -214,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", default="data/toycity")
     c.add_argument("--out", default="runs/bench", help="run directory (shared with bench: sources reused)")
     c.add_argument("--seeds", type=int, nargs="+", default=[0])
-    c.add_argument("--report", default="docs/toycity.md")
+    c.add_argument(
+        "--report", default="", help="also update this markdown file (default: <out>/toycity.md only)"
+    )
     c.set_defaults(func=cmd_toycity_calibrate)
 
     ts = sub.add_parser("train-source", help="stage 0: supervised source training")
@@ -250,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output directory")
     pr.add_argument("--format", default="cityscapes", choices=["cityscapes", "trainid"])
     pr.set_defaults(func=cmd_predict)
+
+    cd = sub.add_parser("check-data", help="read every file of a dataset's splits and list every problem")
+    cd.add_argument("--dataset", default="toycity", help="toycity, cityscapes, gta5, synthia, folder")
+    cd.add_argument("--data", default="data/toycity", help="dataset root")
+    cd.add_argument("--split", nargs="+", help="split(s) to check (default: all of the dataset's)")
+    cd.add_argument("--protocol", default="", help="class protocol (default: the dataset's own)")
+    cd.add_argument("--mapping", default="", help="folder dataset: raw id -> class mapping file")
+    cd.set_defaults(func=cmd_check_data)
 
     im = sub.add_parser(
         "import-checkpoint", help="convert a community DeepLab-v2 checkpoint to sfseg's format"
@@ -298,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     _threads()
     try:
         args.func(args)
-    except (SfsegError, FileNotFoundError, ValueError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"sfseg: error: {msg}", file=sys.stderr)
+    except SfsegError as e:
+        # The user's input is wrong: one line (plus any listing the message carries), no traceback.
+        print(f"sfseg: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sfseg: interrupted", file=sys.stderr)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sfseg import IGNORE_INDEX
+from sfseg.errors import ConfigError
 
 # Cityscapes trainId colours, keyed by class name (cityscapesscripts.helpers.labels).
 CITYSCAPES_COLORS: dict[str, tuple[int, int, int]] = {
@@ -208,5 +209,5 @@ def cityscapes_lut(protocol: ClassProtocol) -> np.ndarray:
 
 def get_protocol(name: str) -> ClassProtocol:
     if name not in PROTOCOLS:
-        raise KeyError(f"unknown class protocol {name!r}; known: {sorted(PROTOCOLS)}")
+        raise ConfigError(f"unknown class protocol {name!r}; known: {sorted(PROTOCOLS)}")
     return PROTOCOLS[name]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -30,19 +30,48 @@ TOYCITY_LAYOUT = """\
 Create it with:  sfseg toycity generate --out <root>"""
 
 
+UNREADABLE_FIX = "re-extract or re-download it, or leave it out of the split"
+
+
+def _unreadable(path: Path, e: Exception) -> DatasetError:
+    reason = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, UnidentifiedImageError):
+        reason = "not an image file"
+    return DatasetError(f"{path}: cannot be read as an image ({reason}); {UNREADABLE_FIX}")
+
+
 def read_image(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    """Read an image as (H, W, 3) uint8 RGB; an unreadable, truncated or non-image file is a
+    :class:`DatasetError` naming it."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise _unreadable(Path(path), e) from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding pixels."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise _unreadable(Path(path), e) from None
 
 
 def read_label(path: Path, num_classes: int) -> np.ndarray:
     """Read a trainId label PNG (grayscale or palette; the stored index is the id) and validate it."""
-    with Image.open(path) as im:
-        if im.mode not in ("L", "P"):
-            raise DatasetError(
-                f"{path}: label PNG has mode {im.mode!r}; expected 8-bit trainIds (mode L or P)"
-            )
-        label = np.asarray(im)
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P"):
+                raise DatasetError(
+                    f"{path}: label PNG has mode {im.mode!r}; expected 8-bit trainIds (mode L or P)"
+                )
+            label = np.asarray(im)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        if isinstance(e, DatasetError):
+            raise
+        raise _unreadable(Path(path), e) from None
     counts = np.bincount(label.ravel(), minlength=256)
     bad = [int(v) for v in np.flatnonzero(counts) if v >= num_classes and v != IGNORE_INDEX]
     if bad:
@@ -89,13 +118,23 @@ class ListDataset(Dataset):
         self.names = [e[0] for e in entries]
         self.has_labels = labels and all(len(e) > 1 for e in entries)
         it = tqdm(entries, desc=f"loading {list_file.name}", disable=not progress, leave=False)
-        images, label_maps = [], []
+        images, label_maps, problems = [], [], []
         for e in it:
-            images.append(torch.from_numpy(read_image(self.root / e[0]).copy()).permute(2, 0, 1))
-            if self.has_labels:
-                label_maps.append(
-                    torch.from_numpy(read_label(self.root / e[1], num_classes).astype(np.int64))
-                )
+            try:
+                image = read_image(self.root / e[0])
+                images.append(torch.from_numpy(image.copy()).permute(2, 0, 1))
+                if self.has_labels:
+                    label = read_label(self.root / e[1], num_classes)
+                    if label.shape != image.shape[:2]:
+                        raise DatasetError(
+                            f"{self.root / e[1]}: label is {label.shape[1]}x{label.shape[0]} but its image "
+                            f"{self.root / e[0]} is {image.shape[1]}x{image.shape[0]}; regenerate the pair"
+                        )
+                    label_maps.append(torch.from_numpy(label.copy()))
+            except DatasetError as err:
+                problems.append(str(err))
+        if problems:
+            raise problems_error(f"{list_file}", problems)
         self.images = images
         self.labels = label_maps
 
@@ -110,6 +149,13 @@ class ListDataset(Dataset):
         if self.has_labels:
             item["label"] = self.labels[i]
         return item
+
+
+def problems_error(where: str, problems: list[str], limit: int = 20) -> DatasetError:
+    """One error listing every bad file found in ``where``."""
+    shown = "\n  ".join(problems[:limit])
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return DatasetError(f"{where}: {len(problems)} bad file(s):\n  {shown}{more}")
 
 
 def check_toycity_root(root: str | Path) -> Path:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from sfseg.data.classes import ClassProtocol
-from sfseg.data.datasets import DatasetError, read_image
+from sfseg.data.datasets import UNREADABLE_FIX, DatasetError, image_size, problems_error, read_image
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,26 @@ class LabelCodec:
 
 def png_header(path: Path) -> tuple[int, int, int, int]:
     """(width, height, bit depth, colour type) from a PNG's IHDR chunk, without decoding pixels."""
-    with open(path, "rb") as f:
-        head = f.read(26)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot be read ({e.strerror})") from None
     if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         raise DatasetError(f"{path}: not a PNG file")
     width, height = struct.unpack(">II", head[16:24])
     return width, height, head[24], head[25]
+
+
+def header_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file from its header (PNG: the IHDR chunk; others: Pillow's lazy open)."""
+    if path.suffix.lower() == ".png":
+        try:
+            w, h, _, _ = png_header(path)
+            return w, h
+        except (DatasetError, OSError, struct.error):
+            pass  # fall through to Pillow, whose error names the file
+    return image_size(path)
 
 
 def read_pil_ids(path: Path) -> np.ndarray:
@@ -72,10 +86,18 @@ def read_pil_ids(path: Path) -> np.ndarray:
                 f"{path}: {depth}-bit PNG; Pillow would decode it wrongly. SYNTHIA labels must be read with "
                 "dataset 'synthia' (OpenCV decoding)."
             )
-    with Image.open(path) as im:
-        if im.mode not in ("L", "P"):
-            raise DatasetError(f"{path}: label image has mode {im.mode!r}; expected 8-bit ids (mode L or P)")
-        return np.asarray(im)
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P"):
+                raise DatasetError(
+                    f"{path}: label image has mode {im.mode!r}; expected 8-bit ids (mode L or P)"
+                )
+            return np.asarray(im)
+    except DatasetError:
+        raise
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        reason = "not an image file" if isinstance(e, UnidentifiedImageError) else " ".join(str(e).split())
+        raise DatasetError(f"{path}: cannot be read as a label image ({reason}); {UNREADABLE_FIX}") from None
 
 
 def lut_codec(id_to_class: np.ndarray, known_ids, what: str, read=read_pil_ids) -> LabelCodec:
@@ -100,9 +122,13 @@ class FileListDataset(Dataset):
         codec: how the label files are decoded; None for an unlabelled split.
         repair_size: resize a label that differs in size from its image to the image (nearest neighbour);
             otherwise such a pair is an error.
+        check_headers: read every labelled pair's file headers now (cheap: no pixels are decoded) and
+            refuse unreadable files and size mismatches, all listed in one error. Pixel-level problems
+            (truncated data, unknown label values) are found at first read, or up front by
+            ``sfseg check-data``.
 
     Items are dicts with ``image`` (3, H, W) uint8 RGB at the file's resolution, ``index`` and, when the
-    split has labels, ``label`` (H, W) int64 class indices (255 = ignore).
+    split has labels, ``label`` (H, W) uint8 class indices (255 = ignore).
     """
 
     def __init__(
@@ -111,6 +137,7 @@ class FileListDataset(Dataset):
         protocol: ClassProtocol,
         codec: LabelCodec | None,
         repair_size: bool = False,
+        check_headers: bool = True,
     ):
         self.samples = samples
         self.protocol = protocol
@@ -118,6 +145,19 @@ class FileListDataset(Dataset):
         self.repair_size = repair_size
         self.names = [s.name for s in samples]
         self.has_labels = codec is not None and all(s.label is not None for s in samples)
+        if check_headers and self.has_labels and not repair_size:
+            problems = []
+            for s in samples:
+                try:
+                    a, b = header_size(s.image), header_size(s.label)
+                    if a != b:
+                        problems.append(
+                            f"{s.label}: label is {b[0]}x{b[1]} but its image {s.image} is {a[0]}x{a[1]}"
+                        )
+                except DatasetError as e:
+                    problems.append(str(e))
+            if problems:
+                raise problems_error(f"{samples[0].image.parent}", problems)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -140,7 +180,7 @@ class FileListDataset(Dataset):
                     )
                 size = (image.shape[1], image.shape[0])
                 label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
-            item["label"] = torch.from_numpy(label.astype(np.int64))
+            item["label"] = torch.from_numpy(np.require(label, np.uint8, ["C", "W"]))
         return item
 
 

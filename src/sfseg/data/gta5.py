@@ -11,13 +11,12 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
 from sfseg.data.cityscapes import cityscapes_codec
 from sfseg.data.classes import CITYSCAPES19, ClassProtocol
 from sfseg.data.datasets import DatasetError
-from sfseg.data.files import FileListDataset, Sample, paired_files
+from sfseg.data.files import FileListDataset, Sample, header_size, paired_files
 from sfseg.data.registry import register_dataset
 
 LAYOUT = """\
@@ -77,9 +76,8 @@ def gta5(
     if labels and check_sizes:
         mismatched = []
         for s in tqdm(samples, desc="GTA5: checking sizes", disable=not progress, leave=False):
-            with Image.open(s.image) as a, Image.open(s.label) as b:
-                if a.size != b.size:
-                    mismatched.append(s.name)
+            if header_size(s.image) != header_size(s.label):
+                mismatched.append(s.name)
         if mismatched:
             warnings.warn(
                 f"GTA5: {len(mismatched)} label(s) differ in size from their image and are resized to it "

@@ -9,6 +9,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from sfseg.data.classes import ClassProtocol, get_protocol
+from sfseg.errors import ConfigError
 
 _DATASETS: dict[str, tuple[Callable[..., Dataset], ClassProtocol]] = {}
 
@@ -65,4 +66,4 @@ def _register_builtin() -> None:
 def _check(name: str) -> None:
     _register_builtin()
     if name not in _DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; registered datasets: {list_datasets()}")
+        raise ConfigError(f"unknown dataset {name!r}; registered datasets: {list_datasets()}")

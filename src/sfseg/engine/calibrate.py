@@ -39,7 +39,8 @@ def calibrate(
     report: str | Path | None,
     source_overrides: list[str] | None = None,
 ) -> dict:
-    """Train source and oracle models per seed, measure source-only and AdaBN, write the report.
+    """Train source and oracle models per seed, measure source-only and AdaBN, write the report to
+    ``<out>/toycity.md`` (and to ``report`` too when given, e.g. docs/toycity.md).
 
     ``out`` is shared with ``sfseg bench`` by default, so the source models are trained once.
     """
@@ -108,6 +109,7 @@ def calibrate(
     ]
     table = "\n".join(lines)
     print(table)
+    _write_report(out / "toycity.md", table, seeds, root, numbers)
     if report:
         _write_report(Path(report), table, seeds, root, numbers)
     return numbers

@@ -11,6 +11,7 @@ from sfseg.engine import distributed
 from sfseg.engine.inference import Inference, batch_size_hw
 from sfseg.engine.loading import sharded_loader
 from sfseg.engine.metrics import ConfusionMatrix
+from sfseg.errors import DatasetError
 
 
 @torch.no_grad()
@@ -34,7 +35,7 @@ def evaluate(
         the :meth:`ConfusionMatrix.summary` dict (mIoU, per-class IoU, majority/minority mIoU, in %).
     """
     if not getattr(dataset, "has_labels", False):
-        raise ValueError("evaluation needs a labelled split")
+        raise DatasetError("evaluation needs a labelled split (this split has no label files)")
     model = inference.model
     was_training = model.training
     model.eval()

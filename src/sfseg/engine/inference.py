@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from sfseg.data.normalization import Normalization
 from sfseg.data.transforms import resize_image
+from sfseg.errors import DatasetError
 from sfseg.models.ops import upsample_logits
 
 
@@ -186,5 +187,8 @@ def batch_size_hw(batch: dict) -> tuple[int, int]:
     """The label resolution (H, W) of a batch from :class:`InferenceView` (one size per batch)."""
     sizes = batch["size"]
     if not bool((sizes == sizes[0]).all()):
-        raise ValueError("images of different sizes in one batch; use eval_batch_size 1 for this split")
+        raise DatasetError(
+            "images of different sizes in one batch; set runtime.eval_batch_size: 1 (or --batch-size 1) "
+            "or an input size for this split"
+        )
     return int(sizes[0, 0]), int(sizes[0, 1])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sfseg.errors import ConfigError
+
 CONFIGS_ROOT = Path(__file__).resolve().parents[3] / "configs"
 PACKAGE_CONFIGS = CONFIGS_ROOT / "toycity"
 
@@ -13,7 +15,7 @@ def config_dir(path: str | Path | None) -> Path:
     for candidate in (Path(path) if path else None, PACKAGE_CONFIGS):
         if candidate is not None and candidate.is_dir():
             return candidate
-    raise FileNotFoundError(f"recipe directory not found: {path} (nor {PACKAGE_CONFIGS})")
+    raise ConfigError(f"recipe directory not found: {path} (nor {PACKAGE_CONFIGS})")
 
 
 def recipe_path(name: str, recipes: str | Path | None = None) -> Path:
@@ -29,5 +31,5 @@ def recipe_path(name: str, recipes: str | Path | None = None) -> Path:
     path = d / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in d.glob("*.yaml"))
-        raise FileNotFoundError(f"no recipe {path}; recipes available: {known}")
+        raise ConfigError(f"no recipe {path}; recipes available: {known}")
     return path

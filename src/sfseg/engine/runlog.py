@@ -110,7 +110,10 @@ def check_writable_file(path: Path, what: str) -> None:
         raise RunDirError(f"{what} is empty; give a file path")
     if path.is_dir():
         raise RunDirError(f"{what} {path} is a directory; give a file path (e.g. {path / 'model.pt'})")
-    check_writable_dir(path.parent, f"the directory of {what}")
+    try:
+        check_writable_dir(path.parent, "directory")
+    except RunDirError as e:
+        raise RunDirError(f"{what} {path} cannot be written: {e}") from None
 
 
 def prepare_run_dir(out: Path, mode: str) -> None:

@@ -8,6 +8,8 @@ the research codes is that this information is lost.
 from __future__ import annotations
 
 import datetime as _dt
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from torch import nn
 
 import sfseg
 from sfseg.data.normalization import Normalization
+from sfseg.errors import CheckpointError
 from sfseg.models.registry import create_model
 
 FORMAT = "sfseg-checkpoint-v1"
@@ -46,14 +49,32 @@ class Checkpoint:
         return len(self.class_names)
 
     def build(self) -> nn.Module:
+        """The network with these weights.
+
+        Raises:
+            CheckpointError: when the weights do not fit the declared architecture and classes.
+        """
+        where = self.provenance.get("path", "checkpoint")
         model = create_model(self.arch, self.num_classes, **self.arch_kwargs)
-        model.load_state_dict(self.state_dict)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as e:
+            head = _head_classes(self.state_dict)
+            if head is not None and head != self.num_classes:
+                raise CheckpointError(
+                    f"{where}: its head predicts {head} classes but it declares {self.num_classes} class "
+                    f"names {self.class_names}; the file's metadata and weights disagree (re-export it)"
+                ) from None
+            lines = [ln.strip() for ln in str(e).splitlines()[1:4]]
+            raise CheckpointError(
+                f"{where}: its weights do not fit {self.arch} {self.arch_kwargs}: {' '.join(lines)}"
+            ) from None
         return model
 
     def check_classes(self, class_names: list[str] | tuple[str, ...], where: str) -> None:
         """Raise if this checkpoint's classes differ from those of the data at ``where``."""
         if list(class_names) != list(self.class_names):
-            raise ValueError(
+            raise CheckpointError(
                 f"class mismatch: the checkpoint predicts {self.num_classes} classes "
                 f"{list(self.class_names)}, "
                 f"but the data at {where} has {len(class_names)} classes {list(class_names)}. "
@@ -91,23 +112,80 @@ def save_checkpoint(
     return path
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(CheckpointError):
     """A file whose format is not one of the known checkpoint families."""
 
 
+def _head_classes(sd: dict) -> int | None:
+    for key in ("classifier.conv2d_list.0.weight", "layer5.conv2d_list.0.weight"):
+        if key in sd and hasattr(sd[key], "shape"):
+            return int(sd[key].shape[0])
+    return None
+
+
 def read_tensors(path: str | Path):
-    """``torch.load`` with ``weights_only=True`` (never unpickles code), with errors that say what to do."""
+    """``torch.load`` with ``weights_only=True`` (never unpickles code), with errors that say what is wrong.
+
+    Raises:
+        CheckpointError: the file is missing, empty, truncated or corrupt, not a PyTorch file, or holds
+            Python objects other than tensors (which sfseg never unpickles).
+    """
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: the checkpoint file is empty (an interrupted copy or download?)")
+    with open(path, "rb") as f:
+        head = f.read(4)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (torch raises several types for non-tensor pickles)
-        raise CheckpointFormatError(
-            f"{path}: cannot be read as tensors only ({type(e).__name__}). It holds other Python objects "
-            "(e.g. ProDA's NumPy scalar); if you trust the file, load it yourself and save its state dict "
-            "with torch.save(state_dict, ...)."
-        ) from e
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "numpy" not in str(e):
+                raise
+            # NumPy scalars and dtypes (ProDA stores an iteration counter as one) are plain data; allowing
+            # them keeps the load weights-only: nothing else is unpickled.
+            with torch.serialization.safe_globals(_numpy_scalar_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "Weights only load failed" in text or "weights_only" in text:
+            culprit = re.search(r"(GLOBAL|global) ([\w.]+)", text)
+            what = f" ({culprit.group(2)})" if culprit else ""
+            raise CheckpointError(
+                f"{path}: holds Python objects other than tensors{what}. sfseg reads checkpoints without "
+                "unpickling code, so it cannot read this file; export its state dict (tensors only) with the "
+                "code that wrote it"
+            ) from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_kind(head)}): {text[:120]}") from None
+    except Exception as e:  # noqa: BLE001  (torch raises many types for a damaged or foreign file)
+        if head[:2] == b"PK":
+            raise CheckpointError(
+                f"{path}: the checkpoint is truncated or corrupt ({' '.join(str(e).split())[:160]}); copy or "
+                "download it again"
+            ) from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_kind(head)})") from None
+
+
+def _numpy_scalar_globals() -> list:
+    import numpy as np
+
+    scalar = getattr(np, "_core", np.core).multiarray.scalar
+    dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    return [scalar, np.dtype, *dtypes]
+
+
+def _kind(head: bytes) -> str:
+    if head[:4] == b"\x89PNG":
+        return "a PNG image"
+    if head[:1] == b"\x80":
+        return "a legacy pickle that cannot be read: truncated or corrupt"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "a text file"
+    return "unknown binary contents"
 
 
 def load_checkpoint(path: str | Path, family: str = "", classes: str = "") -> Checkpoint:
@@ -133,11 +211,24 @@ def load_checkpoint(path: str | Path, family: str = "", classes: str = "") -> Ch
             f"{': ' + ', '.join(unused[:6]) + (' ...' if len(unused) > 6 else '') if unused else ''})"
         )
         return ckpt
-    return Checkpoint(
-        arch=payload["arch"],
-        arch_kwargs=payload["arch_kwargs"],
-        class_names=payload["class_names"],
-        normalization=Normalization.from_dict(payload["normalization"]),
-        state_dict=payload["state_dict"],
-        provenance=payload["provenance"],
-    )
+    try:
+        ckpt = Checkpoint(
+            arch=payload["arch"],
+            arch_kwargs=payload["arch_kwargs"],
+            class_names=payload["class_names"],
+            normalization=Normalization.from_dict(payload["normalization"]),
+            state_dict=payload["state_dict"],
+            provenance=payload["provenance"],
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{path}: an sfseg checkpoint with damaged metadata ({type(e).__name__}: {e})"
+        ) from None
+    ckpt.provenance = {**ckpt.provenance, "path": str(path)}
+    head = _head_classes(ckpt.state_dict)
+    if head is not None and head != ckpt.num_classes:
+        raise CheckpointError(
+            f"{path}: its head predicts {head} classes but it declares {ckpt.num_classes} class names "
+            f"{ckpt.class_names}; the file's metadata and weights disagree (re-export it)"
+        )
+    return ckpt

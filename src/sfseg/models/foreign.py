@@ -32,6 +32,7 @@ import torch
 
 from sfseg.data.classes import PROTOCOLS, ClassProtocol
 from sfseg.data.normalization import CAFFE_BGR, IMAGENET, Normalization
+from sfseg.errors import CheckpointError
 from sfseg.models.checkpoint import Checkpoint, CheckpointFormatError, read_tensors
 from sfseg.models.deeplab_v2 import DeepLabV2
 
@@ -94,6 +95,12 @@ def detect_family(sd: dict[str, torch.Tensor]) -> str | tuple[str, ...]:
         )
     if any(k.startswith("Scale.") for k in keys):
         return "deeplab_caffe_init"
+    if "backbone.0.0.weight" in keys and any(k.startswith("classifier.conv2d_list.") for k in keys):
+        raise CheckpointFormatError(
+            "a bare state dict of sfseg's deeplab_small (torch.save(model.state_dict())): it has no "
+            "metadata (architecture options, classes, normalisation). Save models with "
+            "sfseg.models.save_checkpoint, or use the checkpoint the run wrote (final.pt, round_<r>.pt)"
+        )
     if any(k.startswith("backbone.") for k in keys) and any(k.startswith("classifier.") for k in keys):
         return "tllib"
     l5, l6 = _head_in(sd, "layer5"), _head_in(sd, "layer6")
@@ -140,7 +147,7 @@ def convert(sd: dict[str, torch.Tensor], family: Family) -> tuple[dict[str, torc
 def _class_names(num_classes: int, protocol: ClassProtocol | None, where: str) -> list[str]:
     if protocol is not None:
         if protocol.num_classes != num_classes:
-            raise ValueError(
+            raise CheckpointError(
                 f"{where}: the checkpoint predicts {num_classes} classes but protocol {protocol.name} has "
                 f"{protocol.num_classes}; choose the matching protocol (e.g. --protocol synthia16 for 16 "
                 "classes, cityscapes19 for 19)"
@@ -148,7 +155,7 @@ def _class_names(num_classes: int, protocol: ClassProtocol | None, where: str) -
         return list(protocol.names)
     matches = [p for p in PROTOCOLS.values() if p.num_classes == num_classes]
     if len(matches) != 1:
-        raise ValueError(f"{where}: {num_classes} output classes; say which protocol (classes=...)")
+        raise CheckpointError(f"{where}: {num_classes} output classes; say which protocol (classes=...)")
     return list(matches[0].names)
 
 
@@ -167,7 +174,10 @@ def import_state_dict(
         where: a name for messages (the file).
     """
     sd = clean_state_dict(sd)
-    detected = detect_family(sd)
+    try:
+        detected = detect_family(sd)
+    except CheckpointFormatError as e:
+        raise CheckpointFormatError(f"{where}: {e}") from None
     if not family:
         if isinstance(detected, tuple):
             raise CheckpointFormatError(
@@ -177,13 +187,15 @@ def import_state_dict(
             )
         family = detected
     if family not in FAMILIES:
-        raise ValueError(f"unknown checkpoint family {family!r}; known: {sorted(FAMILIES)}")
+        raise CheckpointError(f"unknown checkpoint family {family!r}; known: {sorted(FAMILIES)}")
     fam = FAMILIES[family]
     weights, unused = convert(sd, fam)
     if fam.head:
         num_classes = int(weights["layer5.conv2d_list.0.weight"].shape[0])
     elif protocol is None:
-        raise ValueError(f"{where}: a {fam.description} file has no segmentation head; say which classes")
+        raise CheckpointError(
+            f"{where}: a {fam.description} file has no segmentation head; say which classes"
+        )
     else:
         num_classes = protocol.num_classes
     class_names = _class_names(num_classes, protocol, where)

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from sfseg.errors import ConfigError
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -30,5 +32,8 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
         **kwargs: architecture options, passed to the entry function.
     """
     if name not in _MODELS:
-        raise KeyError(f"unknown model {name!r}; registered models: {list_models()}")
-    return _MODELS[name](num_classes=num_classes, **kwargs)
+        raise ConfigError(f"unknown model {name!r}; registered models: {list_models()}")
+    try:
+        return _MODELS[name](num_classes=num_classes, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model {name!r} with options {kwargs}: {e}") from None
