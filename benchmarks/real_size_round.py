@@ -24,8 +24,8 @@ from sfseg.config import load_config
 from sfseg.data.classes import CITYSCAPES19
 from sfseg.data.fake_trees import write_cityscapes
 from sfseg.data.normalization import CAFFE_BGR
-from sfseg.engine.run import run_adaptation
 from sfseg.engine.recipes import recipe_path
+from sfseg.engine.run import run_adaptation
 from sfseg.models import save_checkpoint
 from sfseg.models.deeplab_v2 import DeepLabV2
 

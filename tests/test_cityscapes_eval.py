@@ -91,6 +91,10 @@ def test_cli_predict_cityscapes_format_agrees_with_eval(tmp_path, capsys):
         assert arr.shape == (32, 64) and set(np.unique(arr)) <= set(CITYSCAPES19.label_ids())
     ours = json.loads((tmp_path / "m.json").read_text())
     official = _official(preds, _gt_paths(tmp_path / "cs", ds))
+    # Scoring the exported files gives the same numbers as scoring the model.
+    files = tmp_path / "files.json"
+    assert main(["eval", "--predictions", str(tmp_path / "pred"), *common[2:], "--json", str(files)]) == 0
+    assert json.loads(files.read_text())["per_class"] == pytest.approx(ours["per_class"], abs=1e-9)
     for name in CITYSCAPES19.names:
         if ours["per_class"][name] is None:
             assert math.isnan(official[name])

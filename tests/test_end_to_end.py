@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -70,31 +71,35 @@ def test_demo_end_to_end_on_tiny_data(tmp_path, capsys):
         tmp_path / "demo",
         overrides=["epochs_per_round=1", "batch_size=4"],
         source_overrides=["epochs=2", SMALL_MODEL],
-        spec=TINY,
+        spec=replace(TINY, variant="small_objects"),
+        jobs=2,  # the demo's two-at-a-time path (child processes)
     )
     assert set(res["results"]) == {"source_only", "adabn", "naive_st", "ld", "ldbe"}
     out = capsys.readouterr().out
     assert "| **mIoU** |" in out and "Demo finished" in out and "minority classes hold" in out
+    assert "Time per phase" in out and "source model" in out and "trained (the shipped one is stale)" in out
     for f in ("per_class_iou.png", "pl_share_ld.png", "results.md", "results.json"):
         assert (tmp_path / "demo" / f).is_file()
     md = (tmp_path / "demo" / "results.md").read_text()
     assert "| ld |" in md and "minority share at start" in md and "step 0" in md
 
 
-def test_calibrate_writes_the_report(tiny_toycity, tmp_path):
+def test_calibrate_writes_the_report(tmp_path):
     from sfseg.engine.calibrate import calibrate
 
     report = tmp_path / "toycity.md"
     report.write_text("# ToyCity\n\nintro kept\n")
-    numbers = calibrate(
-        tiny_toycity, tmp_path / "cal", seeds=[0], report=report, source_overrides=["epochs=1", SMALL_MODEL]
+    kwargs = dict(
+        data_dir=tmp_path / "data", report=report, source_overrides=["epochs=1", SMALL_MODEL], base=TINY
     )
+    numbers = calibrate(["materials", "small_objects"], [1], [0], tmp_path / "cal", **kwargs)
     text = report.read_text()
     assert "intro kept" in text and "gap closed by AdaBN" in text and "| traffic light |" in text
-    assert len(numbers["oracle_on_target_val"]) == 1 and set(numbers["checks"]) >= {"oracle on target val"}
-    calibrate(
-        tiny_toycity, tmp_path / "cal", seeds=[0], report=report, source_overrides=["epochs=1", SMALL_MODEL]
-    )
+    assert "#### small_objects-w1" in text and "at <= 1/2 their true share" in text
+    w = numbers["worlds"]["materials-w1"]
+    assert len(w["oracle_on_target_val"]) == 1 and len(w["measure"][0]["pred_over_true"]) == 12
+    assert (tmp_path / "cal" / "toycity.md").is_file() and (tmp_path / "cal" / "calibration.json").is_file()
+    calibrate(["materials", "small_objects"], [1], [0], tmp_path / "cal", **kwargs)  # sources reused
     assert report.read_text().count("<!-- calibration -->") == 2  # replaced, not appended
 
 
@@ -141,3 +146,23 @@ def test_bench_reuses_the_first_stage_of_a_two_stage_method(tiny_toycity, tmp_pa
     assert not (tmp_path / "ldbe" / "seed0" / "ld").exists()  # LD was not run a second time
     prov = load_checkpoint(tmp_path / "ldbe" / "seed0" / "final.pt").provenance
     assert prov["parent"]["method"] == "ld" and prov["parent"]["rounds"] == 1
+
+
+def test_suite_runs_every_variant_and_writes_the_summary(tmp_path):
+    from sfseg.engine.bench import run_suite
+
+    per_world = run_suite(
+        ["materials", "fog"],
+        [1],
+        ["source_only", "ld"],
+        [0],
+        tmp_path / "suite",
+        data_dir=tmp_path / "data",
+        overrides=["epochs_per_round=1", "batch_size=4"],
+        source_overrides=["epochs=1", SMALL_MODEL],
+        base=TINY,
+    )
+    assert set(per_world) == {"materials-w1", "fog-w1"}
+    text = (tmp_path / "suite" / "suite.md").read_text()
+    assert "mean rank" in text and "Winner-takes-all view: fog-w1" in text and "| ld |" in text
+    assert (tmp_path / "suite" / "fog-w1" / "results.md").is_file()

@@ -49,3 +49,20 @@ def test_unmapped_label_value_is_an_error():
     cm = ConfusionMatrix(3)
     with pytest.raises(ValueError, match=r"\[7\]"):
         cm.update(torch.tensor([0, 7]), torch.tensor([0, 1]))
+
+
+def test_uint8_fast_path_equals_the_general_path_and_checks_values():
+    g = torch.Generator().manual_seed(3)
+    gt = torch.randint(0, 6, (3, 40, 50), generator=g).to(torch.uint8)
+    gt[0, :5] = 255
+    pred = torch.randint(0, 6, (3, 40, 50), generator=g).to(torch.uint8)
+    fast, general = ConfusionMatrix(6), ConfusionMatrix(6)
+    fast.update(gt, pred)
+    general.update(gt.long(), pred.long())
+    assert torch.equal(fast.mat, general.mat) and int(fast.mat.sum()) == 3 * 40 * 50 - 5 * 50
+    bad = gt.clone()
+    bad[1, 0, 0] = 9
+    with pytest.raises(ValueError, match=r"\[9\]"):
+        ConfusionMatrix(6).update(bad, pred)
+    with pytest.raises(ValueError, match="predictions must be class indices"):
+        ConfusionMatrix(6).update(gt, torch.full_like(pred, 7))

@@ -76,9 +76,11 @@ def entropy_unselected(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
         probs (B, C, H, W), labels (B, H, W) -> scalar (zero, with a graph, if every pixel is selected).
     """
     mask = labels == IGNORE_INDEX
-    if not mask.any():
+    n = mask.sum()
+    if not n:
         return probs.sum() * 0.0
-    return entropy_map(probs)[mask].mean()
+    # A weighted sum instead of a masked copy: the same mean, cheaper on CPUs.
+    return (entropy_map(probs) * mask).sum() / n
 
 
 def reference_code_entropy(probs: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ def cmd_toycity_generate(args: argparse.Namespace) -> None:
 
     check_writable_dir(Path(args.out), "--out")
 
-    spec = ToyCitySpec(seed=args.seed)
+    spec = ToyCitySpec(seed=args.seed, variant=args.variant)
     if args.small:
         spec = replace(spec, source_train=24, source_val=8, target_train=24, target_val=8)
     if is_generated(args.out, spec) and not args.force:
@@ -55,7 +55,16 @@ def cmd_toycity_generate(args: argparse.Namespace) -> None:
 def cmd_toycity_calibrate(args: argparse.Namespace) -> None:
     from sfseg.engine.calibrate import calibrate
 
-    calibrate(args.data, args.out, seeds=args.seeds, report=args.report)
+    calibrate(
+        args.variants,
+        args.worlds,
+        args.seeds,
+        args.out,
+        data_dir=args.data_dir,
+        report=args.report,
+        source_overrides=args.overrides,
+        jobs=args.jobs,
+    )
 
 
 def cmd_train_source(args: argparse.Namespace) -> None:
@@ -96,14 +105,11 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     print(f"run directory: {cfg.out}")
 
 
-def _data_and_checkpoint(args: argparse.Namespace, labels: bool):
-    """The checkpoint, the split named on the command line, and its protocol; checked against each other."""
+def _data(args: argparse.Namespace, labels: bool):
+    """The split named on the command line and its protocol."""
     from sfseg.data.registry import build_dataset, dataset_protocol
-    from sfseg.models import load_checkpoint
 
     protocol = dataset_protocol(args.dataset, args.protocol)
-    ckpt = load_checkpoint(args.checkpoint, family=args.family, classes=protocol.name)
-    ckpt.check_classes(protocol.names, args.data)
     split = args.split
     if args.mapping and args.dataset != "folder":
         raise ConfigError(f"--mapping applies to --dataset folder only, not {args.dataset!r}")
@@ -111,6 +117,20 @@ def _data_and_checkpoint(args: argparse.Namespace, labels: bool):
     if args.dataset == "toycity":
         split = split if args.domain == "target" else f"source_{split}"
     data = build_dataset(args.dataset, args.data, split, protocol.name, labels, progress=True, **options)
+    return data, protocol
+
+
+def _data_and_checkpoint(args: argparse.Namespace, labels: bool):
+    """The checkpoint, the split named on the command line, and its protocol; checked against each other."""
+    from sfseg.data.registry import dataset_protocol
+    from sfseg.models import load_checkpoint
+
+    if not args.checkpoint:
+        raise ConfigError("--checkpoint is required (or --predictions DIR to score prediction files)")
+    protocol = dataset_protocol(args.dataset, args.protocol)
+    ckpt = load_checkpoint(args.checkpoint, family=args.family, classes=protocol.name)
+    ckpt.check_classes(protocol.names, args.data)
+    data, protocol = _data(args, labels)
     return ckpt, data, protocol
 
 
@@ -125,19 +145,34 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from sfseg.engine.evaluate import evaluate
     from sfseg.engine.report import per_class_table
 
-    ckpt, data, protocol = _data_and_checkpoint(args, labels=True)
     if args.json:
         from sfseg.engine.runlog import check_writable_file
 
         check_writable_file(Path(args.json), "--json")
-    res = evaluate(_inference(args, ckpt), data, protocol, batch_size=args.batch_size, progress=True)
+    if args.predictions:
+        from sfseg.engine.evaluate import evaluate_files
+
+        data, protocol = _data(args, labels=True)
+        res = evaluate_files(data, args.predictions, protocol, args.format, args.workers, progress=True)
+        name = str(args.predictions)
+    else:
+        ckpt, data, protocol = _data_and_checkpoint(args, labels=True)
+        res = evaluate(
+            _inference(args, ckpt),
+            data,
+            protocol,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=True,
+        )
+        name = Path(args.checkpoint).name
     res["protocol"] = {
         "classes": protocol.name,
         "input_size": args.input_size,
         "scales": [1.0],
         "flip": False,
     }
-    print(per_class_table({Path(args.checkpoint).name: res}, protocol))
+    print(per_class_table({name: res}, protocol))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
 
@@ -199,8 +234,22 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from sfseg.engine.bench import run_bench
+    from sfseg.engine.bench import run_bench, run_suite
 
+    if args.variants:
+        run_suite(
+            args.variants,
+            args.worlds,
+            args.methods,
+            args.seeds,
+            args.out,
+            data_dir=args.data_dir,
+            recipes=args.configs,
+            overrides=args.overrides,
+            resume=args.resume,
+            jobs=args.jobs,
+        )
+        return
     run_bench(
         args.data,
         args.out,
@@ -210,16 +259,19 @@ def cmd_bench(args: argparse.Namespace) -> None:
         source_dir=args.source_dir,
         overrides=args.overrides,
         resume=args.resume,
+        jobs=args.jobs,
     )
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from sfseg.engine.demo import run_demo
 
-    run_demo(data_root=args.data, out=args.out, seed=args.seed)
+    run_demo(data_root=args.data, out=args.out, seed=args.seed, jobs=args.jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sfseg.data.toycity import VARIANTS
+
     p = argparse.ArgumentParser(prog="sfseg", description="Source-free domain adaptation for segmentation.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -228,17 +280,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = tc.add_parser("generate", help="write the ToyCity benchmark to disk")
     g.add_argument("--out", default="data/toycity")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--variant", default="materials", choices=sorted(VARIANTS), help="the synthetic-to-real factor"
+    )
+    g.add_argument("--seed", type=int, default=0, help="the world: 0 = test world, 1 = development world")
     g.add_argument("--small", action="store_true", help="a tiny copy (24/8 images per split) for smoke tests")
     g.add_argument("--quiet", action="store_true")
     g.add_argument("--force", action="store_true", help="write even if the same spec is already there")
     g.set_defaults(func=cmd_toycity_generate)
-    c = tc.add_parser("calibrate", help="measure source/oracle/source-only/AdaBN and write docs/toycity.md")
-    c.add_argument("--data", default="data/toycity")
-    c.add_argument("--out", default="runs/bench", help="run directory (shared with bench: sources reused)")
-    c.add_argument("--seeds", type=int, nargs="+", default=[0])
+    c = tc.add_parser("calibrate", help="measure each variant's source/oracle/source-only/AdaBN and bias")
+    c.add_argument("--variants", nargs="+", default=sorted(VARIANTS), choices=sorted(VARIANTS))
+    c.add_argument(
+        "--worlds", type=int, nargs="+", default=[0], help="generator seeds (0 test, 1 development)"
+    )
+    c.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
+    c.add_argument(
+        "--data-dir", default="data", help="worlds are generated into <data-dir>/toycity-<variant>-w<world>"
+    )
+    c.add_argument("--out", default="runs/suite", help="run directory (shared with bench: sources reused)")
+    c.add_argument("--jobs", type=int, default=1, help="trainings at a time (processes)")
     c.add_argument(
         "--report", default="", help="also update this markdown file (default: <out>/toycity.md only)"
+    )
+    c.add_argument(
+        "--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help="source recipe overrides"
     )
     c.set_defaults(func=cmd_toycity_calibrate)
 
@@ -258,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint (mIoU, per-class IoU, majority/minority)")
     pr = sub.add_parser("predict", help="write prediction PNGs (Cityscapes labelIds or trainIds)")
     for q in (e, pr):
-        q.add_argument("--checkpoint", required=True, help="sfseg checkpoint or community DeepLab-v2 file")
+        q.add_argument("--checkpoint", default="", help="sfseg checkpoint or community DeepLab-v2 file")
         q.add_argument("--family", default="", help="checkpoint family when its keys are ambiguous")
         q.add_argument("--dataset", default="toycity", help="toycity, cityscapes, gta5, synthia, folder")
         q.add_argument("--data", default="data/toycity", help="dataset root")
@@ -270,7 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--input-size", type=int, nargs=2, metavar=("W", "H"), help="resize inputs (Cityscapes: 1024 512)"
         )
         q.add_argument("--batch-size", type=int, default=4)
+        q.add_argument("--workers", type=int, default=0, help="data-loading processes")
     e.add_argument("--json", help="also write the metrics to this JSON file")
+    e.add_argument(
+        "--predictions", help="score the prediction PNGs in this folder (written by sfseg predict) instead"
+    )
+    e.add_argument(
+        "--format", default="cityscapes", choices=["cityscapes", "trainid"], help="of --predictions"
+    )
     e.set_defaults(func=cmd_eval)
     pr.add_argument("--out", required=True, help="output directory")
     pr.add_argument("--format", default="cityscapes", choices=["cityscapes", "trainid"])
@@ -306,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     b.add_argument("--source-dir", help="where source models are cached (default: --out)")
     b.add_argument("--resume", action="store_true", help="reuse finished runs, resume unfinished ones")
+    b.add_argument("--jobs", type=int, default=1, help="trainings at a time (processes)")
+    b.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="run the ToyCity suite's variants")
+    b.add_argument("--worlds", type=int, nargs="+", default=[0], help="suite worlds (0 test, 1 development)")
+    b.add_argument(
+        "--data-dir", default="data", help="suite worlds live in <data-dir>/toycity-<variant>-w<world>"
+    )
     b.add_argument(
         "--set",
         dest="overrides",
@@ -319,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo", help="generate ToyCity, train the source model, compare methods (CPU, minutes)"
     )
-    d.add_argument("--data", default="data/toycity")
+    d.add_argument("--data", default=None, help="default: data/toycity-small_objects-w0")
+    d.add_argument("--jobs", type=int, default=None, help="runs at a time (default: 2 on a CPU, 1 on a GPU)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)

@@ -144,6 +144,9 @@ class ListDataset(Dataset):
     def image(self, i: int) -> torch.Tensor:
         return self.images[i]
 
+    def label(self, i: int) -> torch.Tensor:
+        return self.labels[i]
+
     def __getitem__(self, i: int) -> dict:
         item = {"image": self.images[i], "index": i}
         if self.has_labels:

@@ -21,7 +21,7 @@ generation order, and the same seed gives byte-identical files.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from tqdm import tqdm
 from sfseg.data.classes import TOYCITY
 from sfseg.data.toycity_render import AppearanceStyle, render
 from sfseg.data.toycity_scene import LayoutStyle, generate_scene
+from sfseg.errors import ConfigError
 
 GENERATOR_VERSION = 2
 DOMAINS = ("source", "target")
@@ -127,12 +128,94 @@ PHOTO_LOOK = AppearanceStyle(
     noise=(3.0, 7.0),
 )
 
-STYLES = {"source": (SIM_LAYOUT, SIM_LOOK), "target": (PHOTO_LAYOUT, PHOTO_LOOK)}
+MINORITY = ("fence", "pole", "traffic light", "traffic sign", "person")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One synthetic-to-real factor: how each domain is laid out and rendered."""
+
+    name: str
+    description: str
+    source: tuple[LayoutStyle, AppearanceStyle]
+    target: tuple[LayoutStyle, AppearanceStyle]
+
+    def style(self, domain: str) -> tuple[LayoutStyle, AppearanceStyle]:
+        return self.source if domain == "source" else self.target
+
+
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant(
+            "materials",
+            "class-conditional materials, textures, lighting and layout (generator v2; the original ToyCity)",
+            (SIM_LAYOUT, SIM_LOOK),
+            (PHOTO_LAYOUT, PHOTO_LOOK),
+        ),
+        Variant(
+            "small_objects",
+            "the sim domain's materials, but small and thin objects are thinner, smaller and low in contrast "
+            "(dull, taking the colour of what is behind them), as street furniture and pedestrians are in "
+            "real photos, under a slightly blurry, noisy sensor: the source model swallows them into the "
+            "classes around them",
+            (SIM_LAYOUT, SIM_LOOK),
+            (
+                replace(
+                    PHOTO_LAYOUT,
+                    pole_width=(0.8, 1.6),
+                    thin_poles=True,
+                    sign_size=0.045,
+                    light_size=0.04,
+                    person_height=0.22,
+                ),
+                replace(
+                    SIM_LOOK,
+                    palette={**SIM_LOOK.palette, "sky": PHOTO_LOOK.palette["sky"]},
+                    camouflage=(0.7, 0.9),
+                    camouflage_classes=MINORITY,
+                    texture=0.8,
+                    exposure=(0.8, 1.1),
+                    cast=0.04,
+                    blur=(0.4, 1.0),
+                    noise=(2.0, 6.0),
+                ),
+            ),
+        ),
+        Variant(
+            "fog",
+            "the sim domain's materials in bad weather: fog of varying density and tint (contrast falls "
+            "with distance to the airlight, far objects fade into the sky), a wet, darker street, and a "
+            "noisy sensor",
+            (SIM_LAYOUT, SIM_LOOK),
+            (
+                PHOTO_LAYOUT,
+                replace(
+                    SIM_LOOK,
+                    fog=(0.3, 1.5),
+                    fog_tint=0.12,
+                    wet=(0.2, 0.5),
+                    exposure=(0.7, 1.1),
+                    blur=(0.3, 0.8),
+                    noise=(3.0, 7.0),
+                ),
+            ),
+        ),
+    )
+}
+"""The ToyCity suite: ``sfseg toycity generate --variant NAME --seed S``. Generator seed 1 of each variant
+is its development world (recipe choices are made there), seed 0 its test world (reported)."""
+
+DEFAULT_VARIANT = "materials"
+STYLES = {"source": VARIANTS["materials"].source, "target": VARIANTS["materials"].target}
 
 
 @dataclass(frozen=True)
 class ToyCitySpec:
-    """What to generate. The defaults are the benchmark; tests use tiny sizes."""
+    """What to generate. The defaults are the benchmark; tests use tiny sizes.
+
+    ``variant`` names one of :data:`VARIANTS`; ``seed`` the world (0: test, 1: development).
+    """
 
     seed: int = 0
     height: int = 96
@@ -141,15 +224,28 @@ class ToyCitySpec:
     source_val: int = 100
     target_train: int = 300
     target_val: int = 100
+    variant: str = DEFAULT_VARIANT
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"unknown ToyCity variant {self.variant!r}; variants: {sorted(VARIANTS)}")
 
     def count(self, domain: str, split: str) -> int:
         return getattr(self, f"{domain}_{split}")
+
+    def to_dict(self) -> dict:
+        """The spec as recorded in ``toycity.json`` (the default variant is not written, so that the
+        original ToyCity's files stay byte-identical)."""
+        d = asdict(self)
+        if d["variant"] == DEFAULT_VARIANT:
+            del d["variant"]
+        return d
 
 
 def generate_sample(spec: ToyCitySpec, domain: str, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
     """One (image RGB uint8 (H, W, 3), trainId label uint8 (H, W)) pair."""
     rng = np.random.default_rng([spec.seed, DOMAINS.index(domain), SPLITS.index(split), index])
-    layout, look = STYLES[domain]
+    layout, look = VARIANTS[spec.variant].style(domain)
     scene = generate_scene(rng, layout, spec.height, spec.width)
     return render(scene, look, rng), scene.label
 
@@ -181,7 +277,7 @@ def generate(root: str | Path, spec: ToyCitySpec = ToyCitySpec(), progress: bool
     meta = {
         "name": "toycity",
         "generator_version": GENERATOR_VERSION,
-        "spec": asdict(spec),
+        "spec": spec.to_dict(),
         "protocol": TOYCITY.name,
         "classes": list(TOYCITY.names),
     }
@@ -199,4 +295,4 @@ def is_generated(root: str | Path, spec: ToyCitySpec | None = None) -> bool:
     meta = json.loads(meta_path.read_text())
     if meta.get("generator_version") != GENERATOR_VERSION:
         return False
-    return spec is None or meta.get("spec") == asdict(spec)
+    return spec is None or meta.get("spec") == spec.to_dict()

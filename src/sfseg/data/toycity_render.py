@@ -34,6 +34,17 @@ class AppearanceStyle:
         vignette: darkening at the corners (0 = none).
         blur: range of the Gaussian blur sigma, in pixels.
         noise: range of the sensor-noise standard deviation, in 0..255 units.
+        camouflage: range of the share by which each instance of ``camouflage_classes`` takes the mean
+            colour of its surroundings (low contrast: dull grey poles against grey facades, dark clothes
+            against asphalt); 0 = none.
+        camouflage_classes: the classes it applies to.
+        fog: range of the fog density ``beta``: a pixel at ground depth ``t`` (0 at the horizon, 1 at the
+            bottom row) keeps ``exp(-beta * (1 - t))`` of its colour and takes the rest from ``fog_colour``;
+            everything at or above the horizon is as far as the horizon. 0 = clear.
+        fog_colour: the airlight colour.
+        fog_tint: standard deviation of a per-image change of the airlight colour (haze at dawn is warm,
+            under overcast skies grey-blue).
+        wet: how much darker road and sidewalk are (a wet street), drawn per image in this range.
     """
 
     palette: dict[str, tuple[RGB, ...]]
@@ -46,6 +57,12 @@ class AppearanceStyle:
     vignette: float = 0.0
     blur: tuple[float, float] = (0.0, 0.0)
     noise: tuple[float, float] = (0.0, 0.0)
+    camouflage: tuple[float, float] = (0.0, 0.0)
+    camouflage_classes: tuple[str, ...] = ()
+    fog: tuple[float, float] = (0.0, 0.0)
+    fog_colour: RGB = (200, 202, 205)
+    fog_tint: float = 0.0
+    wet: tuple[float, float] = (0.0, 0.0)
 
 
 def smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
@@ -68,6 +85,8 @@ def render(scene: Scene, style: AppearanceStyle, rng: np.random.Generator) -> np
         base = np.asarray(options[rng.integers(len(options))], np.float32)
         colours[i] = base + rng.normal(0, style.jitter, 3)
     img = colours[inst]
+    if style.camouflage[1] > 0:
+        _camouflage(img, scene, style, rng)
 
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     hz = max(scene.horizon, 1)
@@ -89,6 +108,17 @@ def render(scene: Scene, style: AppearanceStyle, rng: np.random.Generator) -> np
     if style.vignette:
         r2 = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2
         img *= (1 - style.vignette * r2 / 2)[..., None]
+    if style.wet[1] > 0:
+        street = (label == C["road"]) | (label == C["sidewalk"])
+        img[street] *= np.float32(1 - rng.uniform(*style.wet))
+    if style.fog[1] > 0:
+        beta = rng.uniform(*style.fog)
+        air = np.asarray(style.fog_colour, np.float32) * (1 + rng.normal(0, style.fog_tint, 3)).astype(
+            np.float32
+        )
+        distance = 1 - np.where(yy > scene.horizon, scene.depth, 0.0)  # 1 at and above the horizon
+        keep = np.exp(-beta * distance)[..., None]
+        img = img * keep + air * (1 - keep)
 
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     sigma = rng.uniform(*style.blur)
@@ -99,6 +129,24 @@ def render(scene: Scene, style: AppearanceStyle, rng: np.random.Generator) -> np
     if sigma_n > 0:
         arr = arr + rng.normal(0, sigma_n, arr.shape)
     return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
+def _camouflage(img: np.ndarray, scene: Scene, style: AppearanceStyle, rng: np.random.Generator) -> None:
+    """Blend each instance of ``camouflage_classes`` toward the mean colour of a ring around it."""
+    inst = scene.inst
+    classes = {C[n] for n in style.camouflage_classes}
+    for i, cls in enumerate(scene.inst_class):
+        if cls not in classes:
+            continue
+        mask = inst == i
+        if not mask.any():
+            continue
+        grown = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(5))) > 0
+        ring = grown & ~mask
+        if not ring.any():
+            continue
+        k = np.float32(rng.uniform(*style.camouflage))
+        img[mask] = (1 - k) * img[mask] + k * img[ring].mean(0)
 
 
 def _textures(img: np.ndarray, scene: Scene, style: AppearanceStyle, rng: np.random.Generator) -> None:

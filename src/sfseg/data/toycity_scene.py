@@ -43,6 +43,10 @@ class LayoutStyle:
     car_width: float  # at t = 1, fraction of W
     persons: tuple[int, int]
     person_height: float  # at t = 1, fraction of H
+    pole_width: tuple[float, float] = (1.5, 2.5)  # pixels: base + t * slope (at least 2 unless thin_poles)
+    sign_size: float = 0.06  # sign half-size at t = 1, fraction of H
+    light_size: float = 0.05  # light width at t = 1, fraction of H
+    thin_poles: bool = False  # allow 1-pixel poles (the minimum width is otherwise 2)
 
 
 @dataclass
@@ -148,13 +152,13 @@ def generate_scene(rng: np.random.Generator, style: LayoutStyle, height: int, wi
         if kind == "pole":
             x = vx + s * (t * road_hw + t * side_w * rng.uniform(0.5, 0.9) + 1)
             ph = t * style.pole_height * h + 4
-            pw = max(2.0, round(1.5 + t * 2.5))
+            pw = max(1.0 if style.thin_poles else 2.0, round(style.pole_width[0] + t * style.pole_width[1]))
             cv.paint(cv.rect(y - ph, y, x, x + pw), C["pole"])
             if rng.random() < style.sign_p:
-                r = max(2.5, t * 0.06 * h)
+                r = max(2.5, t * style.sign_size * h)
                 cv.paint(cv.rect(y - ph - r, y - ph + r, x + pw / 2 - r, x + pw / 2 + r), C["traffic sign"])
             elif rng.random() < style.light_p:
-                lw = max(3.0, t * 0.05 * h)
+                lw = max(3.0, t * style.light_size * h)
                 cv.paint(cv.rect(y - ph, y - ph + 2.5 * lw, x - s * lw, x - s * lw + lw), C["traffic light"])
         elif kind == "car":
             cw = t * style.car_width * w + 3

@@ -1,25 +1,64 @@
 """Methods x seeds on ToyCity: one source model per seed, every method adapted from it.
 
 The seed changes the source model's initialisation and sampling as well as the adaptation's, so the
-reported std covers both sources of variance (the ToyCity data itself is fixed).
+reported std covers both sources of variance (the ToyCity world itself is fixed by its generator seed).
+:func:`run_bench` does one world; :func:`run_suite` does every (variant, world) of the ToyCity suite and
+writes the cross-variant summary. Trainings run as jobs (``jobs`` at a time, see
+:mod:`sfseg.engine.jobs`); a two-stage method (LDBE) starts from the same seed's run of its first stage
+when that is in the method list.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sfseg.adapt.config import AdaptConfig
 from sfseg.config import load_config, to_dict
 from sfseg.data.classes import TOYCITY
 from sfseg.data.datasets import check_toycity_root
+from sfseg.data.toycity import ToyCitySpec, generate, is_generated
+from sfseg.engine.jobs import Job, run_jobs
 from sfseg.engine.recipes import config_dir, recipe_path
 from sfseg.engine.report import per_class_table, plot_per_class, share_table, trajectory_table
 from sfseg.engine.run import read_state, recipe_differences, run_adaptation
-from sfseg.engine.train_source import SourceConfig, train_source
+from sfseg.engine.train_source import SourceConfig, same_training, train_source
 from sfseg.models import load_checkpoint
+
+
+def source_config(
+    data_root: str | Path,
+    out: Path,
+    seed: int,
+    configs: Path,
+    overrides: list[str] | None = None,
+    oracle=False,
+) -> SourceConfig:
+    name = "oracle" if oracle else "source"
+    return load_config(
+        SourceConfig,
+        configs / f"{name}.yaml",
+        [
+            f"data.root={data_root}",
+            f"seed={seed}",
+            f"out={out / f'{name}_seed{seed}.pt'}",
+            *(overrides or []),
+        ],
+    )
+
+
+def train_or_reuse_source(cfg: SourceConfig, progress: bool = False) -> dict:
+    """Train the model of ``cfg`` unless ``cfg.out`` already holds one made by the same recipe."""
+    path = Path(cfg.out)
+    if path.is_file():
+        prov = load_checkpoint(path).provenance
+        if same_training(prov, cfg):
+            key = next((k for k in prov if k.endswith("_val_miou")), None)
+            return {"val_miou": prov.get(key) if key else None, "reused": True}
+    summary = train_source(cfg, progress=progress)
+    return {"val_miou": summary["val_miou"], "reused": False}
 
 
 def source_checkpoint(
@@ -31,26 +70,13 @@ def source_checkpoint(
     overrides: list[str] | None = None,
 ) -> Path:
     """Train (or reuse) the source model for ``seed``; reused only if its recipe matches."""
-    cfg = load_config(
-        SourceConfig,
-        configs / "source.yaml",
-        [
-            f"data.root={data_root}",
-            f"seed={seed}",
-            f"out={out / f'source_seed{seed}.pt'}",
-            *(overrides or []),
-        ],
-    )
-    path = Path(cfg.out)
-    if path.is_file():
-        prov = load_checkpoint(path).provenance
-        if prov.get("recipe") == to_dict(cfg):
-            return path
-    train_source(cfg, progress=progress)
-    return path
+    cfg = source_config(data_root, out, seed, configs, overrides)
+    train_or_reuse_source(cfg, progress)
+    return Path(cfg.out)
 
 
-def _run_or_reuse(cfg: AdaptConfig, progress: bool, resume: bool) -> dict:
+def adapt_or_reuse(cfg: AdaptConfig, progress: bool = False, resume: bool = False) -> dict:
+    """Run ``cfg``; with ``resume``, reuse a finished run of the same recipe and resume an unfinished one."""
     out = Path(cfg.out)
     if resume and (out / "state.pt").is_file():
         state = read_state(out)
@@ -59,6 +85,81 @@ def _run_or_reuse(cfg: AdaptConfig, progress: bool, resume: bool) -> dict:
                 return json.loads((out / "summary.json").read_text())
             return run_adaptation(cfg, progress=progress, mode="resume")
     return run_adaptation(cfg, progress=progress, mode="overwrite")
+
+
+@dataclass
+class World:
+    """One ToyCity world of the bench: its data, where its runs go, and a name for reports."""
+
+    name: str
+    data_root: Path
+    out: Path
+    source_dir: Path
+
+
+def world_jobs(
+    world: World,
+    methods: list[str],
+    seeds: list[int],
+    configs: Path,
+    overrides: list[str],
+    source_overrides: list[str],
+    resume: bool,
+    progress: bool,
+) -> tuple[list[Job], dict[tuple[str, int], str]]:
+    """The source and adaptation jobs of one world; returns them and ``{(method, seed): job key}``."""
+    jobs, keys = [], {}
+    for seed in seeds:
+        scfg = source_config(world.data_root, world.source_dir, seed, configs, source_overrides)
+        skey = f"{world.name}/source/seed{seed}"
+        jobs.append(Job(skey, train_or_reuse_source, (scfg, progress)))
+        for m in methods:
+            cfg = load_config(
+                AdaptConfig,
+                recipe_path(m, configs),
+                [
+                    f"data.root={world.data_root}",
+                    f"checkpoint={scfg.out}",
+                    f"seed={seed}",
+                    f"out={world.out / m / f'seed{seed}'}",
+                    *overrides,
+                ],
+            )
+            after = [skey]
+            first = cfg.init_from
+            if first in methods:
+                # A two-stage method (LDBE) starts from this seed's run of its first stage, not a rerun.
+                cfg = replace(
+                    cfg, checkpoint=str(world.out / first / f"seed{seed}" / "final.pt"), init_from=""
+                )
+                after.append(f"{world.name}/{first}/seed{seed}")
+            key = f"{world.name}/{m}/seed{seed}"
+            jobs.append(Job(key, adapt_or_reuse, (cfg, progress, resume), after))
+            keys[(m, seed)] = key
+    return jobs, keys
+
+
+def write_world_report(out: Path, runs: dict[str, list[dict]], seeds: list[int], title: str) -> dict:
+    results = {m: [r["final"] for r in rs] for m, rs in runs.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"results": results, "runs": runs}, indent=1))
+    (out / "results.md").write_text(
+        f"{title}, target val, {len(seeds)} seed(s) {seeds}, mean ± std (IoU %)\n\n"
+        f"{per_class_table(results, TOYCITY)}\n\n"
+        "Target-val mIoU after each step (0 = source model; AdaBN adds a step; then one per round), "
+        f"mean over seeds:\n\n{trajectory_table(runs)}\n\n"
+        "Minority classes' share of the target-train predictions of the starting model and after "
+        "adaptation:\n\n"
+        f"{share_table(runs, TOYCITY)}\n"
+    )
+    plot_per_class(results, out / "per_class_iou.png", title=f"{title}, per-class IoU ({len(seeds)} seed(s))")
+    return results
+
+
+def _check_recipes(methods: list[str], configs: Path, overrides: list[str]) -> None:
+    for m in methods:
+        # Fail before any training if a recipe is missing or an override does not fit it.
+        load_config(AdaptConfig, recipe_path(m, configs), overrides)
 
 
 def run_bench(
@@ -72,8 +173,10 @@ def run_bench(
     progress: bool = True,
     source_dir: str | Path | None = None,
     resume: bool = False,
+    jobs: int = 1,
 ) -> dict:
-    """Run ``methods`` x ``seeds``; write results.json, results.md and per_class_iou.png to ``out``.
+    """Run ``methods`` x ``seeds`` on one ToyCity world; write results.json, results.md and
+    per_class_iou.png to ``out``.
 
     Source models are cached as ``source_seed<s>.pt`` in ``source_dir`` (default ``out``) and reused when
     their recipe matches, so several benches can share them. Each run directory is cleared and run again,
@@ -82,51 +185,90 @@ def run_bench(
     Returns:
         ``{"results": {method: [final eval per seed]}, "runs": {method: [summary per seed]}}``.
     """
-    check_toycity_root(data_root)
+    data_root = check_toycity_root(data_root)
     configs = config_dir(recipes)
     out = Path(out)
+    overrides = list(overrides or [])
+    _check_recipes(methods, configs, overrides)
     out.mkdir(parents=True, exist_ok=True)
-    for m in methods:
-        # Fail before any training if a recipe is missing or an override does not fit it.
-        load_config(AdaptConfig, recipe_path(m, configs), overrides or [])
-    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    world = World("toycity", Path(data_root), out, Path(source_dir or out))
     t0 = time.time()
-    for seed in seeds:
-        ckpt = source_checkpoint(
-            data_root, Path(source_dir or out), seed, configs, progress, source_overrides
-        )
-        finished: dict[str, Path] = {}
-        for m in methods:
-            cfg = load_config(
-                AdaptConfig,
-                configs / f"{m}.yaml",
-                [
-                    f"data.root={data_root}",
-                    f"checkpoint={ckpt}",
-                    f"seed={seed}",
-                    f"out={out / m / f'seed{seed}'}",
-                    *(overrides or []),
-                ],
-            )
-            if cfg.init_from in finished:
-                # A two-stage method (LDBE) starts from this seed's run of its first stage, not a rerun.
-                cfg = replace(cfg, checkpoint=str(finished[cfg.init_from]), init_from="")
-            runs[m].append(_run_or_reuse(cfg, progress, resume))
-            finished[m] = Path(cfg.out) / "final.pt"
-            print(f"[seed {seed}] {m}: target-val mIoU {runs[m][-1]['final']['miou']:.1f}", flush=True)
-    results = {m: [r["final"] for r in rs] for m, rs in runs.items()}
-    (out / "results.json").write_text(json.dumps({"results": results, "runs": runs}, indent=1))
-    (out / "results.md").write_text(
-        f"ToyCity target val, {len(seeds)} seed(s) {seeds}, mean ± std (IoU %)\n\n"
-        f"{per_class_table(results, TOYCITY)}\n\n"
-        "Target-val mIoU after each step (0 = source model; AdaBN adds a step; then one per round), "
-        f"mean over seeds:\n\n{trajectory_table(runs)}\n\n"
-        "Minority classes' share of the target-train predictions of the starting model and after "
-        "adaptation:\n\n"
-        f"{share_table(runs, TOYCITY)}\n"
+    job_list, keys = world_jobs(
+        world,
+        methods,
+        seeds,
+        configs,
+        overrides,
+        list(source_overrides or []),
+        resume,
+        progress and jobs == 1,
     )
-    plot_per_class(
-        results, out / "per_class_iou.png", title=f"ToyCity target val, per-class IoU ({len(seeds)} seed(s))"
-    )
+    done = run_jobs(job_list, jobs, log=lambda s: print(s, flush=True))
+    runs = {m: [done[keys[(m, s)]] for s in seeds] for m in methods}
+    for m in methods:
+        print(f"{m}: target-val mIoU " + ", ".join(f"{r['final']['miou']:.1f}" for r in runs[m]), flush=True)
+    results = write_world_report(out, runs, seeds, "ToyCity")
     print(f"bench finished in {time.time() - t0:.0f} s; results in {out}")
     return {"results": results, "runs": runs}
+
+
+def world_root(data_dir: str | Path, variant: str, world: int) -> Path:
+    """Where ``sfseg`` keeps a suite world's data: ``<data_dir>/toycity-<variant>-w<world>``."""
+    return Path(data_dir) / f"toycity-{variant}-w{world}"
+
+
+def ensure_world(data_dir: str | Path, variant: str, world: int, base: ToyCitySpec | None = None) -> Path:
+    """Generate a suite world unless it is already there (``base``: sizes, for tests)."""
+    root = world_root(data_dir, variant, world)
+    spec = replace(base or ToyCitySpec(), seed=world, variant=variant)
+    if not is_generated(root, spec):
+        generate(root, spec, progress=False)
+    return root
+
+
+def run_suite(
+    variants: list[str],
+    worlds: list[int],
+    methods: list[str],
+    seeds: list[int],
+    out: str | Path,
+    data_dir: str | Path = "data",
+    recipes: str | Path | None = None,
+    overrides: list[str] | None = None,
+    source_overrides: list[str] | None = None,
+    resume: bool = False,
+    jobs: int = 1,
+    base: ToyCitySpec | None = None,
+) -> dict:
+    """Every method x seed on every (variant, world) of the ToyCity suite, then per-world reports in
+    ``<out>/<variant>-w<world>/`` and the suite summary (``<out>/suite.md``, ``suite.json``)."""
+    from sfseg.engine.report import suite_tables
+
+    configs = config_dir(recipes)
+    out = Path(out)
+    overrides = list(overrides or [])
+    _check_recipes(methods, configs, overrides)
+    t0 = time.time()
+    all_jobs, keys = [], {}
+    for v in variants:
+        for w in worlds:
+            root = ensure_world(data_dir, v, w, base)
+            name = f"{v}-w{w}"
+            world = World(name, root, out / name, out / name)
+            job_list, k = world_jobs(
+                world, methods, seeds, configs, overrides, list(source_overrides or []), resume, False
+            )
+            all_jobs += job_list
+            keys[name] = k
+    done = run_jobs(all_jobs, jobs, log=lambda s: print(s, flush=True))
+    per_world = {}
+    for name, k in keys.items():
+        runs = {m: [done[k[(m, s)]] for s in seeds] for m in methods}
+        write_world_report(out / name, runs, seeds, f"ToyCity {name}")
+        per_world[name] = runs
+    summary = suite_tables(per_world, methods, TOYCITY)
+    (out / "suite.json").write_text(json.dumps({"seeds": seeds, "worlds": per_world}, indent=1))
+    (out / "suite.md").write_text(summary)
+    print(summary)
+    print(f"suite finished in {time.time() - t0:.0f} s; results in {out}")
+    return per_world

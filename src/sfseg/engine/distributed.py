@@ -59,6 +59,9 @@ def init(device_name: str = "auto") -> tuple[Dist, torch.device]:
     """
     d = from_env()
     device = resolve_device(device_name, d.local_rank)
+    if device.type == "cuda":
+        # Fixed input sizes (crops, the inference size): let cuDNN pick the fastest algorithms once.
+        torch.backends.cudnn.benchmark = True
     if d.enabled and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

@@ -23,82 +23,95 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from sfseg import IGNORE_INDEX
-from sfseg.adapt.pseudo_labels import PseudoLabeller
+from sfseg.adapt.pseudo_labels import PseudoLabeller, confidence_scores
 from sfseg.data.classes import ClassProtocol
 from sfseg.engine import distributed
-from sfseg.engine.inference import Inference, batch_size_hw
+from sfseg.engine.inference import Inference, LabelsView, batch_size_hw
 from sfseg.engine.loading import sharded_batches, sharded_loader
+from sfseg.models.ops import argmax_classes
 
 
 class LogitCache:
-    """Per-batch network outputs kept between the two passes of a labelling round.
+    """What each batch's selection needs, kept between the two passes of a labelling round: the network's
+    outputs, or the pixels' (score, prediction) when those suffice and are smaller.
 
     Args:
         budget_gib: memory budget; when the first batch shows that all batches would exceed it, the
-            outputs go to a memory-mapped file ``spill_dir/logits.bin`` (deleted by :meth:`close`).
+            tensors go to memory-mapped files in ``spill_dir`` (deleted by :meth:`close`).
         total_images: number of images this process will store (for the size estimate).
-        spill_dir: where the file goes.
+        spill_dir: where the files go.
     """
 
     def __init__(self, budget_gib: float, total_images: int, spill_dir: Path):
         self.budget = budget_gib * 2**30
         self.total = total_images
         self.spill_dir = Path(spill_dir)
-        self.mem: dict[int, torch.Tensor] = {}
-        self.file: np.memmap | None = None
+        self.mem: dict[int, tuple[torch.Tensor, ...]] = {}
+        self.files: list[np.memmap] = []
+        self.specs: list[tuple[tuple, torch.dtype]] = []
         self.slots: dict[int, tuple[int, int]] = {}
         self.next_row = 0
-        self.shape: tuple | None = None
-        self.dtype: torch.dtype | None = None
-        self.where = "memory"
+        self.where: str | None = None
 
-    def _plan(self, raw: torch.Tensor) -> None:
-        self.shape, self.dtype = tuple(raw.shape[1:]), raw.dtype
-        per_image = raw[0].numel() * raw.element_size()
-        need = per_image * self.total
+    def _plan(self, tensors: tuple[torch.Tensor, ...]) -> None:
+        self.specs = [(tuple(t.shape[1:]), t.dtype) for t in tensors]
+        need = sum(t[0].numel() * t.element_size() for t in tensors) * self.total
         if need > self.budget:
             self.where = "file"
             self.spill_dir.mkdir(parents=True, exist_ok=True)
-            rows = self.total * int(np.prod(self.shape))
-            dtype = np.int16 if raw.element_size() == 2 else np.float32
-            self.file = np.memmap(self.spill_dir / "logits.bin", dtype=dtype, mode="w+", shape=(rows,))
-        elif raw.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(raw.device)
+            for i, (shape, dtype) in enumerate(self.specs):
+                np_dtype = _np_storage(dtype)
+                path = self.spill_dir / f"cache{i}.bin"
+                self.files.append(np.memmap(path, dtype=np_dtype, mode="w+", shape=(self.total, *shape)))
+        elif tensors[0].device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(tensors[0].device)
             self.where = "device" if need < 0.25 * free else "host"
         else:
             self.where = "memory"
 
-    def put(self, key: int, raw: torch.Tensor) -> None:
-        if self.shape is None:
-            self._plan(raw)
-        if self.file is None:
-            self.mem[key] = raw if self.where in ("device", "memory") else raw.to("cpu", non_blocking=True)
-            return
-        per = int(np.prod(self.shape))
-        start, n = self.next_row * per, raw.shape[0]
-        host = raw.detach().cpu().contiguous()
-        view = host.view(torch.int16) if host.element_size() == 2 else host
-        self.file[start : start + n * per] = view.reshape(-1).numpy()
-        self.slots[key] = (self.next_row, n)
-        self.next_row += n
+    def put(self, key: int, tensors: tuple[torch.Tensor, ...]) -> None:
+        if self.where is None:
+            self._plan(tensors)
+        if self.where in ("device", "memory"):
+            self.mem[key] = tensors
+        elif self.where == "host":
+            self.mem[key] = tuple(t.to("cpu", non_blocking=True) for t in tensors)
+        else:
+            n = tensors[0].shape[0]
+            for f, t in zip(self.files, tensors):
+                f[self.next_row : self.next_row + n] = _as_storage(t.detach().cpu())
+            self.slots[key] = (self.next_row, n)
+            self.next_row += n
 
-    def get(self, key: int, device: torch.device) -> torch.Tensor:
-        if self.file is None:
-            return self.mem.pop(key).to(device, non_blocking=True)
+    def get(self, key: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        if self.where != "file":
+            return tuple(t.to(device, non_blocking=True) for t in self.mem.pop(key))
         row, n = self.slots.pop(key)
-        per = int(np.prod(self.shape))
-        flat = torch.from_numpy(np.array(self.file[row * per : (row + n) * per]))
-        if self.dtype in (torch.bfloat16, torch.float16):
-            flat = flat.view(self.dtype)
-        return flat.view(n, *self.shape).to(device)
+        out = []
+        for f, (_, dtype) in zip(self.files, self.specs):
+            t = torch.from_numpy(np.array(f[row : row + n]))
+            out.append((t.view(dtype) if dtype in (torch.bfloat16, torch.float16) else t).to(device))
+        return tuple(out)
 
     def close(self) -> None:
         self.mem.clear()
-        if self.file is not None:
-            path = Path(self.file.filename)
-            del self.file
-            self.file = None
+        for f in self.files:
+            path = Path(f.filename)
+            f._mmap.close()
             path.unlink(missing_ok=True)
+        self.files = []
+
+
+def _np_storage(dtype: torch.dtype):
+    if dtype in (torch.bfloat16, torch.float16):
+        return np.int16
+    return torch.empty(0, dtype=dtype).numpy().dtype
+
+
+def _as_storage(t: torch.Tensor) -> np.ndarray:
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.view(torch.int16)
+    return t.numpy()
 
 
 class PseudoLabelWriter:
@@ -116,11 +129,13 @@ class PseudoLabelWriter:
         return self.out_dir / f"{index:05d}.png"
 
     def _write(self, index: int, label: np.ndarray) -> None:
-        im = Image.fromarray(label, mode="L").convert("P")
+        # A palette image straight from the class indices; fast zlib level (label maps compress well). No
+        # per-file rename: a round whose labelling did not finish is labelled again on resume.
+        im = Image.frombuffer(
+            "P", (label.shape[1], label.shape[0]), np.ascontiguousarray(label), "raw", "P", 0, 1
+        )
         im.putpalette(self.palette)
-        tmp = self.path(index).with_suffix(".png.tmp")
-        im.save(tmp, format="PNG")
-        tmp.replace(self.path(index))
+        im.save(self.path(index), format="PNG", compress_level=1)
 
     def submit(self, index: int, label: np.ndarray) -> None:
         self.pending.append(self.pool.submit(self._write, index, label))
@@ -157,8 +172,9 @@ def label_round(
     """Label the target train set with the current model (its mode is the caller's): one PNG per image.
 
     Args:
-        forward_passes: 1 (the network runs once per image; its outputs are cached) or 2 (it runs again
-            for the selection pass: the former behaviour, kept for the equivalence test and benchmark).
+        forward_passes: 1 (the network runs once per image; what the selection needs is cached) or 2 (it
+            runs again for the selection pass: the former behaviour, kept for the equivalence test and
+            the benchmark).
 
     Returns:
         the PNG paths (dataset order) and the round statistics: selection share, per-class share of the
@@ -168,32 +184,45 @@ def label_round(
     C = protocol.num_classes
     device = inference.device
     batches = sharded_batches(len(dataset), batch_size, dist)
-    n_mine = sum(len(b) for b in batches)
     labeller.start(alpha, device)
-    cache = LogitCache(cache_gib, n_mine, Path(out_dir).parent / ".cache")
-    view = inference.view(dataset)
+    cache = LogitCache(cache_gib, sum(len(b) for b in batches), Path(out_dir).parent / ".cache")
+    # With direct upsampling, thresholds are measured on the very pixels that are selected: the scores of
+    # the first pass serve the second. When the selection needs only (score, prediction) and those are
+    # smaller than the network's output, they are what is cached.
+    same_pixels = inference.upsample == "direct"
     sizes: dict[int, tuple[int, int]] = {}
+    keep_scores: bool | None = None
     try:
-        loader = sharded_loader(view, batch_size, workers, dist)
+        loader = sharded_loader(inference.view(dataset), batch_size, workers, dist)
         for b, batch in enumerate(
             tqdm(loader, desc="pseudo-labels: forward", disable=not progress, leave=False)
         ):
             raw = inference.raw(batch["image"])
             sizes[b] = batch_size_hw(batch)
-            if forward_passes == 1:
-                cache.put(b, raw)
+            scores = None
+            if labeller.needs_statistics or (same_pixels and not labeller.needs_logits):
+                scores = confidence_scores(inference.threshold_logits(raw, sizes[b]))
             if labeller.needs_statistics:
-                labeller.observe(inference.threshold_logits(raw, sizes[b]))
+                labeller.observe(*scores)
+            if forward_passes == 1:
+                if keep_scores is None:
+                    raw_bytes = raw.numel() * raw.element_size()
+                    score_bytes = raw.shape[0] * sizes[b][0] * sizes[b][1] * 12  # float32 + int64
+                    keep_scores = same_pixels and not labeller.needs_logits and score_bytes < raw_bytes
+                cache.put(b, scores if keep_scores else (raw,))
         labeller.reduce(distributed.all_reduce_sum)
 
         counts = torch.zeros(3, C, dtype=torch.int64, device=device)  # predicted, selected, correct
         total = torch.zeros(1, dtype=torch.int64, device=device)
+        has_labels = getattr(dataset, "has_labels", False)
         # Each rank writes the PNGs of its own batches (disjoint files).
         writer = PseudoLabelWriter(out_dir, protocol.palette())
-        has_labels = getattr(dataset, "has_labels", False)
-        second = sharded_loader(inference.view(dataset, labels=has_labels), batch_size, workers, dist)
-        need_loader = forward_passes == 2 or has_labels
-        source = second if need_loader else [None] * len(batches)
+        if forward_passes == 2:
+            source = sharded_loader(inference.view(dataset, labels=has_labels), batch_size, workers, dist)
+        elif has_labels:  # only the labels, for the accuracy diagnostics
+            source = sharded_loader(LabelsView(dataset), batch_size, workers, dist)
+        else:
+            source = [None] * len(batches)
         try:
             for b, batch in enumerate(
                 tqdm(
@@ -204,19 +233,26 @@ def label_round(
                     leave=False,
                 )
             ):
-                raw = inference.raw(batch["image"]) if forward_passes == 2 else cache.get(b, device)
-                logits = inference.label_logits(raw, sizes[b])
-                del raw
-                labels = labeller.select(logits)
-                pred = logits.max(1).indices
-                del logits
-                counts[0] += torch.bincount(pred.reshape(-1), minlength=C)
-                sel = labels != IGNORE_INDEX
-                counts[1] += torch.bincount(labels[sel], minlength=C)
+                logits = None
+                if forward_passes == 2:
+                    logits = inference.label_logits(inference.raw(batch["image"]), sizes[b])
+                    score, pred = confidence_scores(logits)
+                elif keep_scores:
+                    score, pred = cache.get(b, device)
+                else:
+                    (raw,) = cache.get(b, device)
+                    logits = inference.label_logits(raw, sizes[b])
+                    del raw
+                    score, pred = confidence_scores(logits)
+                labels = labeller.select(score, pred, logits)
+                del logits, score
+                # Counts by bincount over every pixel (255 falls beyond the classes): no masked copies.
+                counts[0] += torch.bincount(pred.reshape(-1), minlength=C)[:C]
+                counts[1] += torch.bincount(labels.reshape(-1), minlength=256)[:C]
                 if has_labels:
-                    gt = batch["label"].to(device, non_blocking=True).long()
-                    hit = sel & (labels == gt)
-                    counts[2] += torch.bincount(labels[hit], minlength=C)
+                    gt = batch["label"].to(device, non_blocking=True)
+                    hit = torch.where(labels == gt, labels, IGNORE_INDEX)
+                    counts[2] += torch.bincount(hit.reshape(-1), minlength=256)[:C]
                 total += labels.numel()
                 host = labels.to(torch.uint8).cpu().numpy()
                 for idx, lab in zip(batches[b], host):
@@ -270,7 +306,7 @@ def class_shares(
         disable=not progress,
         leave=False,
     ):
-        pred = inference.logits(batch["image"], batch_size_hw(batch)).max(1).indices
+        pred = argmax_classes(inference.logits(batch["image"], batch_size_hw(batch)))
         counts += torch.bincount(pred.reshape(-1), minlength=C)
     distributed.all_reduce_sum(counts)
     counts = counts.cpu()

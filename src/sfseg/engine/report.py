@@ -164,3 +164,53 @@ def share_table(runs: dict[str, list[dict]], protocol: ClassProtocol) -> str:
         flagged = "; ".join(", ".join(r["final_shares"]["collapsed"]) or "none" for r in rs)
         lines.append(f"| {m} | {_fmt(before)} | {_fmt(after)} | {flagged} |")
     return "\n".join(lines)
+
+
+def _mean_std(v: list[float]) -> tuple[float, float]:
+    a = np.asarray([x for x in v if x is not None], dtype=float)
+    if not len(a):
+        return float("nan"), float("nan")
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def suite_tables(
+    per_world: dict[str, dict[str, list[dict]]], methods: list[str], protocol: ClassProtocol
+) -> str:
+    """The suite summary: per world, each method's target-val mIoU, majority and minority mIoU (mean ± std
+    over seeds); across worlds, each method's mean rank (1 = best mIoU in a world) and wins; and the
+    winner-takes-all view (minority classes' share of the predictions before and after) per world.
+
+    Args:
+        per_world: ``{world name: {method: [run summary per seed]}}``.
+    """
+    worlds = list(per_world)
+    lines = ["### Target-val mIoU (mean ± std over seeds)", ""]
+    lines.append("| method | " + " | ".join(worlds) + " | mean rank | wins |")
+    lines.append("|---|" + "---:|" * (len(worlds) + 2))
+    means = {
+        w: {m: _mean_std([r["final"]["miou"] for r in per_world[w][m]])[0] for m in methods} for w in worlds
+    }
+    ranks = {m: [] for m in methods}
+    wins = dict.fromkeys(methods, 0)
+    for w in worlds:
+        order = sorted(methods, key=lambda m: -means[w][m])
+        for i, m in enumerate(order):
+            ranks[m].append(i + 1)
+        wins[order[0]] += 1
+    for m in methods:
+        cells = []
+        for w in worlds:
+            mu, sd = _mean_std([r["final"]["miou"] for r in per_world[w][m]])
+            best = means[w][m] == max(means[w].values())
+            cells.append(f"**{mu:.1f} ± {sd:.1f}**" if best else f"{mu:.1f} ± {sd:.1f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(ranks[m]):.1f} | {wins[m]} |")
+    for key, title in (("minority_miou", "Minority mIoU"), ("majority_miou", "Majority mIoU")):
+        lines += ["", f"### {title} (mean ± std over seeds)", ""]
+        lines.append("| method | " + " | ".join(worlds) + " |")
+        lines.append("|---|" + "---:|" * len(worlds))
+        for m in methods:
+            cells = [_fmt([r["final"][key] for r in per_world[w][m]]) for w in worlds]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    for w in worlds:
+        lines += ["", f"### Winner-takes-all view: {w}", "", share_table(per_world[w], protocol)]
+    return "\n".join(lines) + "\n"

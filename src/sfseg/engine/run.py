@@ -321,6 +321,7 @@ class AdaptationRun:
     def evaluate(self, round_index: int, phase: str) -> dict | None:
         if self.val_set is None:
             return None
+        t0 = time.time()
         res = evaluate(
             self.inference,
             self.val_set,
@@ -331,7 +332,15 @@ class AdaptationRun:
             desc=f"eval ({phase})",
             dist=self.dist,
         )
-        self.log.write({"phase": phase, "round": round_index, "split": "target_val", **res})
+        self.log.write(
+            {
+                "phase": phase,
+                "round": round_index,
+                "split": "target_val",
+                "seconds": round(time.time() - t0, 2),
+                **res,
+            }
+        )
         return res
 
     def _adabn(self) -> None:

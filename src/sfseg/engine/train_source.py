@@ -12,6 +12,8 @@ whole val batches of its own, and rank 0 writes the checkpoint.
 
 from __future__ import annotations
 
+import copy
+import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -148,6 +150,29 @@ class SourceView(Dataset):
         return {"image": image, "label": label, "index": i}
 
 
+def data_spec(root: str | Path) -> dict | None:
+    """What identifies the data a model was trained on, beyond its path: a ToyCity tree's generator
+    version and spec (None for other datasets)."""
+    meta = Path(root) / "toycity.json"
+    if not meta.is_file():
+        return None
+    d = json.loads(meta.read_text())
+    return {"generator_version": d.get("generator_version"), "spec": d.get("spec")}
+
+
+def same_training(provenance: dict, cfg: SourceConfig) -> bool:
+    """Whether a checkpoint with ``provenance`` is what ``cfg`` would train: the same recipe (its output
+    path and data location aside) on the same data (for ToyCity, the same generator version and spec)."""
+    recipe = provenance.get("recipe")
+    if not isinstance(recipe, dict):
+        return False
+    theirs, mine = copy.deepcopy(recipe), to_dict(cfg)
+    for r in (theirs, mine):
+        r.pop("out", None)
+        r.get("data", {}).pop("root", None)
+    return theirs == mine and provenance.get("data_spec") == data_spec(cfg.data.root)
+
+
 def _splits(data: SourceDataConfig) -> tuple[str, str]:
     if data.dataset == "toycity":
         return data.train_split or f"{data.domain}_train", data.val_split or f"{data.domain}_val"
@@ -255,7 +280,12 @@ def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | Non
         "amp": amp,
         "channels_last": channels_last,
     }
-    provenance = {"stage": "train_source", "recipe": to_dict(cfg), "data_root": str(Path(data.root))}
+    provenance = {
+        "stage": "train_source",
+        "recipe": to_dict(cfg),
+        "data_root": str(Path(data.root)),
+        "data_spec": data_spec(data.root),
+    }
     if cfg.init:
         provenance["init"] = init.provenance
     if val_set is not None:
