@@ -209,6 +209,49 @@ def cmd_check_data(args: argparse.Namespace) -> None:
         raise DatasetError(f"{bad} problem(s) found in {args.data}; see the list above")
 
 
+def cmd_select(args: argparse.Namespace) -> None:
+    from sfseg.engine.runlog import check_writable_file
+    from sfseg.engine.select import (
+        VALIDATORS,
+        check_validator,
+        ranked_table,
+        score_run,
+        study_table,
+        validator_study,
+    )
+
+    check_validator(args.validator)
+    names = sorted(VALIDATORS) if args.all else [args.validator]
+    if args.json:
+        check_writable_file(Path(args.json), "--json")
+    runs = [Path(r) for r in args.runs]
+    for r in runs:
+        if not (r / "config.yaml").is_file():
+            raise ConfigError(f"{r} is not a run directory (no config.yaml)")
+    records = []
+    for r in runs:
+        records += score_run(r, names, max_images=args.max_images, progress=True)
+    print(ranked_table(records, args.validator))
+    best = max(records, key=lambda x: x["scores"][args.validator])
+    print(f"\n{args.validator} prefers {best['checkpoint']} ({best['run']}, round {best['round']})")
+    result = {"validator": args.validator, "checkpoints": records}
+    if args.study:
+        study = validator_study(records, names)
+        result["study"] = study
+        print("\n" + study_table(study))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from sfseg.engine.html_report import write_report
+    from sfseg.engine.runlog import check_writable_file
+
+    check_writable_file(Path(args.out), "--out")
+    path = write_report([Path(r) for r in args.runs], Path(args.out), title=args.title)
+    print(f"report written: {path}")
+
+
 def cmd_import_checkpoint(args: argparse.Namespace) -> None:
     from sfseg.data.classes import get_protocol
     from sfseg.models import save_checkpoint
@@ -347,6 +390,31 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output directory")
     pr.add_argument("--format", default="cityscapes", choices=["cityscapes", "trainid"])
     pr.set_defaults(func=cmd_predict)
+
+    se = sub.add_parser("select", help="score every checkpoint of runs with a label-free validator")
+    se.add_argument("runs", nargs="+", help="run directories (of sfseg adapt or sfseg bench)")
+    se.add_argument(
+        "--validator",
+        default="share_stability",
+        help="entropy, info_max, bnm, snd, agreement, share_stability",
+    )
+    se.add_argument(
+        "--all", action="store_true", help="compute every validator (the table ranks by --validator)"
+    )
+    se.add_argument(
+        "--max-images", type=int, default=100, help="target train images read per checkpoint (0 = all)"
+    )
+    se.add_argument("--json", help="write the scores (and the study) to this JSON file")
+    se.add_argument(
+        "--study", action="store_true", help="correlate the validators with the runs' logged target-val mIoU"
+    )
+    se.set_defaults(func=cmd_select)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page comparing runs")
+    rp.add_argument("runs", nargs="+", help="run directories")
+    rp.add_argument("--out", default="report.html")
+    rp.add_argument("--title", default="sfseg runs")
+    rp.set_defaults(func=cmd_report)
 
     cd = sub.add_parser("check-data", help="read every file of a dataset's splits and list every problem")
     cd.add_argument("--dataset", default="toycity", help="toycity, cityscapes, gta5, synthia, folder")

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import random
 import resource
+import shutil
 import signal
 import time
 from dataclasses import replace
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -57,6 +60,7 @@ from sfseg.adapt.teacher import EMATeacher
 from sfseg.config import load_config, save_config, to_dict
 from sfseg.data.registry import build_dataset, dataset_protocol
 from sfseg.engine import distributed
+from sfseg.engine.board import Board, grid_indices, log_eval, log_pseudo_labels, prediction_grid
 from sfseg.engine.evaluate import evaluate
 from sfseg.engine.inference import Inference, use_amp, use_channels_last
 from sfseg.engine.labelling import class_shares, collapse_check, label_round
@@ -77,6 +81,7 @@ from sfseg.engine.runlog import (
     prepare_run_dir,
     seed_everything,
 )
+from sfseg.engine.select import check_validator, score_model
 from sfseg.errors import ConfigError, ResumeError
 from sfseg.models import load_checkpoint, save_checkpoint
 from sfseg.models.ops import upsample_logits
@@ -228,7 +233,12 @@ class AdaptationRun:
         self.round_stats: list[dict] = []
         self.start_share: dict[str, float] | None = None
         self.pl_stats: dict | None = None
+        self.selection: list[dict] = []
         self.elapsed = 0.0
+        self.board = Board(self.out / "tensorboard", enabled=False)
+        self.grid_images = grid_indices(len(self.train_set))
+        if cfg.select.validator:
+            check_validator(cfg.select.validator)
 
     # ----------------------------------------------------------------------------------------- building
     def _build_model(self) -> nn.Module:
@@ -269,6 +279,7 @@ class AdaptationRun:
             "round_stats": json.dumps(self.round_stats),
             "start_share": json.dumps(self.start_share),
             "pl_stats": json.dumps(self.pl_stats),
+            "selection": json.dumps(self.selection),
             "metrics_bytes": self.log.size(),
             "elapsed": self.elapsed,
             "rng": _rng_state(),
@@ -289,6 +300,7 @@ class AdaptationRun:
         self.round_stats = json.loads(state["round_stats"])
         self.start_share = json.loads(state["start_share"])
         self.pl_stats = json.loads(state["pl_stats"])
+        self.selection = json.loads(state.get("selection", "[]"))
         self.elapsed = float(state["elapsed"])
         _set_rng_state(state["rng"])
         self.log.truncate(int(state["metrics_bytes"]))
@@ -341,7 +353,45 @@ class AdaptationRun:
                 **res,
             }
         )
+        log_eval(self.board, res, self.step)
         return res
+
+    def _look(self, r: int, pseudo_paths: list[Path] | None) -> None:
+        """The round's picture: a few fixed target images with pseudo-labels, predictions and labels."""
+        if not self.dist.is_main:
+            return
+        grid = prediction_grid(self.inference, self.train_set, self.grid_images, self.protocol, pseudo_paths)
+        name = "source_model" if r < 0 else f"round_{r}"
+        (self.out / "figures").mkdir(exist_ok=True)
+        Image.fromarray(grid).save(self.out / "figures" / f"{name}.png")
+        self.board.image("predictions", grid, self.step)
+
+    def _select_score(self, r: int) -> None:
+        """Score the current model with the recipe's validator (no target label is read)."""
+        name = self.cfg.select.validator
+        if not name:
+            return
+        source = self.ckpt.build().to(self.device)
+        if r < 0:
+            previous = None
+        elif r == 0:
+            previous = source
+        else:
+            previous = load_checkpoint(self.out / f"round_{r - 1}.pt").build().to(self.device)
+        score = score_model(
+            unwrap(self.model),
+            self.norm,
+            self.train_set,
+            self.protocol,
+            [name],
+            {"previous": previous, "source": source},
+            self.cfg.data,
+            batch_size=self.cfg.runtime.eval_batch_size,
+            max_images=self.cfg.select.max_images,
+        )[name]
+        self.selection.append({"round": r, "validator": name, "score": score})
+        self.log.write({"phase": "select_score", "round": r, "validator": name, "score": score})
+        self.board.scalar(f"select/{name}", score, self.step)
 
     def _adabn(self) -> None:
         rt = self.cfg.runtime
@@ -386,6 +436,7 @@ class AdaptationRun:
             self.start_share, stats, self.cfg.method.collapse_warning, f"round {r}", self._warn
         )
         self.log.write({"phase": "pseudo_labels", "round": r, **stats})
+        log_pseudo_labels(self.board, stats, self.step)
         self.pl_stats = stats
         return paths
 
@@ -408,6 +459,7 @@ class AdaptationRun:
             self.start_share, stats, self.cfg.method.collapse_warning, f"round {r}", self._warn
         )
         self.log.write({"phase": "pseudo_labels", "round": r, **stats})
+        log_pseudo_labels(self.board, stats, self.step)
         self.pl_stats = stats
         return stats
 
@@ -519,6 +571,8 @@ class AdaptationRun:
         self.round_steps += 1
         for k, v in values.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
+        self.board.scalars("loss", {**values, "total": float(loss.detach())}, self.step)
+        self.board.scalar("lr", self.optimizer.param_groups[0]["lr"], self.step)
 
     # ------------------------------------------------------------------------------------------- run
     def run(self, mode: str = "new", state: dict | None = None) -> dict:
@@ -531,9 +585,11 @@ class AdaptationRun:
         """
         cfg = self.cfg
         t_start = time.time()
+        tb = self.dist.is_main and cfg.runtime.tensorboard
         if mode == "resume":
             state = state if state is not None else resumable_state(self.out, self.recipe)
             self.load_state_dict(state)
+            self.board = Board(self.out / "tensorboard", tb, purge_step=self.step)
             self.log.write({"phase": "resume", "round": self.round, "step": self.step, "time": _now()})
         else:
             if self.dist.is_main:
@@ -541,6 +597,7 @@ class AdaptationRun:
                     prepare_run_dir(self.out, mode)
                 save_config(self.recipe, self.out / "config.yaml")
             distributed.barrier()
+            self.board = Board(self.out / "tensorboard", tb)
             seed_everything(cfg.seed)
             self.log.write(
                 {
@@ -557,6 +614,8 @@ class AdaptationRun:
             if cfg.method.adabn:
                 self._adabn()
                 self.history.append(self.evaluate(-1, "adabn"))
+            self._look(-1, None)
+            self._select_score(-1)
             self.save_state()
 
         while self.round < cfg.schedule.rounds:
@@ -575,6 +634,8 @@ class AdaptationRun:
             self._set_bn(self.model)
             self.history.append(self.evaluate(r, "round"))
             self.save_model(f"round_{r}.pt", round=r)
+            self._look(r, pseudo_paths)
+            self._select_score(r)
             if not cfg.runtime.save_pseudo_labels and pseudo_paths and self.dist.is_main:
                 for p in pseudo_paths:
                     p.unlink(missing_ok=True)
@@ -618,6 +679,7 @@ class AdaptationRun:
                 self.start_share, end, cfg.method.collapse_warning, "after the last round", self._warn
             )
             self.log.write({"phase": "final_shares", **end})
+        selected = self._keep_selected()
         final = self.history[-1]
         self.elapsed += time.time() - t_start
         summary = {
@@ -629,6 +691,7 @@ class AdaptationRun:
             "val_miou_per_round": [h["miou"] if h else None for h in self.history],
             "round_stats": self.round_stats,
             "final_shares": end,
+            "selected": selected,
             "seconds": round(self.elapsed, 1),
         }
         self.log.write(
@@ -642,19 +705,35 @@ class AdaptationRun:
         )
         if self.dist.is_main:
             atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1))
+            self.board.close()
             done = {"format": STATE_FORMAT, "phase": "done", "config": to_dict(self.recipe)}
             atomic_torch_save(done, self.out / STATE_FILE)
         distributed.barrier()
         return summary
 
-    def _check_resumable(self, state: dict) -> None:
-        if state.get("stage") == "first":
-            raise ResumeError(f"{self.out}: the second stage has not started; resume the two-stage recipe")
-        if state.get("phase") == "done":
-            raise ResumeError(
-                f"the run in {self.out} has finished; nothing to resume (final.pt is its result)"
-            )
-        check_same_recipe(state["config"], to_dict(self.recipe), self.out)
+    def _keep_selected(self) -> dict | None:
+        """With ``select.validator``: copy the model the validator prefers to ``selected.pt``."""
+        if not self.selection:
+            return None
+        best = max(self.selection, key=lambda s: s["score"] if math.isfinite(s["score"]) else -math.inf)
+        if self.dist.is_main:
+            path = self.out / "selected.pt"
+            if best["round"] >= 0:
+                shutil.copyfile(self.out / f"round_{best['round']}.pt", path)
+            else:
+                source = self.ckpt
+                save_checkpoint(
+                    path,
+                    source.build(),
+                    arch=source.arch,
+                    arch_kwargs=source.arch_kwargs,
+                    class_names=source.class_names,
+                    normalization=source.normalization,
+                    provenance={**source.provenance, "selected_by": best["validator"]},
+                )
+        distributed.barrier()
+        self.log.write({"phase": "selected", **best})
+        return best
 
 
 def _fault(name: str, point: str, value: int) -> None:

@@ -32,6 +32,7 @@ from sfseg.data.normalization import Normalization
 from sfseg.data.registry import build_dataset, dataset_protocol
 from sfseg.data.transforms import random_crop, resize_image, resize_label
 from sfseg.engine import distributed
+from sfseg.engine.board import Board, log_eval
 from sfseg.engine.evaluate import evaluate
 from sfseg.engine.inference import Inference, use_amp, use_channels_last
 from sfseg.engine.loading import collate, epoch_batches, step_generator, steps_per_epoch
@@ -234,6 +235,8 @@ def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | Non
     optimizer = build_sgd(train_model, optim_cfg)
     train_model.train()
     step, t0 = 0, time.time()
+    out = Path(cfg.out)
+    board = Board(out.parent / "tensorboard" / out.stem, enabled=d.is_main and cfg.runtime.tensorboard)
     bar = tqdm(total=total, desc=f"train on {data.dataset} {train_split}", disable=not progress)
     for epoch in range(cfg.schedule.epochs):
         if isinstance(view, SourceView):
@@ -268,7 +271,10 @@ def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | Non
             step += 1
             bar.update()
             if step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                value = loss.item()
+                bar.set_postfix(loss=f"{value:.3f}")
+                board.scalar("loss/ce", value, step)
+                board.scalar("lr", optimizer.param_groups[0]["lr"], step)
         if log is not None:
             log.write({"phase": "train_source", "epoch": epoch, "loss": running.item() / max(per_epoch, 1)})
     bar.close()
@@ -301,6 +307,7 @@ def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | Non
             dist=d,
         )
         summary.update(val_miou=val["miou"], val_per_class=val["per_class"])
+        log_eval(board, val, step)
         provenance[f"{data.domain}_val_miou" if data.dataset == "toycity" else "source_val_miou"] = val[
             "miou"
         ]
@@ -314,6 +321,7 @@ def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | Non
             normalization=norm,
             provenance=provenance,
         )
+    board.close()
     distributed.barrier()
     if log is not None:
         log.write({"phase": "train_source_done", **summary})

@@ -98,8 +98,15 @@ class DeepLabSmall(nn.Module):
         return list(self.classifier.parameters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.classifier(self.backbone(x))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.forward_with_features(x)[0]
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (at the input size) and the classifier's input features (at the output stride)."""
+        features = self.backbone(x)
+        logits = F.interpolate(
+            self.classifier(features), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return logits, features
 
 
 @register_model

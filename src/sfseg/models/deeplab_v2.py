@@ -122,6 +122,11 @@ class DeepLabV2(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer5(self.features(x))
 
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the classifier's input features, both at output stride 8."""
+        features = self.features(x)
+        return self.layer5(features), features
+
 
 @register_model
 def deeplabv2_r101(num_classes: int, backbone: str = "caffe", branches: int = 4) -> nn.Module:

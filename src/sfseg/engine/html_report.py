@@ -1,0 +1,227 @@
+"""``sfseg report RUN_DIR...``: one self-contained HTML page comparing runs.
+
+Everything is embedded (figures as base64 PNG, styles inline): the page can be mailed or archived and opens
+without a network. It shows, per run, the final target-val scores and the round that a validator
+selected (where the recipe asked for one); the per-class IoU table and bars; target-val mIoU after each
+round; each class's share of the pseudo-labels (or predictions) per round; and the prediction grids the
+run drew (image, pseudo-label, prediction, ground truth).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sfseg.data.classes import PROTOCOLS, ClassProtocol
+from sfseg.engine.report import per_class_table
+
+STYLE = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
+h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 1px solid #ccc; }
+h3 { font-size: 15px; margin-bottom: 4px; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
+td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; }
+.note { color: #666; font-size: 12px; }
+.grid { display: flex; flex-wrap: wrap; gap: 16px; }
+.grid figure { margin: 0; } figcaption { font-size: 12px; color: #555; }
+"""
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _img_tag(b64: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _file_b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def markdown_table_to_html(md: str) -> str:
+    """Our markdown tables (``| a | b |`` rows, a ``|---|`` rule) as an HTML table."""
+    rows = [ln.strip() for ln in md.strip().splitlines() if ln.strip().startswith("|")]
+    out = ["<table>"]
+    for i, row in enumerate(rows):
+        if set(row) <= set("|-: "):
+            continue
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        tag = "th" if i == 0 else "td"
+        rendered = []
+        for c in cells:
+            text = html.escape(c)
+            if text.startswith("**") and text.endswith("**") and len(text) > 4:
+                text = f"<b>{text[2:-2]}</b>"
+            rendered.append(f"<{tag}>{text}</{tag}>")
+        out.append("<tr>" + "".join(rendered) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def load_run(run: Path) -> dict:
+    """What the report needs from a run directory."""
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    start = next((r for r in records if r["phase"] == "start"), {})
+    cfg = start.get("config", {})
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else None
+    evals = [r for r in records if r["phase"] in ("source_model", "adabn", "round")]
+    pls = [r for r in records if r["phase"] == "pseudo_labels"]
+    return {
+        "dir": run,
+        "name": cfg.get("name", run.name),
+        "protocol": cfg.get("data", {}).get("protocol", ""),
+        "dataset": cfg.get("data", {}).get("dataset", ""),
+        "summary": summary,
+        "evals": evals,
+        "pseudo_labels": pls,
+        "selected": next((r for r in records if r["phase"] == "selected"), None),
+        "figures": sorted((run / "figures").glob("*.png"), key=_figure_order)
+        if (run / "figures").is_dir()
+        else [],
+    }
+
+
+def _figure_order(p: Path) -> int:
+    return -1 if p.stem == "source_model" else int(p.stem.split("_")[-1])
+
+
+def _protocol(run: dict) -> ClassProtocol:
+    from sfseg.data.registry import dataset_protocol
+
+    if run["protocol"] in PROTOCOLS:
+        return PROTOCOLS[run["protocol"]]
+    return dataset_protocol(run["dataset"] or "toycity")
+
+
+def _labels(runs: list[dict]) -> list[str]:
+    """Unique, readable column names: the method name, with the directory when names repeat."""
+    names = [r["name"] for r in runs]
+    return [n if names.count(n) == 1 else f"{n} ({r['dir'].name})" for n, r in zip(names, runs)]
+
+
+def write_report(run_dirs: list[Path], out: Path, title: str = "sfseg runs") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [load_run(r) for r in run_dirs]
+    labels = _labels(runs)
+    protocol = _protocol(runs[0])
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    parts.append(
+        f'<p class="note">{len(runs)} run(s): ' + ", ".join(html.escape(str(r["dir"])) for r in runs)
+    )
+    parts.append(
+        ". Scores are on the target val split after each run's last round; a validator's choice, where a "
+        "recipe asked for one, is listed beside it (chosen without target labels).</p>"
+    )
+    # Summary table.
+    rows = [
+        "| run | final mIoU | majority | minority | rounds | selected round (validator) | seconds |",
+        "|---|---:|---:|---:|---:|---|---:|",
+    ]
+    finals = {}
+    for lab, r in zip(labels, runs):
+        final = r["evals"][-1] if r["evals"] else None
+        if final:
+            finals[lab] = final
+        sel = r["selected"]
+        sel_text = f"{sel['round']} ({sel['validator']})" if sel else "-"
+        secs = r["summary"]["seconds"] if r["summary"] else "-"
+        fmt = lambda v: f"{v:.1f}" if isinstance(v, int | float) else "-"  # noqa: E731
+        rounds = sum(1 for e in r["evals"] if e["phase"] == "round")
+        rows.append(
+            f"| {lab} | {fmt(final and final['miou'])} | {fmt(final and final.get('majority_miou'))} | "
+            f"{fmt(final and final.get('minority_miou'))} | {rounds} | {sel_text} | {secs} |"
+        )
+    parts += ["<h2>Summary</h2>", markdown_table_to_html("\n".join(rows))]
+    if finals:
+        parts += ["<h2>Per-class IoU</h2>", markdown_table_to_html(per_class_table(finals, protocol))]
+        classes = list(next(iter(finals.values()))["per_class"])
+        fig, ax = plt.subplots(figsize=(max(8, 0.8 * len(classes)), 3.8))
+        x = np.arange(len(classes))
+        width = 0.85 / len(finals)
+        for i, (lab, res) in enumerate(finals.items()):
+            vals = [np.nan if res["per_class"][c] is None else res["per_class"][c] for c in classes]
+            ax.bar(x + (i - (len(finals) - 1) / 2) * width, vals, width, label=lab)
+        ax.set_xticks(x, classes, rotation=35, ha="right")
+        ax.set_ylabel("IoU (%)")
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=8, ncol=min(4, len(finals)))
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        parts.append(_img_tag(_png(fig), "per-class IoU"))
+    # mIoU per round.
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for lab, r in zip(labels, runs):
+        ys = [e["miou"] for e in r["evals"]]
+        ax.plot(range(len(ys)), ys, marker="o", label=lab)
+    ax.set_xlabel("step (0 = starting model; AdaBN adds one; then one per round)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("target-val mIoU (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    parts += ["<h2>Target-val mIoU per round</h2>", _img_tag(_png(fig), "mIoU per round")]
+    # Shares per round.
+    parts.append("<h2>Class shares per round</h2>")
+    parts.append(
+        '<p class="note">Each class\'s share of the pseudo-labels (or of the predictions, for methods '
+        "without pseudo-labels), per round; dashed lines are minority classes. A line falling to zero is a "
+        'class being swallowed (winner-takes-all).</p><div class="grid">'
+    )
+    for lab, r in zip(labels, runs):
+        if not r["pseudo_labels"]:
+            continue
+        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        for c, n in enumerate(protocol.names):
+            ys = [100 * s.get("pl_share", s["pred_share"])[n] for s in r["pseudo_labels"]]
+            ax.plot(range(len(ys)), ys, marker="o", color=np.array(protocol.colors[c]) / 255,
+                    linestyle="-" if c in protocol.majority else "--", label=n)  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_xlabel("round")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel("share (%)")
+        ax.set_title(lab, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        fig.tight_layout()
+        parts.append(f"<figure>{_img_tag(_png(fig), lab)}</figure>")
+    parts.append("</div>")
+    # Grids.
+    parts.append("<h2>Predictions</h2>")
+    parts.append(
+        '<p class="note">Per round, fixed target train images: image | pseudo-label | prediction | ground '
+        "truth (where the split has labels; for looking only). Black: no pseudo-label.</p>"
+    )
+    for lab, r in zip(labels, runs):
+        if not r["figures"]:
+            continue
+        parts.append(f'<h3>{html.escape(lab)}</h3><div class="grid">')
+        for f in r["figures"]:
+            parts.append(
+                f"<figure>{_img_tag(_file_b64(f), f.stem)}<figcaption>{f.stem}</figcaption></figure>"
+            )
+        parts.append("</div>")
+    page = (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>'
+        f"{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+        + "\n".join(parts)
+        + "</body></html>"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    return out
