@@ -50,17 +50,21 @@ from sfseg.optim import OptimConfig, build_sgd
 TOY_TO_LABELID = {n: lid for n, lid, tid in CITYSCAPES_LABELS if tid != 255 and n in TOYCITY.names}
 
 
+SCALE = 1  # --scale: divide every size by this (a CPU smoke test of the script uses 8)
+
+
 def _write_one(args) -> None:
-    root, split, city, i = args
+    root, split, city, i, scale = args
     spec = ToyCitySpec(height=256, width=512, variant="materials", seed=7)
     img, lbl = generate_sample(spec, "target", "train", i)
     rng = np.random.default_rng(i)
-    big = np.asarray(Image.fromarray(img).resize((2048, 1024), Image.BICUBIC), np.float32)
+    w, h = 2048 // scale, 1024 // scale
+    big = np.asarray(Image.fromarray(img).resize((w, h), Image.BICUBIC), np.float32)
     big = np.clip(big + rng.normal(0, 2.0, big.shape), 0, 255).astype(np.uint8)
     lut = np.full(256, 0, np.uint8)
     for c, name in enumerate(TOYCITY.names):
         lut[c] = TOY_TO_LABELID[name]
-    ids = np.asarray(Image.fromarray(lut[lbl]).resize((2048, 1024), Image.NEAREST))
+    ids = np.asarray(Image.fromarray(lut[lbl]).resize((w, h), Image.NEAREST))
     stem = f"{city}_{i:06d}_000019"
     (root / "leftImg8bit" / split / city).mkdir(parents=True, exist_ok=True)
     (root / "gtFine" / split / city).mkdir(parents=True, exist_ok=True)
@@ -69,8 +73,10 @@ def _write_one(args) -> None:
 
 
 def write_tree(root: Path, n_train: int, n_val: int) -> None:
-    tasks = [(root, "train", "aachen", i) for i in range(n_train)]
-    tasks += [(root, "val", ("frankfurt", "lindau", "munster")[i % 3], 10_000 + i) for i in range(n_val)]
+    tasks = [(root, "train", "aachen", i, SCALE) for i in range(n_train)]
+    tasks += [
+        (root, "val", ("frankfurt", "lindau", "munster")[i % 3], 10_000 + i, SCALE) for i in range(n_val)
+    ]
     with mp.get_context("fork").Pool(min(16, os.cpu_count() or 1)) as pool:
         pool.map(_write_one, tasks)
 
@@ -106,7 +112,7 @@ def train_step_benchmark(amp: bool, images: list[torch.Tensor], repeats: int) ->
     model.train()
     opt = build_sgd(model, OptimConfig(lr=1e-4, head_lr_mult=10.0))
     parts = build_loss_parts(MethodConfig(), 19)
-    aug = AugmentConfig(kind="scale_crop")
+    aug = AugmentConfig(kind="scale_crop", short_side=720 // SCALE, crop=600 // SCALE)
     rng = np.random.default_rng(0)
     dev = [im.to(DEVICE) for im in images]
     gen = torch.Generator().manual_seed(0)
@@ -114,13 +120,15 @@ def train_step_benchmark(amp: bool, images: list[torch.Tensor], repeats: int) ->
     def step():
         batch = []
         for j in range(3):
-            params = scale_crop_params(1024, 2048, aug, rng)
-            batch.append(apply_scale_crop(dev[(j + rng.integers(len(dev))) % len(dev)], None, params, 600)[0])
+            im = dev[(j + rng.integers(len(dev))) % len(dev)]
+            params = scale_crop_params(im.shape[-2], im.shape[-1], aug, rng)
+            batch.append(apply_scale_crop(im, None, params, aug.crop)[0])
         x = CAFFE_BGR(torch.stack(batch)).contiguous(memory_format=torch.channels_last)
-        pseudo = torch.randint(0, 19, (3, 600, 600), device=DEVICE)
-        pseudo[:, :300] = 255
+        c = aug.crop
+        pseudo = torch.randint(0, 19, (3, c, c), device=DEVICE)
+        pseudo[:, : c // 2] = 255
         with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=amp):
-            logits = upsample_logits(model(x), (600, 600))
+            logits = upsample_logits(model(x), (c, c))
             loss, _ = total_loss(parts, StepInputs(logits, pseudo, gen))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -148,7 +156,7 @@ def bf16_label_difference(data_root: Path, n: int, workers: int) -> dict:
     model.train()
     out = {}
     for amp in (False, True):
-        inf = Inference(model, CAFFE_BGR, [1024, 512], amp=amp, channels_last=True)
+        inf = Inference(model, CAFFE_BGR, [1024 // SCALE, 512 // SCALE], amp=amp, channels_last=True)
         lab = build_pseudo_labeller(PseudoLabelConfig(), 19)
         paths, _ = label_round(
             inf, sub, lab, 0.1, Path(f"/tmp/gpu_round/pl{int(amp)}"), CITYSCAPES19, 1, workers
@@ -159,12 +167,12 @@ def bf16_label_difference(data_root: Path, n: int, workers: int) -> dict:
 
 
 def crop_difference(images: list[torch.Tensor]) -> dict:
-    aug = AugmentConfig(kind="scale_crop")
+    aug = AugmentConfig(kind="scale_crop", short_side=720 // SCALE, crop=600 // SCALE)
     diffs = []
     for i, im in enumerate(images[:6]):
         params = scale_crop_params(im.shape[-2], im.shape[-1], aug, np.random.default_rng(i))
-        cpu = apply_scale_crop(im, None, params, 600)[0].int()
-        gpu = apply_scale_crop(im.to(DEVICE), None, params, 600)[0].cpu().int()
+        cpu = apply_scale_crop(im, None, params, aug.crop)[0].int()
+        gpu = apply_scale_crop(im.to(DEVICE), None, params, aug.crop)[0].cpu().int()
         diffs.append(((cpu - gpu).abs().max().item(), float((cpu != gpu).float().mean())))
     return {"max_abs_level_difference": max(d[0] for d in diffs),
             "values_differing_pct": round(100 * float(np.mean([d[1] for d in diffs])), 3)}  # fmt: skip
@@ -184,8 +192,13 @@ def real_round(data_root: Path, ckpt: Path, out: Path, amp: bool, workers: int) 
             f"amp_inference={str(amp).lower()}",
             "save_pseudo_labels=false",
             "tensorboard=false",
+            f"input_size=[{1024 // SCALE}, {512 // SCALE}]",
+            f"augment.short_side={720 // SCALE}",
+            f"augment.crop={600 // SCALE}",
         ],
     )
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     summary = run_adaptation(cfg, progress=False, mode="overwrite")
     total = time.time() - t0
@@ -205,7 +218,10 @@ def main() -> None:
     p.add_argument("--val", type=int, default=20)
     p.add_argument("--workers", type=int, default=16)
     p.add_argument("--repeats", type=int, default=20, help="timed training steps per mode")
+    p.add_argument("--scale", type=int, default=1, help="divide every size by this (8: a CPU smoke test)")
     args = p.parse_args()
+    global SCALE
+    SCALE = args.scale
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
@@ -220,6 +236,9 @@ def main() -> None:
 
     t = time.time()
     data = Path("/tmp/gpu_round/cityscapes")
+    import shutil
+
+    shutil.rmtree(data, ignore_errors=True)
     write_tree(data, args.train, args.val)
     note("data_seconds", round(time.time() - t, 1))
     torch.backends.cudnn.benchmark = True
@@ -234,7 +253,7 @@ def main() -> None:
     from sfseg.data.registry import build_dataset
 
     ds = build_dataset("cityscapes", data, "train", labels=False)
-    images = [ds.image(i) for i in range(8)]
+    images = [ds.image(i) for i in range(min(8, len(ds)))]
     note("crops_device_vs_cpu", crop_difference(images))
     for amp in (False, True):
         name = "bf16" if amp else "fp32"

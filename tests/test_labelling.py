@@ -57,3 +57,18 @@ def test_one_forward_with_the_two_step_pipeline(tiny_toycity, tmp_path):
     one, _ = _run(tiny_toycity, tmp_path, 1, **kw)
     two, _ = _run(tiny_toycity, tmp_path, 2, **kw)
     assert np.array_equal(one, two) and one.shape[1:] == (32, 64)
+
+
+def test_pseudo_label_pngs_are_palette_images_of_the_indices(tmp_path):
+    from sfseg.engine.labelling import PseudoLabelWriter
+
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 12, (37, 53)).astype(np.uint8)
+    label[:5] = 255
+    writer = PseudoLabelWriter(tmp_path, TOYCITY.palette())
+    writer.submit(3, label)
+    writer.close()
+    im = Image.open(tmp_path / "00003.png")
+    assert im.mode == "P" and im.size == (53, 37)
+    assert np.array_equal(np.asarray(im), label)
+    assert im.getpalette()[: 3 * 12] == TOYCITY.palette()[: 3 * 12]

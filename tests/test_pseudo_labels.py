@@ -132,3 +132,16 @@ def test_histogram_memory_does_not_grow():
         score, pred = _random_scores(s, n=1000, c=19)
         hist.update(score, pred)
     assert hist.counts.shape == before and int(hist.counts.sum()) == 5000
+
+
+def test_radix_select_equals_kthvalue():
+    # The CUDA path of the per-image selection (a two-level radix select on float bits), run on the CPU.
+    from sfseg.models.ops import kth_largest
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 4000, generator=g) * 40
+    x[:, :40] = x[:, :1]  # ties
+    x[0, 100:130] = math.inf  # saturated scores
+    x[1, :2500] = 0.0
+    for k in (1, 13, 40, 400, 3999, 4000):
+        assert torch.equal(kth_largest(x, k, exact_radix=True), kth_largest(x, k, exact_radix=False)), k

@@ -45,7 +45,7 @@ import torch
 
 from sfseg import IGNORE_INDEX
 from sfseg.adapt.config import PseudoLabelConfig
-from sfseg.models.ops import argmax_classes
+from sfseg.models.ops import argmax_classes, count_into, kth_largest
 
 MAX_SCORE = 40.0
 """Scores above this (confidence > 1 - 4e-18) share the histogram's last bin."""
@@ -117,7 +117,7 @@ class ConfidenceHistogram:
         """
         b = (score.detach().reshape(-1) * (1.0 / self.width)).clamp_(0, self.bins - 1).long()
         idx = prediction.reshape(-1).to(b.device) * self.bins + b
-        self.counts += torch.bincount(idx, minlength=self.num_classes * self.bins).to(self.counts.device)
+        count_into(self.counts, idx.to(self.counts.device))
 
     @property
     def table(self) -> torch.Tensor:
@@ -181,10 +181,8 @@ def local_top_alpha(score: torch.Tensor, alpha: float) -> torch.Tensor:
         score (B, H, W) -> bool (B, H, W).
     """
     flat = score.reshape(score.shape[0], -1)
-    n = flat.shape[1]
-    k = max(1, math.ceil(alpha * n))
-    kth = flat.kthvalue(n - k + 1, dim=1, keepdim=True).values  # the k-th largest (quickselect)
-    return (flat >= kth).view_as(score)
+    k = max(1, math.ceil(alpha * flat.shape[1]))
+    return (flat >= kth_largest(flat, k)).view_as(score)
 
 
 def local_top_alpha_released(confidence: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -199,7 +197,7 @@ def local_top_alpha_released(confidence: torch.Tensor, alpha: float) -> torch.Te
     if idx < 0:
         kth = flat.min(1, keepdim=True).values
     else:
-        kth = flat.topk(idx + 1, dim=1).values[:, -1:]
+        kth = kth_largest(flat, idx + 1)
     return (flat > kth).view_as(confidence)
 
 

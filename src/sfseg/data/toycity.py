@@ -155,29 +155,22 @@ VARIANTS = {
         ),
         Variant(
             "small_objects",
-            "the sim domain's materials, but small and thin objects are thinner, smaller and low in contrast "
-            "(dull, taking the colour of what is behind them), as street furniture and pedestrians are in "
-            "real photos, under a slightly blurry, noisy sensor: the source model swallows them into the "
-            "classes around them",
+            "the sim domain's materials, but small and thin objects are low in contrast (dull, taking part "
+            "of the colour of what is behind them), as street furniture and pedestrians are in real photos, "
+            "under a slightly blurry, noisy sensor and an overcast sky: the source model swallows them into "
+            "the classes around them",
             (SIM_LAYOUT, SIM_LOOK),
             (
-                replace(
-                    PHOTO_LAYOUT,
-                    pole_width=(0.8, 1.6),
-                    thin_poles=True,
-                    sign_size=0.045,
-                    light_size=0.04,
-                    person_height=0.22,
-                ),
+                PHOTO_LAYOUT,
                 replace(
                     SIM_LOOK,
                     palette={**SIM_LOOK.palette, "sky": PHOTO_LOOK.palette["sky"]},
-                    camouflage=(0.7, 0.9),
+                    camouflage=(0.5, 0.75),
                     camouflage_classes=MINORITY,
                     texture=0.8,
                     exposure=(0.8, 1.1),
                     cast=0.04,
-                    blur=(0.4, 1.0),
+                    blur=(0.3, 0.7),
                     noise=(2.0, 6.0),
                 ),
             ),

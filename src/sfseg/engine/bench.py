@@ -111,7 +111,7 @@ def world_jobs(
     jobs, keys = [], {}
     for seed in seeds:
         scfg = source_config(world.data_root, world.source_dir, seed, configs, source_overrides)
-        skey = f"{world.name}/source/seed{seed}"
+        skey = f"source:{scfg.out}"  # worlds that share a source directory share this job
         jobs.append(Job(skey, train_or_reuse_source, (scfg, progress)))
         for m in methods:
             cfg = load_config(
@@ -254,11 +254,12 @@ def run_suite(
         for w in worlds:
             root = ensure_world(data_dir, v, w, base)
             name = f"{v}-w{w}"
-            world = World(name, root, out / name, out / name)
+            # The variants share one source domain: one source model per (world, seed) serves them all.
+            world = World(name, root, out / name, out / f"sources-w{w}")
             job_list, k = world_jobs(
                 world, methods, seeds, configs, overrides, list(source_overrides or []), resume, False
             )
-            all_jobs += job_list
+            all_jobs += [j for j in job_list if j.key not in {x.key for x in all_jobs}]
             keys[name] = k
     done = run_jobs(all_jobs, jobs, log=lambda s: print(s, flush=True))
     per_world = {}

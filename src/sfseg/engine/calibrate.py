@@ -82,35 +82,34 @@ def calibrate(
     """Train source and oracle models per (variant, world, seed), measure them, write
     ``<out>/calibration.json`` and ``<out>/toycity.md`` (and ``report`` too when given).
 
-    Source models land where ``sfseg bench`` expects them (``<out>/<variant>-w<world>/source_seed<s>.pt``),
-    so a bench with the same ``out`` reuses them.
+    Source models land where ``sfseg bench --variants`` expects them (``<out>/sources-w<world>/``: the
+    variants share one source domain), so a bench with the same ``out`` reuses them; oracles go to
+    ``<out>/<variant>-w<world>/``.
     """
     t0 = time.time()
     out = Path(out)
     configs = config_dir(None)
-    job_list, roots = [], {}
+    job_list, roots, source_keys = [], {}, {}
     for v in variants:
         for w in worlds:
             name = f"{v}-w{w}"
             roots[name] = ensure_world(data_dir, v, w, base)
             for s in seeds:
-                src = source_config(roots[name], out / name, s, configs, source_overrides)
+                # The variants share one source domain: one source model per (world, seed).
+                src = source_config(roots[name], out / f"sources-w{w}", s, configs, source_overrides)
                 ora = source_config(roots[name], out / name, s, configs, source_overrides, oracle=True)
+                skey = source_keys[name, s] = f"source:{src.out}"
+                if skey not in {j.key for j in job_list}:
+                    job_list.append(Job(skey, train_or_reuse_source, (src,)))
                 job_list += [
-                    Job(f"{name}/source/seed{s}", train_or_reuse_source, (src,)),
                     Job(f"{name}/oracle/seed{s}", train_or_reuse_source, (ora,)),
-                    Job(
-                        f"{name}/measure/seed{s}",
-                        measure_source,
-                        (roots[name], Path(src.out)),
-                        [f"{name}/source/seed{s}"],
-                    ),
+                    Job(f"{name}/measure/seed{s}", measure_source, (roots[name], Path(src.out)), [skey]),
                 ]
     done = run_jobs(job_list, jobs, log=lambda x: print(x, flush=True))
     numbers = {"seeds": seeds, "seconds": None, "worlds": {}}
     for name in roots:
         w = {
-            "source_on_source_val": [done[f"{name}/source/seed{s}"]["val_miou"] for s in seeds],
+            "source_on_source_val": [done[source_keys[name, s]]["val_miou"] for s in seeds],
             "oracle_on_target_val": [done[f"{name}/oracle/seed{s}"]["val_miou"] for s in seeds],
             "measure": [done[f"{name}/measure/seed{s}"] for s in seeds],
         }

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -28,7 +30,7 @@ from sfseg.data.classes import ClassProtocol
 from sfseg.engine import distributed
 from sfseg.engine.inference import Inference, LabelsView, batch_size_hw
 from sfseg.engine.loading import sharded_batches, sharded_loader
-from sfseg.models.ops import argmax_classes
+from sfseg.models.ops import argmax_classes, count_into
 
 
 class LogitCache:
@@ -114,14 +116,42 @@ def _as_storage(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
+def palette_png(gray_png: bytes, palette: list[int]) -> bytes:
+    """An 8-bit grayscale PNG turned into a palette PNG with the same pixel values (indices).
+
+    The image data of an 8-bit grayscale PNG and of an 8-bit palette PNG are the same bytes: only the
+    header's colour type (0 -> 3) and a ``PLTE`` chunk differ. This lets OpenCV, which encodes without
+    holding Python's lock (so threads encode in parallel), write the palette PNGs that image viewers show
+    in the classes' colours.
+    """
+    sig, rest = gray_png[:8], gray_png[8:]
+    length = struct.unpack(">I", rest[:4])[0]
+    if rest[4:8] != b"IHDR" or length != 13 or rest[8 + 8] != 8 or rest[8 + 9] != 0:
+        raise ValueError("expected an 8-bit grayscale PNG")
+    ihdr = bytearray(rest[8 : 8 + 13])
+    ihdr[9] = 3  # colour type: palette
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    tail = rest[8 + 13 + 4 :]  # the chunks after IHDR (and its CRC)
+    return sig + chunk(b"IHDR", bytes(ihdr)) + chunk(b"PLTE", bytes(palette[: 3 * 256])) + tail
+
+
 class PseudoLabelWriter:
     """Writes pseudo-label PNGs (palette, the index is the class; 255 = not selected) on a thread pool,
-    so that PNG encoding overlaps the network's work. :meth:`close` waits and re-raises any error."""
+    so that PNG encoding overlaps the network's work: OpenCV encodes (in parallel: it releases Python's
+    lock), the palette is added by :func:`palette_png`. :meth:`close` waits and re-raises any error."""
 
     def __init__(self, out_dir: Path, palette: list[int], threads: int | None = None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.palette = palette
+        self.palette = list(palette) + [0] * (768 - len(palette))
         self.pool = cf.ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1))
         self.pending: list[cf.Future] = []
 
@@ -129,13 +159,12 @@ class PseudoLabelWriter:
         return self.out_dir / f"{index:05d}.png"
 
     def _write(self, index: int, label: np.ndarray) -> None:
-        # A palette image straight from the class indices; fast zlib level (label maps compress well). No
-        # per-file rename: a round whose labelling did not finish is labelled again on resume.
-        im = Image.frombuffer(
-            "P", (label.shape[1], label.shape[0]), np.ascontiguousarray(label), "raw", "P", 0, 1
-        )
-        im.putpalette(self.palette)
-        im.save(self.path(index), format="PNG", compress_level=1)
+        # Fast zlib level (label maps compress well). No per-file rename: a round whose labelling did not
+        # finish is labelled again on resume.
+        ok, gray = cv2.imencode(".png", np.ascontiguousarray(label), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:
+            raise OSError(f"could not encode pseudo-label {index}")
+        self.path(index).write_bytes(palette_png(gray.tobytes(), self.palette))
 
     def submit(self, index: int, label: np.ndarray) -> None:
         self.pending.append(self.pool.submit(self._write, index, label))
@@ -212,11 +241,12 @@ def label_round(
                 cache.put(b, scores if keep_scores else (raw,))
         labeller.reduce(distributed.all_reduce_sum)
 
-        counts = torch.zeros(3, C, dtype=torch.int64, device=device)  # predicted, selected, correct
+        counts = torch.zeros(3, 256, dtype=torch.int64, device=device)  # predicted, selected, correct
         total = torch.zeros(1, dtype=torch.int64, device=device)
         has_labels = getattr(dataset, "has_labels", False)
         # Each rank writes the PNGs of its own batches (disjoint files).
         writer = PseudoLabelWriter(out_dir, protocol.palette())
+        copies: list[tuple[list[int], tuple]] = []
         if forward_passes == 2:
             source = sharded_loader(inference.view(dataset, labels=has_labels), batch_size, workers, dist)
         elif has_labels:  # only the labels, for the accuracy diagnostics
@@ -246,24 +276,27 @@ def label_round(
                     score, pred = confidence_scores(logits)
                 labels = labeller.select(score, pred, logits)
                 del logits, score
-                # Counts by bincount over every pixel (255 falls beyond the classes): no masked copies.
-                counts[0] += torch.bincount(pred.reshape(-1), minlength=C)[:C]
-                counts[1] += torch.bincount(labels.reshape(-1), minlength=256)[:C]
+                # Counts over every pixel (255 is counted beyond the classes): no masked copies, no sync.
+                count_into(counts[0], pred)
+                count_into(counts[1], labels)
                 if has_labels:
                     gt = batch["label"].to(device, non_blocking=True)
-                    hit = torch.where(labels == gt, labels, IGNORE_INDEX)
-                    counts[2] += torch.bincount(hit.reshape(-1), minlength=256)[:C]
+                    count_into(counts[2], torch.where(labels == gt, labels, IGNORE_INDEX))
                 total += labels.numel()
-                host = labels.to(torch.uint8).cpu().numpy()
-                for idx, lab in zip(batches[b], host):
-                    writer.submit(idx, lab)
+                # Copy to the host without waiting; hand the batch to the writer one batch later, so the
+                # device keeps working while the host encodes.
+                copies.append((batches[b], _to_host(labels.to(torch.uint8))))
+                if len(copies) > 1:
+                    _submit(writer, *copies.pop(0))
+            while copies:
+                _submit(writer, *copies.pop(0))
         finally:
             writer.close()
     finally:
         cache.close()
     distributed.all_reduce_sum(counts)
     distributed.all_reduce_sum(total)
-    predicted, selected, correct = (c.cpu() for c in counts)
+    predicted, selected, correct = (c[:C].cpu() for c in counts)
     total_pixels = int(total.item())
     names = protocol.names
     n_sel = int(selected.sum())
@@ -282,6 +315,25 @@ def label_round(
         }
     paths = [Path(out_dir) / f"{i:05d}.png" for i in range(len(dataset))]
     return paths, stats
+
+
+def _to_host(t: torch.Tensor) -> tuple:
+    """Start copying ``t`` to (pinned) host memory; returns what :func:`_submit` needs to finish it."""
+    if t.device.type != "cuda":
+        return t, None
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done
+
+
+def _submit(writer: PseudoLabelWriter, indices: list[int], copy: tuple) -> None:
+    host, done = copy
+    if done is not None:
+        done.synchronize()
+    for idx, lab in zip(indices, host.numpy()):
+        writer.submit(idx, lab)
 
 
 @torch.no_grad()
@@ -306,8 +358,7 @@ def class_shares(
         disable=not progress,
         leave=False,
     ):
-        pred = argmax_classes(inference.logits(batch["image"], batch_size_hw(batch)))
-        counts += torch.bincount(pred.reshape(-1), minlength=C)
+        count_into(counts, argmax_classes(inference.logits(batch["image"], batch_size_hw(batch))))
     distributed.all_reduce_sum(counts)
     counts = counts.cpu()
     total = max(int(counts.sum()), 1)

@@ -87,7 +87,9 @@ class TrainView(Dataset):
         base: the target train split.
         pseudo_paths: this round's pseudo-label PNGs (dataset order), or None for methods without them.
         augment: the crop recipe.
-        seed, round_index: with the epoch and sample index, they fix each sample's crop.
+        seed, round_index: with the epoch and sample index, they fix each sample's crop. Items are
+            addressed as ``(epoch, index)`` (one loader serves a whole round) or by index alone (``epoch``
+            attribute).
         crop_on_device: return the whole decoded image and the drawn crop (``crop`` = the parameters of
             :func:`~sfseg.data.transforms.scale_crop_params`), for the training loop to apply on the
             device; otherwise the crop is applied here, on the loader worker.
@@ -109,7 +111,8 @@ class TrainView(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         image = self.base.image(i)
         pseudo = None
         if self.pseudo_paths:
@@ -117,7 +120,7 @@ class TrainView(Dataset):
                 pseudo = torch.from_numpy(np.asarray(im).copy())
         item = {"index": i}
         if self.augment.kind == "scale_crop":
-            rng = np.random.default_rng([self.seed, self.round_index, self.epoch, i])
+            rng = np.random.default_rng([self.seed, self.round_index, epoch, i])
             params = scale_crop_params(image.shape[-2], image.shape[-1], self.augment, rng)
             if self.crop_on_device:
                 item["crop"] = torch.tensor(params)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from sfseg import IGNORE_INDEX
+from sfseg.models.ops import count_into
 
 
 class ConfusionMatrix:
@@ -27,12 +28,14 @@ class ConfusionMatrix:
 
     def __init__(self, num_classes: int, device: torch.device | str = "cpu"):
         self.num_classes = num_classes
-        self._mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        # (n + 1) x n counters: row n collects the ignored (255) pixels and is dropped.
+        self._counts = torch.zeros((num_classes + 1) * num_classes, dtype=torch.int64, device=device)
 
     @property
     def mat(self) -> torch.Tensor:
         """The matrix, on the host."""
-        return self._mat.cpu()
+        n = self.num_classes
+        return self._counts[: n * n].view(n, n).cpu()
 
     def update(self, target: torch.Tensor, pred: torch.Tensor) -> None:
         """Add a batch.
@@ -41,14 +44,18 @@ class ConfusionMatrix:
             target, pred: same shape, integer class indices (uint8 or wider); target may hold 255 (ignored).
 
         Raises:
-            ValueError: if ``target`` holds a value that is neither a class index nor 255.
+            ValueError: if ``target`` holds a value that is neither a class index nor 255, or the shapes
+                differ.
         """
         n = self.num_classes
+        if tuple(target.shape) != tuple(pred.shape):
+            raise ValueError(
+                f"ground truth {tuple(target.shape)} and prediction {tuple(pred.shape)} differ in shape"
+            )
         device = pred.device
-        if self._mat.device != device:
-            self._mat = self._mat.to(device)
-        target = target.reshape(-1).to(device, non_blocking=True)
-        pred = pred.reshape(-1)
+        if self._counts.device != device:
+            self._counts = self._counts.to(device)
+        target, pred = target.reshape(-1), pred.reshape(-1)
         fast = device.type == "cpu" and target.dtype == pred.dtype == torch.uint8 and n < 254
         if fast and target.numel() < 2**24:
             # One OpenCV 2-D histogram of (target, prediction) does the counting and the checks: 255 goes to
@@ -58,15 +65,18 @@ class ConfusionMatrix:
             hist = cv2.calcHist([t, pred.numpy()], [0, 1], None, [n + 2, 256], [0, n + 2, 0, 256])
             if hist[n + 1].any() or hist[:, n:].any():
                 self._check(target, pred)
-            self._mat += torch.from_numpy(hist[:n, :n].astype(np.int64))
+            self._counts += torch.from_numpy(hist[: n + 1, :n].astype(np.int64)).reshape(-1)
             return
-        self._check(target, pred)
-        # 255 becomes an extra row that is dropped: no masked copy of the pixels.
-        t = torch.where(target == IGNORE_INDEX, n, target.to(torch.int32))
-        idx = t * n + pred.to(torch.int32)
-        self._mat += torch.bincount(idx, minlength=(n + 1) * n)[: n * n].reshape(n, n)
+        if target.device.type == "cpu":
+            self._check_target(target)  # checked on the host, before the copy: no device sync
+        if device.type == "cpu":
+            self._check(target, pred)
+        target = target.to(device, non_blocking=True)
+        # 255 becomes row n, which is dropped: no masked copy of the pixels.
+        t = torch.where(target == IGNORE_INDEX, n, target.to(torch.int64))
+        count_into(self._counts, t * n + pred.to(torch.int64))
 
-    def _check(self, target: torch.Tensor, pred: torch.Tensor) -> None:
+    def _check_target(self, target: torch.Tensor) -> None:
         n = self.num_classes
         bad = (target >= n) & (target != IGNORE_INDEX)
         if target.dtype != torch.uint8:
@@ -74,6 +84,10 @@ class ConfusionMatrix:
         if bool(bad.any()):
             values = sorted(set(target[bad].unique().tolist()))
             raise ValueError(f"ground truth holds values {values}: neither class indices 0..{n - 1} nor 255")
+
+    def _check(self, target: torch.Tensor, pred: torch.Tensor) -> None:
+        n = self.num_classes
+        self._check_target(target)
         if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= n):
             raise ValueError(f"predictions must be class indices 0..{n - 1}")
 
@@ -84,11 +98,11 @@ class ConfusionMatrix:
         return lut
 
     def merge(self, other: ConfusionMatrix) -> None:
-        self._mat = self._mat + other._mat.to(self._mat.device)
+        self._counts = self._counts + other._counts.to(self._counts.device)
 
     def reduce_from_all_processes(self, all_reduce_sum) -> None:
         """Sum the matrix over ``torchrun`` ranks with ``all_reduce_sum`` (the identity in one process)."""
-        self._mat = all_reduce_sum(self._mat)
+        self._counts = all_reduce_sum(self._counts)
 
     def iou(self) -> np.ndarray:
         """Per-class IoU in [0, 1]; NaN for a class with zero union."""

@@ -171,6 +171,8 @@ class AdaptationRun:
         self.cfg = cfg
         self.recipe = recipe or cfg
         self.dist, self.device = distributed.init(cfg.runtime.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)  # the summary reports this run's peak
         self.progress = progress and self.dist.is_main
         data, method, sched = cfg.data, cfg.method, cfg.schedule
         self.protocol = dataset_protocol(data.dataset, data.protocol)
@@ -512,26 +514,30 @@ class AdaptationRun:
             disable=not self.progress,
         )
         channels_last = use_channels_last(rt.channels_last, self.device)
-        while self.epoch < sched.epochs_per_round:
-            view.epoch = self.epoch
-            batches = epoch_batches(len(self.train_set), sched.batch_size, cfg.seed, r, self.epoch, self.dist)
-            loader = DataLoader(
-                view,
-                batch_sampler=batches[self.batch :],
-                num_workers=rt.num_workers,
-                pin_memory=self.device.type == "cuda",
-                collate_fn=collate,
-                persistent_workers=False,
-            )
-            for batch in loader:
-                self._train_step(batch, channels_last)
-                self.batch += 1
-                if self.batch == len(batches):
-                    self.epoch, self.batch = self.epoch + 1, 0
-                bar.update()
-                if rt.save_every and self.step % rt.save_every == 0 and self.epoch < sched.epochs_per_round:
-                    self.save_state()
-                _fault(cfg.name, "step", self.step)
+        # One loader for the rest of the round, its batches spanning the epochs: workers start once.
+        n = len(self.train_set)
+        epochs = [
+            [[(e, i) for i in b] for b in epoch_batches(n, sched.batch_size, cfg.seed, r, e, self.dist)]
+            for e in range(self.epoch, sched.epochs_per_round)
+        ]
+        epochs[0] = epochs[0][self.batch :]
+        loader = DataLoader(
+            view,
+            batch_sampler=[b for e in epochs for b in e],
+            num_workers=rt.num_workers,
+            pin_memory=self.device.type == "cuda",
+            collate_fn=collate,
+            prefetch_factor=4 if rt.num_workers else None,
+        )
+        for batch in loader:
+            self._train_step(batch, channels_last)
+            self.batch += 1
+            if self.batch == per_epoch:
+                self.epoch, self.batch = self.epoch + 1, 0
+            bar.update()
+            if rt.save_every and self.step % rt.save_every == 0 and self.epoch < sched.epochs_per_round:
+                self.save_state()
+            _fault(cfg.name, "step", self.step)
         bar.close()
         n = max(self.round_steps, 1)
         self.log.write(

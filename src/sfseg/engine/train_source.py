@@ -13,6 +13,7 @@ whole val batches of its own, and rank 0 writes the checkpoint.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -151,14 +152,27 @@ class SourceView(Dataset):
         return {"image": image, "label": label, "index": i}
 
 
-def data_spec(root: str | Path) -> dict | None:
-    """What identifies the data a model was trained on, beyond its path: a ToyCity tree's generator
-    version and spec (None for other datasets)."""
+def data_spec(root: str | Path, domain: str = "source") -> dict | None:
+    """What identifies the data a model was trained on, beyond its path (None for datasets other than
+    ToyCity): for a ToyCity tree, the generator version, the world seed, the image size and split sizes of
+    ``domain``, and a digest of that domain's layout and appearance styles. The variants of the suite share
+    one source domain, so a source model serves every variant of its world."""
     meta = Path(root) / "toycity.json"
     if not meta.is_file():
         return None
+    from sfseg.data.toycity import VARIANTS, ToyCitySpec
+
     d = json.loads(meta.read_text())
-    return {"generator_version": d.get("generator_version"), "spec": d.get("spec")}
+    spec = ToyCitySpec(**d["spec"])
+    style = repr(VARIANTS[spec.variant].style(domain))
+    return {
+        "generator_version": d.get("generator_version"),
+        "domain": domain,
+        "seed": spec.seed,
+        "size": [spec.height, spec.width],
+        "counts": [spec.count(domain, "train"), spec.count(domain, "val")],
+        "style": hashlib.sha1(style.encode()).hexdigest(),
+    }
 
 
 def same_training(provenance: dict, cfg: SourceConfig) -> bool:
@@ -171,7 +185,7 @@ def same_training(provenance: dict, cfg: SourceConfig) -> bool:
     for r in (theirs, mine):
         r.pop("out", None)
         r.get("data", {}).pop("root", None)
-    return theirs == mine and provenance.get("data_spec") == data_spec(cfg.data.root)
+    return theirs == mine and provenance.get("data_spec") == data_spec(cfg.data.root, cfg.data.domain)
 
 
 def _splits(data: SourceDataConfig) -> tuple[str, str]:
@@ -290,7 +304,7 @@ def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | Non
         "stage": "train_source",
         "recipe": to_dict(cfg),
         "data_root": str(Path(data.root)),
-        "data_spec": data_spec(data.root),
+        "data_spec": data_spec(data.root, data.domain),
     }
     if cfg.init:
         provenance["init"] = init.provenance

@@ -39,3 +39,52 @@ def argmax_classes(logits: torch.Tensor, zmax: torch.Tensor | None = None) -> to
     # Weight each channel that reaches the maximum by C - c: the largest weight is the first such channel.
     weights = torch.arange(c, 0, -1, dtype=torch.uint8, device=logits.device).view(1, c, 1, 1)
     return c - ((logits == zmax).to(torch.uint8) * weights).amax(1).long()
+
+
+def count_into(counts: torch.Tensor, values: torch.Tensor) -> None:
+    """``counts[v] += 1`` for every ``v`` in ``values`` (int64 indices below ``len(counts)``), in place.
+
+    On CUDA, ``torch.bincount`` reads the maximum back to the host to size its output, which stalls the
+    pipeline at every call; ``index_add_`` into preallocated counters does not.
+    """
+    values = values.reshape(-1)
+    if counts.is_cuda:
+        counts.index_add_(0, values, torch.ones_like(values, dtype=counts.dtype))
+    else:
+        counts += torch.bincount(values, minlength=counts.numel())[: counts.numel()].to(counts.dtype)
+
+
+def kth_largest(rows: torch.Tensor, k: int, exact_radix: bool | None = None) -> torch.Tensor:
+    """The ``k``-th largest value of each row of non-negative floats (``+inf`` allowed), exactly.
+
+    On the CPU ``kthvalue``; on CUDA (where ``kthvalue`` of a 2-megapixel row takes ~10 ms) a two-level
+    radix select on the float32 bit pattern, which is order-preserving for non-negative numbers: a
+    histogram of the high 16 bits finds the bin holding the k-th largest, a histogram of the low 16 bits
+    within that bin finds the value. No host synchronisation.
+
+    Shape:
+        rows (B, N) float32 >= 0 -> (B, 1).
+    """
+    b, n = rows.shape
+    use_radix = rows.is_cuda if exact_radix is None else exact_radix
+    if not use_radix:
+        return rows.kthvalue(n - k + 1, dim=1, keepdim=True).values
+    keys = rows.contiguous().float().view(torch.int32).long()
+    hi, lo = keys >> 16, keys & 0xFFFF
+    offsets = torch.arange(b, device=rows.device).view(b, 1) * 65536
+    hist = torch.zeros(b * 65536, dtype=torch.int64, device=rows.device)
+    count_into(hist, hi + offsets)
+    above = hist.view(b, 65536).flip(1).cumsum(1)  # [i, j] = count with high bits >= 65535 - j
+    need = torch.full((b, 1), k, dtype=torch.int64, device=rows.device)
+    j1 = torch.searchsorted(above, need)  # first (from the top) bin where the count reaches k
+    b1 = 65535 - j1  # (B, 1)
+    higher = torch.where(j1 > 0, above.gather(1, (j1 - 1).clamp(min=0)), torch.zeros_like(j1))
+    inside = hi == b1
+    hist2 = torch.zeros(b * 65537, dtype=torch.int64, device=rows.device)
+    rows2 = torch.arange(b, device=rows.device).view(b, 1) * 65537
+    idx2 = torch.where(inside, lo, torch.full_like(lo, 65536)) + rows2
+    count_into(hist2, idx2)
+    above2 = hist2.view(b, 65537)[:, :65536].flip(1).cumsum(1)
+    j2 = torch.searchsorted(above2, need - higher)
+    key = (b1 << 16) | (65535 - j2)
+    return key.to(torch.int32).view(torch.float32)
