@@ -166,3 +166,24 @@ def test_suite_runs_every_variant_and_writes_the_summary(tmp_path):
     text = (tmp_path / "suite" / "suite.md").read_text()
     assert "mean rank" in text and "Winner-takes-all view: fog-w1" in text and "| ld |" in text
     assert (tmp_path / "suite" / "fog-w1" / "results.md").is_file()
+
+
+def test_the_shipped_demo_source_model_is_current():
+    # If the source recipe or the generator changes, the shipped checkpoint is stale: rebuild it with
+    # the command in sfseg/engine/demo.py (the demo would otherwise spend minutes training its own).
+    import copy
+
+    from sfseg.config import load_config, to_dict
+    from sfseg.engine.demo import DEMO_SPEC, SHIPPED_SOURCE
+    from sfseg.engine.train_source import SourceConfig, toycity_signature
+    from sfseg.models import load_checkpoint
+
+    prov = load_checkpoint(SHIPPED_SOURCE).provenance
+    recipe = load_config(SourceConfig, "configs/toycity/source.yaml", ["seed=0"])
+    theirs, mine = copy.deepcopy(prov["recipe"]), to_dict(recipe)
+    for r in (theirs, mine):
+        r.pop("out")
+        r["data"].pop("root")
+    assert theirs == mine
+    assert prov["data_spec"] == toycity_signature(DEMO_SPEC, "source")
+    assert prov["source_val_miou"] >= 85

@@ -57,6 +57,7 @@ def run_jobs(jobs: list[Job], workers: int = 1, log: Callable[[str], None] = pri
             log(f"[{time.time() - t0:6.0f} s] done: {j.key}")
         return results
     threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    waiting_on = _dependents(jobs)
     pending = {j.key: j for j in jobs}
     running: dict[cf.Future, str] = {}
     ctx = mp.get_context("spawn")
@@ -65,6 +66,9 @@ def run_jobs(jobs: list[Job], workers: int = 1, log: Callable[[str], None] = pri
     ) as pool:
         while pending or running:
             ready = [j for j in pending.values() if all(a in results for a in j.after)]
+            # Jobs that others wait for first (the critical path: LD before naive self-training when LDBE
+            # waits for LD), then in the given order.
+            ready.sort(key=lambda j: -waiting_on[j.key])
             for j in ready[: max(0, workers - len(running))]:
                 running[pool.submit(j.fn, *j.args)] = j.key
                 del pending[j.key]
@@ -76,6 +80,22 @@ def run_jobs(jobs: list[Job], workers: int = 1, log: Callable[[str], None] = pri
                 results[key] = f.result()  # re-raises a job's error here
                 log(f"[{time.time() - t0:6.0f} s] done: {key}")
     return results
+
+
+def _dependents(jobs: list[Job]) -> dict[str, int]:
+    """How many jobs wait, directly or not, for each job."""
+    direct: dict[str, set[str]] = {j.key: set() for j in jobs}
+    for j in jobs:
+        for a in j.after:
+            direct[a].add(j.key)
+
+    def closure(key: str, seen: set[str]) -> set[str]:
+        for d in direct[key] - seen:
+            seen.add(d)
+            closure(d, seen)
+        return seen
+
+    return {k: len(closure(k, set())) for k in direct}
 
 
 def _ordered(jobs: list[Job]) -> list[Job]:

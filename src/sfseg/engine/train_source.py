@@ -160,13 +160,19 @@ def data_spec(root: str | Path, domain: str = "source") -> dict | None:
     meta = Path(root) / "toycity.json"
     if not meta.is_file():
         return None
-    from sfseg.data.toycity import VARIANTS, ToyCitySpec
+    from sfseg.data.toycity import ToyCitySpec
 
     d = json.loads(meta.read_text())
-    spec = ToyCitySpec(**d["spec"])
+    return toycity_signature(ToyCitySpec(**d["spec"]), domain, d.get("generator_version"))
+
+
+def toycity_signature(spec, domain: str, generator_version: int | None = None) -> dict:
+    """The identity of one domain of a ToyCity world (see :func:`data_spec`)."""
+    from sfseg.data.toycity import GENERATOR_VERSION, VARIANTS
+
     style = repr(VARIANTS[spec.variant].style(domain))
     return {
-        "generator_version": d.get("generator_version"),
+        "generator_version": GENERATOR_VERSION if generator_version is None else generator_version,
         "domain": domain,
         "seed": spec.seed,
         "size": [spec.height, spec.width],
