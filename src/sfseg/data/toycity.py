@@ -20,7 +20,10 @@ generation order, and the same seed gives byte-identical files.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
+import multiprocessing as mp
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -247,26 +250,50 @@ def list_path(root: Path, domain: str, split: str) -> Path:
     return Path(root) / f"{domain}_{split}.txt"
 
 
-def generate(root: str | Path, spec: ToyCitySpec = ToyCitySpec(), progress: bool = True) -> Path:
-    """Write the benchmark under ``root`` (created if needed) and return the path of its metadata file."""
+def _write_sample(root: Path, spec: ToyCitySpec, domain: str, split: str, i: int) -> str:
+    image, label = generate_sample(spec, domain, split, i)
+    img_rel = f"{domain}/images/{split}/{i:05d}.png"
+    lbl_rel = f"{domain}/labels/{split}/{i:05d}.png"
+    Image.fromarray(image).save(root / img_rel)
+    lbl = Image.fromarray(label, mode="L").convert("P")
+    lbl.putpalette(TOYCITY.palette())
+    lbl.save(root / lbl_rel)
+    return f"{img_rel} {lbl_rel}\n"
+
+
+def generate(
+    root: str | Path, spec: ToyCitySpec = ToyCitySpec(), progress: bool = True, workers: int | None = None
+) -> Path:
+    """Write the benchmark under ``root`` (created if needed) and return the path of its metadata file.
+
+    Images are independent (each has its own random stream), so ``workers`` processes (default: one per
+    core, at most 4) write them in parallel; the files are the same for any number of workers.
+    """
     root = Path(root)
-    palette = TOYCITY.palette()
+    workers = workers or min(4, len(os.sched_getaffinity(0)))
+    tasks = []
     for domain in DOMAINS:
         for split in SPLITS:
-            n = spec.count(domain, split)
             (root / domain / "images" / split).mkdir(parents=True, exist_ok=True)
             (root / domain / "labels" / split).mkdir(parents=True, exist_ok=True)
+            tasks += [(domain, split, i) for i in range(spec.count(domain, split))]
+    bar = tqdm(total=len(tasks), desc="ToyCity", disable=not progress, leave=False)
+    if workers > 1:
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
             lines = []
-            for i in tqdm(range(n), desc=f"ToyCity {domain}/{split}", disable=not progress, leave=False):
-                image, label = generate_sample(spec, domain, split, i)
-                img_rel = f"{domain}/images/{split}/{i:05d}.png"
-                lbl_rel = f"{domain}/labels/{split}/{i:05d}.png"
-                Image.fromarray(image).save(root / img_rel)
-                lbl = Image.fromarray(label, mode="L").convert("P")
-                lbl.putpalette(palette)
-                lbl.save(root / lbl_rel)
-                lines.append(f"{img_rel} {lbl_rel}\n")
-            list_path(root, domain, split).write_text("".join(lines))
+            for line in pool.map(_write_sample, *zip(*[(root, spec, *t) for t in tasks]), chunksize=16):
+                lines.append(line)
+                bar.update()
+    else:
+        lines = []
+        for t in tasks:
+            lines.append(_write_sample(root, spec, *t))
+            bar.update()
+    bar.close()
+    for domain in DOMAINS:
+        for split in SPLITS:
+            mine = [ln for t, ln in zip(tasks, lines) if t[:2] == (domain, split)]
+            list_path(root, domain, split).write_text("".join(mine))
     meta = {
         "name": "toycity",
         "generator_version": GENERATOR_VERSION,

@@ -34,6 +34,12 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _with_threads(threads: int, fn: Callable[..., Any], *args) -> Any:
+    """Run ``fn`` on ``threads`` intra-op threads (a job alone on the machine gets all the cores)."""
+    torch.set_num_threads(threads)
+    return fn(*args)
+
+
 def run_jobs(jobs: list[Job], workers: int = 1, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every job once its dependencies are done; return ``{key: result}``.
 
@@ -56,7 +62,8 @@ def run_jobs(jobs: list[Job], workers: int = 1, log: Callable[[str], None] = pri
             results[j.key] = j.fn(*j.args)
             log(f"[{time.time() - t0:6.0f} s] done: {j.key}")
         return results
-    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    cores = len(os.sched_getaffinity(0))
+    threads = max(1, cores // workers)
     waiting_on = _dependents(jobs)
     pending = {j.key: j for j in jobs}
     running: dict[cf.Future, str] = {}
@@ -69,8 +76,12 @@ def run_jobs(jobs: list[Job], workers: int = 1, log: Callable[[str], None] = pri
             # Jobs that others wait for first (the critical path: LD before naive self-training when LDBE
             # waits for LD), then in the given order.
             ready.sort(key=lambda j: -waiting_on[j.key])
-            for j in ready[: max(0, workers - len(running))]:
-                running[pool.submit(j.fn, *j.args)] = j.key
+            starting = ready[: max(0, workers - len(running))]
+            for j in starting:
+                # Cores are shared by the jobs running now: one job alone (the last stage of a chain,
+                # say LDBE's BE after LD) gets them all.
+                share = max(1, cores // max(1, len(running) + len(starting)))
+                running[pool.submit(_with_threads, share, j.fn, *j.args)] = j.key
                 del pending[j.key]
             if not running:
                 raise RuntimeError(f"jobs cannot start (dependency cycle?): {sorted(pending)}")
