@@ -70,6 +70,9 @@ def main() -> None:
         "pl_two_passes_s": round(median(times["pl_two_passes"]), 2),
         "pl_over_forward": round(median(times["pl_one_forward"]) / f, 3),
         "two_passes_over_forward": round(median(times["pl_two_passes"]) / f, 3),
+        "pl_over_forward_each_repeat": [
+            round(a / b, 3) for a, b in zip(times["pl_one_forward"], times["forward"])
+        ],
     }
     print(json.dumps(report, indent=1))
 
