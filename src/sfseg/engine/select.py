@@ -51,8 +51,8 @@ EPS = 1e-8
 
 class Validator:
     """Accumulates a score over batches. ``update`` gets, per batch, the label-resolution logits, the
-    indices of the sampled pixels, the sampled features (or None), and the reference model's logits (or
-    None)."""
+    indices of the sampled pixels, the sampled features (or None), and the reference model's argmax
+    predictions (or None)."""
 
     name = ""
     needs_features = False
@@ -149,7 +149,7 @@ class AgreementValidator(Validator):
     def update(self, logits, samples, features, reference) -> None:
         if reference is None:
             return
-        self.same += int((argmax_classes(logits) == argmax_classes(reference)).sum())
+        self.same += int((argmax_classes(logits) == reference.to(logits.device)).sum())
         self.n += logits.shape[0] * logits.shape[2] * logits.shape[3]
 
     def score(self) -> float:
@@ -169,7 +169,7 @@ class ShareStabilityValidator(Validator):
         c = self.num_classes
         self.counts += torch.bincount(argmax_classes(logits).reshape(-1), minlength=c)[:c].double().cpu()
         if reference is not None:
-            self.ref += torch.bincount(argmax_classes(reference).reshape(-1), minlength=c)[:c].double().cpu()
+            self.ref += torch.bincount(reference.reshape(-1).long(), minlength=c)[:c].double().cpu()
 
     def score(self) -> float:
         if not self.ref.sum():
@@ -211,25 +211,30 @@ def score_model(
     dataset: Dataset,
     protocol: ClassProtocol,
     validators: list[str],
-    references: dict[str, nn.Module | None] | None = None,
+    references: dict[str, nn.Module | list[torch.Tensor] | None] | None = None,
     data_cfg=None,
     batch_size: int = 8,
     max_images: int = 0,
     pixels_per_image: int = 64,
     features_per_image: int = 16,
     progress: bool = False,
-) -> dict[str, float]:
+    keep_predictions: bool = False,
+) -> dict[str, float] | tuple[dict[str, float], list[torch.Tensor]]:
     """Score ``model`` with each validator on ``dataset`` (its images only; no label is read).
 
     Models run in eval mode (BN running statistics: the model as it would be deployed).
 
     Args:
-        references: ``{"previous": model, "source": model}`` for the validators that compare.
+        references: ``{"previous": ..., "source": ...}`` for the validators that compare: a model, or its
+            argmax predictions per batch as returned with ``keep_predictions`` (so a sequence of
+            checkpoints is run once each).
         data_cfg: the run's :class:`~sfseg.adapt.config.DataConfig` (input size, resizing, upsampling).
         max_images: evenly spaced images of the split to use (0 = all).
+        keep_predictions: also return this model's argmax predictions per batch (uint8, on the host).
     """
     references = references or {}
     vals = [VALIDATORS[n](protocol.num_classes) for n in validators]
+    needed = {v.reference for v in vals if v.reference}
     indices = list(range(len(dataset)))
     if max_images and max_images < len(indices):
         indices = [int(round(i)) for i in np.linspace(0, len(dataset) - 1, max_images)]
@@ -241,14 +246,17 @@ def score_model(
         return Inference.from_config(m, normalization, data_cfg)
 
     inf = inference(model)
-    refs = {k: (inference(m) if m is not None else None) for k, m in references.items()}
-    modes = [(m, m.training) for m in [model, *[r for r in references.values() if r is not None]]]
+    ref_models = {k: m for k, m in references.items() if isinstance(m, nn.Module) and k in needed}
+    ref_preds = {k: p for k, p in references.items() if isinstance(p, list) and k in needed}
+    refs = {k: inference(m) for k, m in ref_models.items()}
+    modes = [(m, m.training) for m in [model, *ref_models.values()]]
     for m, _ in modes:
         m.eval()
         set_bn_mode(m, "frozen")
+    kept: list[torch.Tensor] = []
     try:
         loader = sharded_loader(inf.view(sub), batch_size)
-        for batch in tqdm(loader, desc="validators", disable=not progress, leave=False):
+        for b, batch in enumerate(tqdm(loader, desc="validators", disable=not progress, leave=False)):
             size = batch_size_hw(batch)
             x = inf.network_input(batch["image"])
             with inf.autocast():
@@ -257,23 +265,25 @@ def score_model(
                 else:
                     raw, feats = model(x), None
             logits = inf.label_logits(raw, size)
+            if keep_predictions:
+                kept.append(argmax_classes(logits).to(torch.uint8).cpu())
             hw = size[0] * size[1]
             samples = [_sample(int(i), hw, pixels_per_image) for i in batch["index"]]
             feat_rows = None
             if feats is not None:
                 f = feats.float().flatten(2)  # (B, D, hf * wf)
                 picks = [_sample(int(i) + 7919, f.shape[2], features_per_image) for i in batch["index"]]
-                feat_rows = torch.cat([f[b][:, picks[b].to(f.device)].T for b in range(f.shape[0])])
-            ref_logits = {
-                k: (r.logits(batch["image"], size) if r is not None else None) for k, r in refs.items()
-            }
+                feat_rows = torch.cat([f[b_][:, picks[b_].to(f.device)].T for b_ in range(f.shape[0])])
+            ref_now = {k: argmax_classes(r.logits(batch["image"], size)) for k, r in refs.items()}
+            ref_now.update({k: p[b] for k, p in ref_preds.items()})
             for v in vals:
-                ref = ref_logits.get(v.reference) if v.reference else None
-                v.update(logits, [s.to(logits.device) for s in samples], feat_rows, ref)
+                ref = ref_now.get(v.reference) if v.reference else None
+                v.update(logits, [s_.to(logits.device) for s_ in samples], feat_rows, ref)
     finally:
         for m, training in modes:
             m.train(training)
-    return {v.name: v.score() for v in vals}
+    scores = {v.name: v.score() for v in vals}
+    return (scores, kept) if keep_predictions else scores
 
 
 class _Subset(Dataset):
@@ -324,24 +334,28 @@ def score_run(
     ckpts = run_checkpoints(run_dir)
     miou = _logged_miou(run_dir)
     source = load_checkpoint(ckpts[0][1], family=cfg.checkpoint_family, classes=protocol.name)
-    source_model = source.build()
-    previous = source_model
     out = []
+    source_preds = previous_preds = None
     for r, path in ckpts:
         ck = source if r == -1 else load_checkpoint(path)
-        model = source_model if r == -1 else ck.build()
-        scores = score_model(
-            model,
+        # Each checkpoint runs once: the source model's and the previous round's predictions are kept.
+        scores, preds = score_model(
+            ck.build(),
             ck.normalization,
             data,
             protocol,
             validators,
-            {"previous": None if r == -1 else previous, "source": source_model},
+            {"previous": previous_preds, "source": source_preds},
             cfg.data,
             batch_size=cfg.runtime.eval_batch_size,
             max_images=max_images,
             progress=progress,
+            keep_predictions=True,
         )
+        if r == -1:
+            source_preds = preds
+            if "share_stability" in scores:
+                scores["share_stability"] = 0.0  # the source model against itself
         out.append(
             {
                 "run": str(run_dir),
@@ -355,7 +369,7 @@ def score_run(
         )
         if log:
             log(f"{run_dir} round {r}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-        previous = model
+        previous_preds = preds
     return out
 
 
