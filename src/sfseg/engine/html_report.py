@@ -30,7 +30,7 @@ td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; }
 .note { color: #666; font-size: 12px; }
 .grid { display: flex; flex-wrap: wrap; gap: 16px; }
-.grid figure { margin: 0; } figcaption { font-size: 12px; color: #555; }
+.grid figure { margin: 0; } figcaption { font-size: 13px; font-weight: 600; color: #333; margin: 4px 0; }
 """
 
 
@@ -184,6 +184,7 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "sfseg runs") -> 
         "without pseudo-labels), per round; dashed lines are minority classes. A line falling to zero is a "
         'class being swallowed (winner-takes-all).</p><div class="grid">'
     )
+    legend_drawn = False
     for lab, r in zip(labels, runs):
         if not r["pseudo_labels"]:
             continue
@@ -198,6 +199,10 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "sfseg runs") -> 
         ax.set_ylabel("share (%)")
         ax.set_title(lab, fontsize=10)
         ax.grid(alpha=0.3, which="both")
+        if not legend_drawn:  # one legend for the page: the colours are the same in every panel
+            fig.set_size_inches(7.5, 3.4)
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+            legend_drawn = True
         fig.tight_layout()
         parts.append(f"<figure>{_img_tag(_png(fig), lab)}</figure>")
     parts.append("</div>")
@@ -213,7 +218,8 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "sfseg runs") -> 
         parts.append(f'<h3>{html.escape(lab)}</h3><div class="grid">')
         for f in r["figures"]:
             parts.append(
-                f"<figure>{_img_tag(_file_b64(f), f.stem)}<figcaption>{f.stem}</figcaption></figure>"
+                f"<figure><figcaption>{html.escape(f.stem.replace('_', ' '))}</figcaption>"
+                f"{_img_tag(_file_b64(f), f.stem)}</figure>"
             )
         parts.append("</div>")
     page = (
