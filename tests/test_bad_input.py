@@ -257,3 +257,19 @@ def test_calibrate_does_not_write_tracked_docs_by_default():
         ["bench", "toycity", "--seeds", "0", "1", "--set", "rounds=1", "batch_size=4"]
     )
     assert args.seeds == [0, 1] and args.overrides == ["rounds=1", "batch_size=4"]
+
+
+def test_writability_checks_of_concurrent_processes_do_not_collide(tmp_path):
+    # Ranks of a torchrun job check the same output directory at the same moment: each needs its own
+    # probe file (a shared name let one rank delete the other's, which then reported "not writable").
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sfseg.engine.runlog import check_writable_dir
+
+    def check_many(_):
+        for _ in range(200):
+            check_writable_dir(tmp_path, "out")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(check_many, range(8)))
+    assert list(tmp_path.iterdir()) == []

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -96,9 +97,9 @@ def check_writable_dir(path: Path, what: str) -> None:
         raise RunDirError(f"{what} {path} exists and is not a directory; choose another path")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".sfseg-write-test"
-        probe.write_text("")
-        probe.unlink()
+        # A probe of its own per process: ranks of a torchrun job check the same directory at once.
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".sfseg-write-test-"):
+            pass
     except OSError as e:
         raise RunDirError(f"{what} {path} is not writable ({e.strerror}); choose another path") from None
 
