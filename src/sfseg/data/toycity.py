@@ -21,6 +21,7 @@ generation order, and the same seed gives byte-identical files.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -277,23 +278,19 @@ def generate(
             (root / domain / "images" / split).mkdir(parents=True, exist_ok=True)
             (root / domain / "labels" / split).mkdir(parents=True, exist_ok=True)
             tasks += [(domain, split, i) for i in range(spec.count(domain, split))]
-    bar = tqdm(total=len(tasks), desc="ToyCity", disable=not progress, leave=False)
-    if workers > 1:
-        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            lines = []
-            for line in pool.map(_write_sample, *zip(*[(root, spec, *t) for t in tasks]), chunksize=16):
-                lines.append(line)
-                bar.update()
-    else:
-        lines = []
-        for t in tasks:
-            lines.append(_write_sample(root, spec, *t))
-            bar.update()
-    bar.close()
-    for domain in DOMAINS:
-        for split in SPLITS:
-            mine = [ln for t, ln in zip(tasks, lines) if t[:2] == (domain, split)]
-            list_path(root, domain, split).write_text("".join(mine))
+    columns = [[root] * len(tasks), [spec] * len(tasks), *zip(*tasks)]
+    lines: dict[tuple[str, str], list[str]] = {(d, sp): [] for d in DOMAINS for sp in SPLITS}
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")))
+            written = pool.map(_write_sample, *columns, chunksize=16)
+        else:
+            written = map(_write_sample, *columns)
+        bar = tqdm(written, total=len(tasks), desc="ToyCity", disable=not progress, leave=False)
+        for (domain, split, _), line in zip(tasks, bar):
+            lines[domain, split].append(line)
+    for (domain, split), mine in lines.items():
+        list_path(root, domain, split).write_text("".join(mine))
     meta = {
         "name": "toycity",
         "generator_version": GENERATOR_VERSION,

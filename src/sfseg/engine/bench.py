@@ -259,7 +259,8 @@ def run_suite(
             job_list, k = world_jobs(
                 world, methods, seeds, configs, overrides, list(source_overrides or []), resume, False
             )
-            all_jobs += [j for j in job_list if j.key not in {x.key for x in all_jobs}]
+            known = {x.key for x in all_jobs}  # a source model shared by the variants is one job
+            all_jobs += [j for j in job_list if j.key not in known]
             keys[name] = k
     done = run_jobs(all_jobs, jobs, log=lambda s: print(s, flush=True))
     per_world = {}

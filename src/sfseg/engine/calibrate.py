@@ -98,9 +98,10 @@ def calibrate(
                 # The variants share one source domain: one source model per (world, seed).
                 src = source_config(roots[name], out / f"sources-w{w}", s, configs, source_overrides)
                 ora = source_config(roots[name], out / name, s, configs, source_overrides, oracle=True)
-                skey = source_keys[name, s] = f"source:{src.out}"
-                if skey not in {j.key for j in job_list}:
+                skey = f"source:{src.out}"
+                if skey not in source_keys.values():
                     job_list.append(Job(skey, train_or_reuse_source, (src,)))
+                source_keys[name, s] = skey
                 job_list += [
                     Job(f"{name}/oracle/seed{s}", train_or_reuse_source, (ora,)),
                     Job(f"{name}/measure/seed{s}", measure_source, (roots[name], Path(src.out)), [skey]),
