@@ -88,11 +88,12 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     if args.resume:
-        saved = Path(args.resume) / "config.yaml"
-        if not saved.is_file():
-            from sfseg.errors import ResumeError
+        from sfseg.engine.rundir import RunDir
+        from sfseg.errors import ResumeError
 
-            raise ResumeError(f"{args.resume} holds no run to resume (no config.yaml)")
+        saved = RunDir(args.resume).config
+        if not saved.is_file():
+            raise ResumeError(f"{args.resume} holds no run to resume (no {saved.name})")
         overrides = [*args.overrides, f"out={args.resume}"]
         cfg = load_config(AdaptConfig, args.config or saved, overrides)
         mode = "resume"

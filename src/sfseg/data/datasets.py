@@ -1,9 +1,14 @@
 """Datasets as list files: one generic list dataset plus per-benchmark layouts.
 
-A list file has one sample per line: ``<image path> [<label path>]``, paths relative to the dataset root.
-Images are read as uint8 RGB; labels as uint8 trainIds where 255 means "ignore". Every label file is
-checked on load: a value that is neither a class index nor 255 (typically an un-remapped label id) is an
-error naming the file, never silently dropped.
+A list file has one sample per line: ``<image path> [<label path>]``, paths relative to the dataset root,
+separated by whitespace, or by a tab when a file name holds spaces (a line with a tab is split on tabs
+only). Blank lines and lines starting with ``#`` are skipped. Every path must stay inside the dataset
+root: an absolute path or a ``..`` component is an error naming the list file and the line.
+
+Images are read as uint8 RGB (8-bit files only: 16-bit and other deep images are refused, not flattened);
+labels as uint8 trainIds where 255 means "ignore". Every label file is checked on load: a value that is
+neither a class index nor 255 (typically an un-remapped label id) is an error naming the file, never
+silently dropped.
 """
 
 from __future__ import annotations
@@ -40,23 +45,105 @@ def _unreadable(path: Path, e: Exception) -> DatasetError:
     return DatasetError(f"{path}: cannot be read as an image ({reason}); {UNREADABLE_FIX}")
 
 
+IMAGE_MODES = ("L", "P", "RGB", "RGBA", "LA", "PA")
+"""Pillow modes of 8-bit images; an alpha channel is dropped (images are composited on nothing)."""
+
+
+def check_image_mode(im: Image.Image, path: Path) -> None:
+    """Refuse images that are not 8 bits per channel (a 16-bit image converted to RGB by Pillow is
+    clipped to one colour; a 16-bit RGB PNG is silently truncated to 8 bits)."""
+    deep = im.format == "PNG" and _png_depth(path) == 16
+    if im.mode not in IMAGE_MODES or deep:
+        what = "16 bits per channel" if deep else f"mode {im.mode!r}"
+        raise DatasetError(
+            f"{path}: image has {what}; sfseg reads 8-bit images only (grey, palette, RGB or RGBA). "
+            "Convert it to 8-bit RGB (e.g. PNG or JPEG)"
+        )
+
+
+def _png_depth(path: Path) -> int:
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return head[24] if len(head) == 26 and head[12:16] == b"IHDR" else 8
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Read an image as (H, W, 3) uint8 RGB; an unreadable, truncated or non-image file is a
+    """Read an image as (H, W, 3) uint8 RGB; an unreadable, truncated, non-image or not-8-bit file is a
     :class:`DatasetError` naming it."""
     try:
         with Image.open(path) as im:
+            check_image_mode(im, Path(path))
             return np.asarray(im.convert("RGB"))
+    except DatasetError:
+        raise
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         raise _unreadable(Path(path), e) from None
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding pixels."""
+    """(width, height) from the file header, without decoding pixels; a not-8-bit image is refused."""
     try:
         with Image.open(path) as im:
+            check_image_mode(im, Path(path))
             return im.size
+    except DatasetError:
+        raise
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         raise _unreadable(Path(path), e) from None
+
+
+def list_entries(list_file: Path, columns: int = 2) -> list[tuple[int, list[str]]]:
+    """``(line number, paths)`` of each sample line of a list file (see the module docstring).
+
+    Args:
+        columns: the most paths a line may hold (1: one name per line, where the whole line, spaces
+            included, is the name).
+
+    Raises:
+        DatasetError: the file is missing, unreadable or not UTF-8, a line holds too many paths, or a path
+            leaves the dataset root (absolute, or with a ``..`` component).
+    """
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise DatasetError(f"list file not found: {list_file}")
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(
+            f"{list_file}: not UTF-8 text (byte {e.start}); save the list file as UTF-8"
+        ) from None
+    except OSError as e:
+        raise DatasetError(f"{list_file}: cannot be read ({e.strerror})") from None
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if columns == 1:
+            fields = [line]
+        else:
+            fields = line.split("\t") if "\t" in line else line.split()
+            fields = [f.strip() for f in fields if f.strip()]
+        if len(fields) > columns:
+            raise DatasetError(
+                f"{list_file}, line {number}: {len(fields)} paths where at most {columns} are expected; "
+                "separate image and label by a tab when a file name holds spaces"
+            )
+        for f in fields:
+            check_relative(f, f"{list_file}, line {number}")
+        out.append((number, fields))
+    return out
+
+
+def check_relative(entry: str, where: str) -> str:
+    """``entry`` if it is a relative path that stays inside its root; an error naming ``where`` otherwise."""
+    p = Path(entry)
+    if p.is_absolute() or entry.startswith(("/", "\\")) or ".." in p.parts or "\0" in entry:
+        raise DatasetError(
+            f"{where}: {entry!r} leaves the dataset root (absolute paths and '..' are not allowed); "
+            "name files relative to the root"
+        )
+    return entry
 
 
 def read_label(path: Path, num_classes: int) -> np.ndarray:
@@ -106,9 +193,7 @@ class ListDataset(Dataset):
     ):
         self.root = Path(root)
         list_file = Path(list_file)
-        if not list_file.is_file():
-            raise DatasetError(f"list file not found: {list_file}")
-        entries = [line.split() for line in list_file.read_text().splitlines() if line.strip()]
+        entries = [fields for _, fields in list_entries(list_file)]
         if not entries:
             raise DatasetError(f"list file {list_file} is empty")
         missing = [p for e in entries for p in e[: 2 if labels else 1] if not (self.root / p).is_file()]

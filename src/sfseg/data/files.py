@@ -20,7 +20,14 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from sfseg.data.classes import ClassProtocol
-from sfseg.data.datasets import UNREADABLE_FIX, DatasetError, image_size, problems_error, read_image
+from sfseg.data.datasets import (
+    UNREADABLE_FIX,
+    DatasetError,
+    image_size,
+    list_entries,
+    problems_error,
+    read_image,
+)
 
 
 @dataclass(frozen=True)
@@ -82,14 +89,21 @@ def png_header(path: Path) -> tuple[int, int, int, int]:
     return width, height, head[24], head[25]
 
 
-def header_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image file from its header (PNG: the IHDR chunk; others: Pillow's lazy open)."""
+def header_size(path: Path, image: bool = False) -> tuple[int, int]:
+    """(width, height) of an image file from its header (PNG: the IHDR chunk; others: Pillow's lazy open).
+
+    Args:
+        image: the file is an input image, which must have 8 bits per channel (label files may be 16-bit:
+            SYNTHIA's are).
+    """
     if path.suffix.lower() == ".png":
         try:
-            w, h, _, _ = png_header(path)
-            return w, h
+            w, h, depth, _ = png_header(path)
         except (DatasetError, OSError, struct.error):
-            pass  # fall through to Pillow, whose error names the file
+            return image_size(path)  # Pillow's error names the file
+        if image and depth > 8:
+            return image_size(path)  # refused there, with the reason
+        return w, h
     return image_size(path)
 
 
@@ -141,8 +155,9 @@ class FileListDataset(Dataset):
         codec: how the label files are decoded; None for an unlabelled split.
         repair_size: resize a label that differs in size from its image to the image (nearest neighbour);
             otherwise such a pair is an error.
-        check_headers: read every labelled pair's file headers now (cheap: no pixels are decoded) and
-            refuse unreadable files and size mismatches, all listed in one error. Pixel-level problems
+        check_headers: read every image's file header now (and its label's), cheap: no pixels are
+            decoded; refuse unreadable files, images that are not 8-bit and size mismatches, all listed in
+            one error. Pixel-level problems
             (truncated data, unknown label values) are found at first read, or up front by
             ``sfseg check-data``.
 
@@ -164,11 +179,13 @@ class FileListDataset(Dataset):
         self.repair_size = repair_size
         self.names = [s.name for s in samples]
         self.has_labels = codec is not None and all(s.label is not None for s in samples)
-        if check_headers and self.has_labels and not repair_size:
+        if check_headers:
             problems = []
+            pairs = self.has_labels and not repair_size
             for s in samples:
                 try:
-                    a, b = header_size(s.image), header_size(s.label)
+                    a = header_size(s.image, image=True)
+                    b = header_size(s.label) if pairs else a
                     if a != b:
                         problems.append(
                             f"{s.label}: label is {b[0]}x{b[1]} but its image {s.image} is {a[0]}x{a[1]}"
@@ -240,11 +257,9 @@ def missing_error(dataset: str, what: str, paths: list[Path], fix: str) -> Datas
 
 
 def read_list_file(path: str | Path) -> list[str]:
-    """Names (one per line; blank lines and ``#`` comments skipped) from a split list file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"split list file not found: {path}")
-    return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    """Names from a split list file: one per line, the whole line (spaces included) is the name; blank
+    lines and ``#`` comments skipped; a name that leaves the dataset folder is an error naming the line."""
+    return [fields[0] for _, fields in list_entries(Path(path), columns=1)]
 
 
 def paired_files(

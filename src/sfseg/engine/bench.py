@@ -24,6 +24,7 @@ from sfseg.engine.jobs import Job, run_jobs
 from sfseg.engine.recipes import config_dir, recipe_path
 from sfseg.engine.report import per_class_table, plot_per_class, share_table, trajectory_table
 from sfseg.engine.run import read_state, recipe_differences, run_adaptation
+from sfseg.engine.rundir import RunDir
 from sfseg.engine.train_source import SourceConfig, same_training, train_source
 from sfseg.models import load_checkpoint
 
@@ -77,12 +78,12 @@ def source_checkpoint(
 
 def adapt_or_reuse(cfg: AdaptConfig, progress: bool = False, resume: bool = False) -> dict:
     """Run ``cfg``; with ``resume``, reuse a finished run of the same recipe and resume an unfinished one."""
-    out = Path(cfg.out)
-    if resume and (out / "state.pt").is_file():
-        state = read_state(out)
+    out = RunDir(cfg.out)
+    if resume and out.state.is_file():
+        state = read_state(out.path)
         if recipe_differences(state["config"], to_dict(cfg)) == []:
-            if state.get("phase") == "done" and (out / "summary.json").is_file():
-                return json.loads((out / "summary.json").read_text())
+            if state.get("phase") == "done" and out.summary.is_file():
+                return json.loads(out.summary.read_text())
             return run_adaptation(cfg, progress=progress, mode="resume")
     return run_adaptation(cfg, progress=progress, mode="overwrite")
 
@@ -130,7 +131,7 @@ def world_jobs(
             if first in methods:
                 # A two-stage method (LDBE) starts from this seed's run of its first stage, not a rerun.
                 cfg = replace(
-                    cfg, checkpoint=str(world.out / first / f"seed{seed}" / "final.pt"), init_from=""
+                    cfg, checkpoint=str(RunDir(world.out / first / f"seed{seed}").final), init_from=""
                 )
                 after.append(f"{world.name}/{first}/seed{seed}")
             key = f"{world.name}/{m}/seed{seed}"

@@ -63,12 +63,12 @@ class PredictionFiles(Dataset):
     holds class indices."""
 
     def __init__(self, dataset: Dataset, folder: str | Path, fmt: str, protocol: ClassProtocol):
-        from sfseg.engine.predict import output_name
+        from sfseg.engine.predict import output_path
 
         if not getattr(dataset, "has_labels", False):
             raise DatasetError("evaluation needs a labelled split (this split has no label files)")
         self.dataset, self.fmt = dataset, fmt
-        self.paths = [Path(folder) / output_name(n, fmt) for n in dataset.names]
+        self.paths = [output_path(folder, n, fmt) for n in dataset.names]
         missing = [p for p in self.paths if not p.is_file()]
         if missing:
             raise DatasetError(

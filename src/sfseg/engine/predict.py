@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from sfseg.data.classes import ClassProtocol
+from sfseg.data.datasets import check_relative
 from sfseg.engine.inference import Inference, batch_size_hw
 from sfseg.engine.loading import sharded_loader
 
@@ -44,6 +45,12 @@ def output_name(name: str, fmt: str) -> str:
     stem = Path(name).with_suffix("")
     base = str(stem).removesuffix("_leftImg8bit")
     return f"{base}_pred_labelIds.png" if fmt == "cityscapes" else f"{base}_pred.png"
+
+
+def output_path(out: str | Path, name: str, fmt: str) -> Path:
+    """Where the prediction of sample ``name`` goes: always inside ``out`` (a name that would leave it,
+    absolute or with ``..``, is an error)."""
+    return Path(out) / check_relative(output_name(name, fmt), f"the prediction file of sample {name!r}")
 
 
 @torch.no_grad()
@@ -75,5 +82,5 @@ def predict(
             .numpy()
         )
         for i, p in zip(batch["index"].tolist(), pred):
-            written.append(export_prediction(p, out / output_name(dataset.names[i], fmt), protocol, fmt))
+            written.append(export_prediction(p, output_path(out, dataset.names[i], fmt), protocol, fmt))
     return written

@@ -74,11 +74,12 @@ from sfseg.engine.loading import (
     steps_per_epoch,
 )
 from sfseg.engine.recipes import recipe_path
+from sfseg.engine.rundir import RunDir
 from sfseg.engine.runlog import (
     MetricsLog,
     atomic_torch_save,
+    atomic_write_bytes,
     atomic_write_text,
-    prepare_run_dir,
     seed_everything,
 )
 from sfseg.engine.select import check_validator, score_model
@@ -88,7 +89,6 @@ from sfseg.models.ops import upsample_logits
 from sfseg.optim import build_sgd, poly_step, unwrap
 
 STATE_FORMAT = "sfseg-run-state-v1"
-STATE_FILE = "state.pt"
 # Keys of the recipe a resumed run may change: where and how fast it runs, not what it computes.
 RESUMABLE_CHANGES = ("runtime.device", "runtime.num_workers", "runtime.save_every", "runtime.tensorboard")
 
@@ -136,7 +136,7 @@ def _set_rng_state(state: dict) -> None:
 
 def read_state(out: Path) -> dict:
     """The saved state of the run in ``out``; one clear error when it is missing or unreadable."""
-    path = Path(out) / STATE_FILE
+    path = RunDir(out).state
     if not path.is_file():
         raise ResumeError(
             f"{path} not found: {out} has no resumable state (was it written by sfseg adapt, and did it "
@@ -202,8 +202,9 @@ class AdaptationRun:
                 f"{n} images of split {data.train_split!r}: an epoch would have no step. Use a batch size "
                 f"of at most {n // self.dist.world}"
             )
-        self.out = Path(cfg.out)
-        self.log = MetricsLog(self.out / "metrics.jsonl", enabled=self.dist.is_main)
+        self.dir = RunDir(cfg.out)
+        self.out = self.dir.path
+        self.log = MetricsLog(self.dir.metrics, enabled=self.dist.is_main)
         self.norm = self.ckpt.normalization
         self.amp = use_amp(cfg.runtime.amp, self.device)
         self.model = self._build_model()
@@ -237,7 +238,7 @@ class AdaptationRun:
         self.pl_stats: dict | None = None
         self.selection: list[dict] = []
         self.elapsed = 0.0
-        self.board = Board(self.out / "tensorboard", enabled=False)
+        self.board = Board(self.dir.tensorboard, enabled=False)
         self.grid_images = grid_indices(len(self.train_set))
         if cfg.select.validator:
             check_validator(cfg.select.validator)
@@ -309,7 +310,7 @@ class AdaptationRun:
 
     def save_state(self) -> None:
         if self.dist.is_main:
-            atomic_torch_save(self.state_dict(), self.out / STATE_FILE)
+            atomic_torch_save(self.state_dict(), self.dir.state)
         distributed.barrier()
 
     def save_model(self, name: str, **where) -> Path:
@@ -364,8 +365,8 @@ class AdaptationRun:
             return
         grid = prediction_grid(self.inference, self.train_set, self.grid_images, self.protocol, pseudo_paths)
         name = "source_model" if r < 0 else f"round_{r}"
-        (self.out / "figures").mkdir(exist_ok=True)
-        Image.fromarray(grid).save(self.out / "figures" / f"{name}.png")
+        self.dir.figures.mkdir(exist_ok=True)
+        atomic_write_bytes(self.dir.figures / f"{name}.png", lambda p: Image.fromarray(grid).save(p, "PNG"))
         self.board.image("predictions", grid, self.step)
 
     def _select_score(self, r: int) -> None:
@@ -379,7 +380,7 @@ class AdaptationRun:
         elif r == 0:
             previous = source
         else:
-            previous = load_checkpoint(self.out / f"round_{r - 1}.pt").build().to(self.device)
+            previous = load_checkpoint(self.dir.round_checkpoint(r - 1)).build().to(self.device)
         score = score_model(
             unwrap(self.model),
             self.norm,
@@ -466,7 +467,7 @@ class AdaptationRun:
         return stats
 
     def pl_dir(self, r: int) -> Path:
-        return self.out / "pseudo_labels" / f"round_{r}"
+        return self.dir.pseudo_labels(r)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         scale = self.cfg.schedule.lr_round_decay ** (-self.round)
@@ -589,21 +590,32 @@ class AdaptationRun:
                 ``resume``.
             state: for ``resume``, the state already read and checked by :func:`resumable_state`.
         """
+        if self.dist.is_main:
+            if mode == "claimed":
+                self.dir.lock()
+            else:
+                self.dir.claim(mode)
+        distributed.barrier()
+        try:
+            return self._run(mode, state)
+        finally:
+            if self.dist.is_main:
+                self.dir.unlock()
+
+    def _run(self, mode: str, state: dict | None) -> dict:
         cfg = self.cfg
         t_start = time.time()
         tb = self.dist.is_main and cfg.runtime.tensorboard
         if mode == "resume":
             state = state if state is not None else resumable_state(self.out, self.recipe)
             self.load_state_dict(state)
-            self.board = Board(self.out / "tensorboard", tb, purge_step=self.step)
+            self.board = Board(self.dir.tensorboard, tb, purge_step=self.step)
             self.log.write({"phase": "resume", "round": self.round, "step": self.step, "time": _now()})
         else:
             if self.dist.is_main:
-                if mode != "claimed":
-                    prepare_run_dir(self.out, mode)
-                save_config(self.recipe, self.out / "config.yaml")
+                save_config(self.recipe, self.dir.config)
             distributed.barrier()
-            self.board = Board(self.out / "tensorboard", tb)
+            self.board = Board(self.dir.tensorboard, tb)
             seed_everything(cfg.seed)
             self.log.write(
                 {
@@ -710,10 +722,10 @@ class AdaptationRun:
             }
         )
         if self.dist.is_main:
-            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1))
+            atomic_write_text(self.dir.summary, json.dumps(summary, indent=1))
             self.board.close()
             done = {"format": STATE_FORMAT, "phase": "done", "config": to_dict(self.recipe)}
-            atomic_torch_save(done, self.out / STATE_FILE)
+            atomic_torch_save(done, self.dir.state)
         distributed.barrier()
         return summary
 
@@ -723,9 +735,10 @@ class AdaptationRun:
             return None
         best = max(self.selection, key=lambda s: s["score"] if math.isfinite(s["score"]) else -math.inf)
         if self.dist.is_main:
-            path = self.out / "selected.pt"
+            path = self.dir.selected
             if best["round"] >= 0:
-                shutil.copyfile(self.out / f"round_{best['round']}.pt", path)
+                src = self.dir.round_checkpoint(best["round"])
+                atomic_write_bytes(path, lambda p: shutil.copyfile(src, p))
             else:
                 source = self.ckpt
                 save_checkpoint(
@@ -796,41 +809,57 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True, mode: str = "new") -
     """Adapt ``cfg.checkpoint`` to the target domain; write the run directory; return the summary.
 
     A two-stage recipe (``init_from``) runs its first stage into ``<out>/<name>`` and starts from its
-    ``final.pt``; on resume, a finished first stage is kept and an unfinished one resumed.
+    ``final.pt``; on resume, a finished first stage is kept and an unfinished one resumed. Every input of
+    both stages is checked before anything in ``out`` is cleared or written, and the run directory is
+    locked for the whole run (one process per run directory).
 
     Args:
-        mode: ``new`` (``out`` must be empty), ``overwrite`` (clear an earlier run there first) or
+        mode: ``new`` (``out`` must be empty), ``overwrite`` (clear an earlier sfseg run there first) or
             ``resume`` (continue the run in ``out`` from its last saved state).
     """
+    out = RunDir(cfg.out)
+    d, _ = distributed.init(cfg.runtime.device)
+    if mode == "resume":
+        if not out.path.is_dir():
+            raise ResumeError(f"{out} does not exist: there is no run to resume")
+        if d.is_main:
+            out.lock()  # before the state is read: no other process is writing it
+    try:
+        return _run_adaptation(cfg, out, d, progress, mode)
+    finally:
+        if d.is_main:
+            out.unlock()
+
+
+def _run_adaptation(cfg: AdaptConfig, out: RunDir, d, progress: bool, mode: str) -> dict:
     if not cfg.init_from:
-        state = resumable_state(Path(cfg.out), cfg) if mode == "resume" else None  # before any loading
+        state = resumable_state(out.path, cfg) if mode == "resume" else None  # before any loading
         return AdaptationRun(cfg, progress).run(mode, state)
     first = init_stage_config(cfg)
-    second = replace(cfg, checkpoint=str(Path(first.out) / "final.pt"), init_from="")
+    second = replace(cfg, checkpoint=str(RunDir(first.out).final), init_from="")
     # Check this stage's composition before the first stage spends any time.
     num_classes = dataset_protocol(cfg.data.dataset, cfg.data.protocol).num_classes
     build_loss_parts(cfg.method, num_classes, cfg.schedule.rounds)
-    out = Path(cfg.out)
-    d, _ = distributed.init(cfg.runtime.device)
     if mode == "resume":
-        if (out / STATE_FILE).is_file():
+        if out.state.is_file():
             # The second stage has started: its state decides.
-            state = resumable_state(out, cfg)
+            state = resumable_state(out.path, cfg)
             return AdaptationRun(second, progress, recipe=cfg).run("resume", state)
-        saved = out / "config.yaml"
-        if not saved.is_file():
-            raise ResumeError(f"{out} holds no run to resume (no config.yaml)")
-        check_same_recipe(to_dict(load_config(AdaptConfig, saved)), to_dict(cfg), out)
-        first_dir = Path(first.out)
-        if (first_dir / STATE_FILE).is_file():
-            if read_state(first_dir).get("phase") != "done":
+        if not out.config.is_file():
+            raise ResumeError(f"{out} holds no run to resume (no {out.CONFIG})")
+        check_same_recipe(to_dict(load_config(AdaptConfig, out.config)), to_dict(cfg), out.path)
+        first_dir = RunDir(first.out)
+        if first_dir.state.is_file():
+            if read_state(first_dir.path).get("phase") != "done":
                 AdaptationRun(first, progress).run("resume")
         else:
-            AdaptationRun(first, progress).run("overwrite" if first_dir.exists() else "new")
+            AdaptationRun(first, progress).run("overwrite" if first_dir.path.exists() else "new")
         return AdaptationRun(second, progress, recipe=cfg).run("claimed")
+    # The first stage checks the checkpoint and the data now, before anything in ``out`` is cleared.
+    first_run = AdaptationRun(first, progress)
     if d.is_main:
-        prepare_run_dir(out, mode)
-        save_config(cfg, out / "config.yaml")
+        out.claim(mode)
+        save_config(cfg, out.config)
     distributed.barrier()
-    AdaptationRun(first, progress).run("new")
+    first_run.run("new")
     return AdaptationRun(second, progress, recipe=cfg).run("claimed")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -87,9 +86,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda p: Path(p).write_text(text))
 
 
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "state.pt")
-
-
 def check_writable_dir(path: Path, what: str) -> None:
     """Create ``path`` if needed and prove it writable with a probe file; a clear error otherwise."""
     path = Path(path)
@@ -115,40 +111,3 @@ def check_writable_file(path: Path, what: str) -> None:
         check_writable_dir(path.parent, "directory")
     except RunDirError as e:
         raise RunDirError(f"{what} {path} cannot be written: {e}") from None
-
-
-def prepare_run_dir(out: Path, mode: str) -> None:
-    """Claim ``out`` for a run.
-
-    Args:
-        mode: ``new`` (``out`` must be absent or empty), ``overwrite`` (an earlier run's directory is
-            cleared first; a non-empty directory that is not a run directory is refused, so nothing else
-            is deleted) or ``resume`` (must hold a run).
-    """
-    out = Path(out)
-    if str(out).strip() in ("", "."):
-        raise RunDirError("the run directory (out) is empty or '.'; give a directory such as runs/ld")
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"run directory {out} exists and is not a directory; choose another out")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    is_run = any((out / m).exists() for m in RUN_MARKERS)
-    if mode == "new" and entries:
-        what = "another run's files" if is_run else "other files"
-        raise RunDirError(
-            f"run directory {out} already holds {what} ({', '.join(entries[:6])}"
-            f"{' ...' if len(entries) > 6 else ''}); use --resume to continue that run, --overwrite to clear "
-            "it first, or another out"
-        )
-    if mode == "overwrite" and entries:
-        if not is_run:
-            raise RunDirError(
-                f"{out} is not a run directory (no {', '.join(RUN_MARKERS)}) and is not empty; refusing to "
-                "clear it: choose another out"
-            )
-        check_writable_dir(out, "run directory")
-        for name in entries:
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    if mode == "resume" and not is_run:
-        raise RunDirError(f"{out} holds no run to resume (no {', '.join(RUN_MARKERS)})")
-    check_writable_dir(out, "run directory")

@@ -303,13 +303,14 @@ def run_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     ``round_<r>.pt``."""
     from sfseg.adapt.config import AdaptConfig
     from sfseg.config import load_config
+    from sfseg.engine.rundir import RunDir
 
-    cfg = load_config(AdaptConfig, run_dir / "config.yaml")
+    run = RunDir(run_dir)
+    cfg = load_config(AdaptConfig, run.config)
     start = Path(cfg.checkpoint)
     if cfg.init_from:
-        start = run_dir / cfg.init_from.rsplit("/", 1)[-1] / "final.pt"
-    rounds = sorted(run_dir.glob("round_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-    return [(-1, start), *[(int(p.stem.split("_")[1]), p) for p in rounds]]
+        start = run.stage(cfg.init_from.rsplit("/", 1)[-1]).final
+    return [(-1, start), *run.round_checkpoints()]
 
 
 def score_run(
