@@ -170,3 +170,21 @@ def test_released_labelling_pipeline_end_to_end(tmp_path):
     agree = (ours == ref).double().mean().item()
     assert agree >= 0.995, f"only {100 * agree:.2f} % of pseudo-label pixels agree"
     assert stats["selected_fraction"] > 0.1
+
+
+def test_pipeline_switches_that_cannot_act_on_toycity(tiny_toycity):
+    """``align_corners``, ``resize: pil`` and ``upsample: two_step`` change nothing on ToyCity: its network
+    returns logits at its input size and ToyCity runs at its native size (so the released-code ablation
+    leaves them out)."""
+    from sfseg.models import create_model
+    from sfseg.models.checkpoint import Normalization
+
+    torch.manual_seed(0)
+    model = create_model("deeplab_small", TOYCITY.num_classes, width=8, output_stride=4).eval()
+    data = toycity(tiny_toycity, "train", TOYCITY, labels=False)
+    images = torch.stack([data.image(i) for i in range(4)])
+    x = Normalization()(images)
+    assert model(x).shape[-2:] == x.shape[-2:]  # the training step's upsampling is the identity
+    base = Inference(model, Normalization()).logits(images)
+    for kw in ({"align_corners": True}, {"resize": "pil"}, {"upsample": "two_step"}):
+        assert torch.equal(Inference(model, Normalization(), **kw).logits(images), base), kw

@@ -40,9 +40,14 @@ def sample_rank(num_classes: int, width: int, generator: torch.Generator | None 
     i.e. 0-based ranks 5..11; for C = 16: k in {5, ..., 11}. The range is clipped to ``[2, C]`` so that the
     top class is never pushed down.
     """
-    lo = max(2, num_classes // 2 - width)
-    hi = min(num_classes, num_classes // 2 + width)
-    return int(torch.randint(lo, hi + 1, (1,), generator=generator).item())
+    ranks = complementary_ranks(num_classes, width)
+    return int(torch.randint(ranks[0], ranks[-1] + 1, (1,), generator=generator).item())
+
+
+def complementary_ranks(num_classes: int, width: int) -> list[int]:
+    """The 1-based ranks :func:`sample_rank` draws from, each equally likely:
+    ``floor(C/2) - w .. floor(C/2) + w`` clipped to ``[2, C]``."""
+    return list(range(max(2, num_classes // 2 - width), min(num_classes, num_classes // 2 + width) + 1))
 
 
 def complementary_labels(probs: torch.Tensor, k: int) -> torch.Tensor:

@@ -69,8 +69,17 @@ def log_pseudo_labels(board: Board, stats: dict, step: int) -> None:
     board.scalars("pl_share", stats.get("pl_share", {}), step)
     board.scalars("threshold", {k: v for k, v in stats.get("thresholds", {}).items() if v is not None}, step)
     board.scalars("pl", {k: stats.get(k) for k in ("selected_fraction", "pl_accuracy", "alpha")}, step)
-    acc = stats.get("pl_accuracy_per_class") or {}
-    board.scalars("pl_accuracy", {k: v for k, v in acc.items() if v is not None}, step)
+    board.scalars(
+        "pl", {k: stats.get(k) for k in ("pl_recall", "nl_error") if stats.get(k) is not None}, step
+    )
+    for key, tag in (
+        ("pl_accuracy_per_class", "pl_accuracy"),
+        ("pl_recall_per_class", "pl_recall"),
+        ("true_share", "true_share"),
+        ("nl_error_per_class", "nl_error"),
+    ):
+        values = stats.get(key) or {}
+        board.scalars(tag, {k: v for k, v in values.items() if v is not None}, step)
 
 
 def grid_indices(n: int, count: int = 4) -> list[int]:

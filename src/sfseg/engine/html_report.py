@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from sfseg.data.classes import PROTOCOLS, ClassProtocol
-from sfseg.engine.report import per_class_table
+from sfseg.engine.report import has_diagnostics, per_class_table, pl_diagnostics_figure
+from sfseg.engine.rundir import RunDir
 
 STYLE = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
@@ -88,14 +89,8 @@ def load_run(run: Path) -> dict:
         "evals": evals,
         "pseudo_labels": pls,
         "selected": next((r for r in records if r["phase"] == "selected"), None),
-        "figures": sorted((run / "figures").glob("*.png"), key=_figure_order)
-        if (run / "figures").is_dir()
-        else [],
+        "figures": [p for _, p in RunDir(run).prediction_grids()],
     }
-
-
-def _figure_order(p: Path) -> int:
-    return -1 if p.stem == "source_model" else int(p.stem.split("_")[-1])
 
 
 def _protocol(run: dict) -> ClassProtocol:
@@ -206,6 +201,20 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "sfseg runs") -> 
         fig.tight_layout()
         parts.append(f"<figure>{_img_tag(_png(fig), lab)}</figure>")
     parts.append("</div>")
+    # Pseudo-label diagnostics (runs whose split had labels).
+    diagnosed = [(lab, r) for lab, r in zip(labels, runs) if has_diagnostics(r["pseudo_labels"])]
+    if diagnosed:
+        parts.append("<h2>Pseudo-label quality</h2>")
+        parts.append(
+            '<p class="note">Measured against the target train labels, which no method ever trains on: '
+            "each class's share of the pseudo-labels against its true share (blue: the class is being "
+            "swallowed; red: it swallows others), the pseudo-labels' accuracy and recall per class, and how "
+            'often a complementary label ("not this class") is wrong. For seeing why a recipe wins or '
+            "collapses; never used to choose anything.</p>"
+        )
+        for lab, r in diagnosed:
+            fig = pl_diagnostics_figure(r["pseudo_labels"], protocol, lab)
+            parts.append(f"<figure>{_img_tag(_png(fig), f'{lab}: pseudo-label quality')}</figure>")
     # Grids.
     parts.append("<h2>Predictions</h2>")
     parts.append(

@@ -197,6 +197,7 @@ def label_round(
     dist: distributed.Dist = distributed.SINGLE,
     progress: bool = False,
     forward_passes: int = 1,
+    complementary_ranks: list[int] | None = None,
 ) -> tuple[list[Path], dict]:
     """Label the target train set with the current model (its mode is the caller's): one PNG per image.
 
@@ -204,15 +205,23 @@ def label_round(
         forward_passes: 1 (the network runs once per image; what the selection needs is cached) or 2 (it
             runs again for the selection pass: the former behaviour, kept for the equivalence test and
             the benchmark).
+        complementary_ranks: the 1-based ranks negative learning draws its complementary labels from;
+            where the split has labels, how often each class is a wrong complementary label is measured
+            (see :func:`complementary_counts`). None: not measured.
 
     Returns:
         the PNG paths (dataset order) and the round statistics: selection share, per-class share of the
         pseudo-labels and of the argmax predictions, the labeller's summary (thresholds), and, where the
-        split has labels, pseudo-label accuracy per class. Counts are summed over processes.
+        split has labels, the diagnostics of :func:`label_diagnostics`. Counts are summed over processes.
     """
     C = protocol.num_classes
     device = inference.device
     batches = sharded_batches(len(dataset), batch_size, dist)
+    has_labels = getattr(dataset, "has_labels", False)
+    # Complementary labels need the logits, so their diagnostics are counted in the forward pass.
+    nl_counts = None
+    if has_labels and complementary_ranks:
+        nl_counts = torch.zeros(2, C + 1, dtype=torch.int64, device=device)
     labeller.start(alpha, device)
     cache = LogitCache(cache_gib, sum(len(b) for b in batches), Path(out_dir).parent / ".cache")
     # With direct upsampling, thresholds are measured on the very pixels that are selected: the scores of
@@ -222,17 +231,25 @@ def label_round(
     sizes: dict[int, tuple[int, int]] = {}
     keep_scores: bool | None = None
     try:
-        loader = sharded_loader(inference.view(dataset), batch_size, workers, dist)
+        view = inference.view(dataset, labels=nl_counts is not None)
+        loader = sharded_loader(view, batch_size, workers, dist)
         for b, batch in enumerate(
             tqdm(loader, desc="pseudo-labels: forward", disable=not progress, leave=False)
         ):
             raw = inference.raw(batch["image"])
             sizes[b] = batch_size_hw(batch)
-            scores = None
+            scores = logits = None
             if labeller.needs_statistics or (same_pixels and not labeller.needs_logits):
-                scores = confidence_scores(inference.threshold_logits(raw, sizes[b]))
+                logits = inference.threshold_logits(raw, sizes[b])
+                scores = confidence_scores(logits)
             if labeller.needs_statistics:
                 labeller.observe(*scores)
+            if nl_counts is not None:
+                if logits is None or not same_pixels:
+                    logits = inference.label_logits(raw, sizes[b])
+                gt = batch["label"].to(device, non_blocking=True)
+                complementary_counts(nl_counts, logits, gt, complementary_ranks)
+            del logits
             if forward_passes == 1:
                 if keep_scores is None:
                     raw_bytes = raw.numel() * raw.element_size()
@@ -241,9 +258,9 @@ def label_round(
                 cache.put(b, scores if keep_scores else (raw,))
         labeller.reduce(distributed.all_reduce_sum)
 
-        counts = torch.zeros(3, 256, dtype=torch.int64, device=device)  # predicted, selected, correct
+        # predicted, selected, correct, ground truth (255 is counted beyond the classes)
+        counts = torch.zeros(4, 256, dtype=torch.int64, device=device)
         total = torch.zeros(1, dtype=torch.int64, device=device)
-        has_labels = getattr(dataset, "has_labels", False)
         # Each rank writes the PNGs of its own batches (disjoint files).
         writer = PseudoLabelWriter(out_dir, protocol.palette())
         copies: list[tuple[list[int], tuple]] = []
@@ -282,6 +299,7 @@ def label_round(
                 if has_labels:
                     gt = batch["label"].to(device, non_blocking=True)
                     count_into(counts[2], torch.where(labels == gt, labels, IGNORE_INDEX))
+                    count_into(counts[3], gt)
                 total += labels.numel()
                 # Copy to the host without waiting; hand the batch to the writer one batch later, so the
                 # device keeps working while the host encodes.
@@ -296,7 +314,7 @@ def label_round(
         cache.close()
     distributed.all_reduce_sum(counts)
     distributed.all_reduce_sum(total)
-    predicted, selected, correct = (c[:C].cpu() for c in counts)
+    predicted, selected, correct, truth = (c[:C].cpu() for c in counts)
     total_pixels = int(total.item())
     names = protocol.names
     n_sel = int(selected.sum())
@@ -309,12 +327,76 @@ def label_round(
         **labeller.summary(names),
     }
     if has_labels:
-        stats["pl_accuracy"] = float(correct.sum()) / max(n_sel, 1)
-        stats["pl_accuracy_per_class"] = {
-            n: (float(correct[c]) / float(selected[c]) if selected[c] else None) for c, n in enumerate(names)
-        }
+        if nl_counts is not None:
+            distributed.all_reduce_sum(nl_counts)
+            nl_counts = nl_counts[:, :C].cpu()
+        stats.update(label_diagnostics(selected, correct, truth, names, nl_counts))
     paths = [Path(out_dir) / f"{i:05d}.png" for i in range(len(dataset))]
     return paths, stats
+
+
+def complementary_counts(
+    counts: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, ranks: list[int]
+) -> None:
+    """Count, for each rank ``k`` negative learning may draw (1-based, equally likely), every labelled
+    pixel's complementary label (its k-th most probable class) and whether it is wrong (the true class).
+
+    Args:
+        counts: (2, C + 1) int64 counters, added to in place: row 0 how often class c was the
+            complementary label, row 1 how often it was wrong; column C collects unlabelled pixels.
+        logits: label-resolution logits; labels: the true classes (255 = unlabelled).
+
+    Shape:
+        logits (B, C, H, W), labels (B, H, W).
+    """
+    C = logits.shape[1]
+    labels = labels.long()
+    unlabelled = labels == IGNORE_INDEX
+    order = logits.detach().topk(max(ranks), dim=1, sorted=True).indices
+    for k in ranks:
+        comp = order[:, k - 1]
+        count_into(counts[0], torch.where(unlabelled, C, comp))
+        count_into(counts[1], torch.where(unlabelled | (comp != labels), C, comp))
+
+
+def label_diagnostics(
+    selected: torch.Tensor,
+    correct: torch.Tensor,
+    truth: torch.Tensor,
+    names: list[str] | tuple[str, ...],
+    complementary: torch.Tensor | None = None,
+) -> dict:
+    """Pseudo-label quality against the split's labels: never used to choose anything, only to see why a
+    recipe wins or collapses.
+
+    Args:
+        selected: (C,) pixels selected with each label; correct: (C,) of those, with the true label;
+            truth: (C,) pixels of each true class; complementary: (2, C) from :func:`complementary_counts`.
+
+    Returns:
+        ``pl_accuracy`` (and per class: the share of the pixels selected as c that are c), ``pl_recall``
+        (and per class: the share of class c's true pixels that were selected as c), ``true_share`` (each
+        class's share of the labelled pixels, to set against ``pl_share``), and with ``complementary``,
+        ``nl_error`` (and per class: how often "not class c" was wrong when c was the complementary label).
+        A rate with an empty denominator is None.
+    """
+
+    def rate(num, den) -> float | None:
+        return float(num) / float(den) if den else None
+
+    n_truth = int(truth.sum())
+    out = {
+        "pl_accuracy": rate(correct.sum(), selected.sum()) or 0.0,
+        "pl_accuracy_per_class": {n: rate(correct[c], selected[c]) for c, n in enumerate(names)},
+        "pl_recall": rate(correct.sum(), n_truth),
+        "pl_recall_per_class": {n: rate(correct[c], truth[c]) for c, n in enumerate(names)},
+        "true_share": {n: float(truth[c]) / max(n_truth, 1) for c, n in enumerate(names)},
+    }
+    if complementary is not None:
+        chosen, wrong = complementary
+        out["nl_error"] = rate(wrong.sum(), chosen.sum())
+        out["nl_error_per_class"] = {n: rate(wrong[c], chosen[c]) for c, n in enumerate(names)}
+    return out
 
 
 def _to_host(t: torch.Tensor) -> tuple:

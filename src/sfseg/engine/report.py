@@ -131,6 +131,84 @@ def plot_pl_share(
     return path
 
 
+DIAGNOSTIC_PANELS = (
+    ("share", "pseudo-label share / true share", "log2 ratio (blue: too few, red: too many)"),
+    ("pl_accuracy_per_class", "pseudo-label accuracy", "share of the selected pixels that are right"),
+    ("pl_recall_per_class", "pseudo-label recall", "share of the class's pixels selected, right"),
+    ("nl_error_per_class", "complementary-label error", 'how often "not this class" is wrong'),
+)
+
+
+def has_diagnostics(round_stats: list[dict]) -> bool:
+    """Whether the rounds carry the label-based pseudo-label diagnostics (the split had labels)."""
+    return bool(round_stats) and all(s and "true_share" in s for s in round_stats)
+
+
+def pl_diagnostics_figure(round_stats: list[dict], protocol: ClassProtocol, title: str = ""):
+    """Pseudo-label quality per class and round, as heatmaps read at a glance (a matplotlib figure).
+
+    Panels (rows: classes, columns: rounds): the pseudo-labels' share of each class against its true
+    share (log2 ratio: a class being swallowed turns deep blue), their accuracy, their recall, and, where
+    the method has negative learning, how often a complementary label is wrong. Built from the round
+    statistics of :func:`sfseg.engine.labelling.label_round`, which exist only where the split has labels.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(protocol.names)
+    panels = [p for p in DIAGNOSTIC_PANELS if p[0] == "share" or p[0] in round_stats[0]]
+    rounds = len(round_stats)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(1.6 + len(panels) * (1.2 + 0.55 * rounds), 0.95 + 0.3 * len(names)),
+        squeeze=False,
+    )  # fmt: skip
+    for ax, (key, heading, note) in zip(axes[0], panels):
+        grid = np.full((len(names), rounds), np.nan)
+        for r, st in enumerate(round_stats):
+            for c, n in enumerate(names):
+                if key == "share":
+                    true, sel = st["true_share"][n], st.get("pl_share", st["pred_share"])[n]
+                    if true > 0:
+                        grid[c, r] = np.log2(sel / true) if sel > 0 else -np.inf
+                else:
+                    v = st[key][n]
+                    grid[c, r] = np.nan if v is None else v
+        if key == "share":
+            image = ax.imshow(np.nan_to_num(grid, neginf=-3), cmap="RdBu_r", vmin=-3, vmax=3, aspect="auto")
+            text = [
+                [f"{2**v:.2g}x" if np.isfinite(v) else ("none" if v < 0 else "") for v in row] for row in grid
+            ]
+        else:
+            vmax = 1.0 if key != "nl_error_per_class" else max(0.05, float(np.nanmax(grid, initial=0.0)))
+            image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+            text = [[f"{v:.2f}" if np.isfinite(v) else "" for v in row] for row in grid]
+        box = {"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.6}
+        for c in range(len(names)):
+            for r in range(rounds):
+                ax.text(r, c, text[c][r], ha="center", va="center", fontsize=6.5, bbox=box)
+        ax.set_xticks(range(rounds), [str(r) for r in range(rounds)])
+        ax.set_xlabel("round")
+        ax.set_yticks(range(len(names)), names if ax is axes[0][0] else [""] * len(names), fontsize=8)
+        ax.set_title(f"{heading}\n({note})", fontsize=8)
+        fig.colorbar(image, ax=ax, fraction=0.08, pad=0.02)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def figure_rgb(fig) -> np.ndarray:
+    """A matplotlib figure as (H, W, 3) uint8 (for TensorBoard), closed afterwards."""
+    import matplotlib.pyplot as plt
+
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return rgb
+
+
 def trajectory_table(runs: dict[str, list[dict]]) -> str:
     """Target-val mIoU after each phase (source model, AdaBN, each round), mean over seeds.
 

@@ -53,6 +53,7 @@ from sfseg.adapt.bn import (
     train_only_bn_affine,
 )
 from sfseg.adapt.config import AdaptConfig
+from sfseg.adapt.losses import complementary_ranks
 from sfseg.adapt.mixing import class_mix, class_mix_masks
 from sfseg.adapt.parts import StepInputs, build_loss_parts, total_loss
 from sfseg.adapt.pseudo_labels import build_pseudo_labeller
@@ -74,6 +75,7 @@ from sfseg.engine.loading import (
     steps_per_epoch,
 )
 from sfseg.engine.recipes import recipe_path
+from sfseg.engine.report import figure_rgb, has_diagnostics, pl_diagnostics_figure
 from sfseg.engine.rundir import RunDir
 from sfseg.engine.runlog import (
     MetricsLog,
@@ -364,10 +366,14 @@ class AdaptationRun:
         if not self.dist.is_main:
             return
         grid = prediction_grid(self.inference, self.train_set, self.grid_images, self.protocol, pseudo_paths)
-        name = "source_model" if r < 0 else f"round_{r}"
         self.dir.figures.mkdir(exist_ok=True)
-        atomic_write_bytes(self.dir.figures / f"{name}.png", lambda p: Image.fromarray(grid).save(p, "PNG"))
+        atomic_write_bytes(self.dir.prediction_grid(r), lambda p: Image.fromarray(grid).save(p, "PNG"))
         self.board.image("predictions", grid, self.step)
+        if r >= 0 and has_diagnostics(self.round_stats):
+            fig = pl_diagnostics_figure(self.round_stats, self.protocol, f"{self.cfg.name}: pseudo-labels")
+            rgb = figure_rgb(fig)
+            atomic_write_bytes(self.dir.diagnostics_figure, lambda p: Image.fromarray(rgb).save(p, "PNG"))
+            self.board.image("pl_diagnostics", rgb, self.step)
 
     def _select_score(self, r: int) -> None:
         """Score the current model with the recipe's validator (no target label is read)."""
@@ -422,6 +428,7 @@ class AdaptationRun:
             rt.logit_cache_gib,
             self.dist,
             self.progress,
+            complementary_ranks=self._complementary_ranks(),
         )
         stats["alpha_capped"] = capped
         stats["seconds"] = round(time.time() - t0, 1)
@@ -442,6 +449,12 @@ class AdaptationRun:
         log_pseudo_labels(self.board, stats, self.step)
         self.pl_stats = stats
         return paths
+
+    def _complementary_ranks(self) -> list[int] | None:
+        """The ranks negative learning draws from, when the method has it (for its diagnostics)."""
+        if "negative" not in self.cfg.method.losses:
+            return None
+        return complementary_ranks(self.protocol.num_classes, self.cfg.method.negative_width)
 
     def _share_probe(self, r: int) -> dict:
         """The start-of-round shares for methods without pseudo-labels (their collapse reference)."""

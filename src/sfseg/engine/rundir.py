@@ -108,6 +108,25 @@ class RunDir:
     def cache(self) -> Path:
         return self.path / ".cache"
 
+    @property
+    def diagnostics_figure(self) -> Path:
+        """The pseudo-label diagnostics of every round so far (where the split has labels)."""
+        return self.path / "figures" / "pl_diagnostics.png"
+
+    def prediction_grid(self, r: int) -> Path:
+        """The round's picture of fixed images (r = -1: the starting model)."""
+        return self.figures / ("source_model.png" if r < 0 else f"round_{r}.png")
+
+    def prediction_grids(self) -> list[tuple[int, Path]]:
+        """``(round, path)`` of the prediction grids drawn so far, the starting model first."""
+        out = [(-1, self.prediction_grid(-1))] if self.prediction_grid(-1).is_file() else []
+        if self.figures.is_dir():
+            for p in self.figures.iterdir():
+                m = _ROUND.match(p.name.replace(".png", ".pt"))
+                if m and p.suffix == ".png":
+                    out.append((int(m.group(1)), p))
+        return sorted(out)
+
     def round_checkpoint(self, r: int) -> Path:
         return self.path / f"round_{r}.pt"
 
