@@ -264,7 +264,7 @@ def test_writability_checks_of_concurrent_processes_do_not_collide(tmp_path):
     # probe file (a shared name let one rank delete the other's, which then reported "not writable").
     from concurrent.futures import ThreadPoolExecutor
 
-    from sfseg.engine.runlog import check_writable_dir
+    from sfseg.fileio import check_writable_dir
 
     def check_many(_):
         for _ in range(200):

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from sfseg.cli.main import main
 from sfseg.engine.rundir import RunDir
@@ -181,3 +182,104 @@ def test_lock_is_released_by_the_os_when_the_holder_dies(tmp_path):
     holder.wait()
     run.lock()
     run.unlock()
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_state(
+    tiny_toycity, tiny_source, tmp_path, capsys
+):
+    from sfseg.engine.run import read_state
+    from sfseg.models.checkpoint import first_non_finite
+
+    run = tmp_path / "run"
+    code = main(adapt(tiny_toycity, tiny_source, run, "ld", "optim.lr=1000", "rounds=2", "save_every=1"))
+    err = capsys.readouterr().err
+    assert code == 2 and "training diverged at step" in err and "schedule.optim.lr is 1000" in err
+    assert "Traceback" not in err
+    state = read_state(run)  # the last good state: readable, finite, unfinished
+    assert state["phase"] == "run" and first_non_finite(state["model"]) is None
+    assert (
+        not list(run.glob("round_*.pt"))
+        or first_non_finite(torch.load(run / "round_0.pt")["state_dict"]) is None
+    )
+    assert not list(run.rglob("*.tmp"))
+    records = [r for r in (run / "metrics.jsonl").read_text().splitlines() if '"diverged"' in r]
+    assert len(records) == 1
+    # It resumes (and, with the same learning rate, diverges again at the same point, refusing to save).
+    before = tree_digest(run)
+    assert main(["adapt", "--resume", str(run)]) == 2
+    assert "training diverged" in capsys.readouterr().err
+    after = tree_digest(run)
+    logs = ("metrics.jsonl", "tensorboard/")  # the attempt is logged; nothing else changes
+    assert {k: v for k, v in after.items() if not k.startswith(logs)} == {
+        k: v for k, v in before.items() if not k.startswith(logs)
+    }
+    # A huge loss weight: the first step's gradient overflows, the second step's loss is NaN: stopped there.
+    code = main(adapt(tiny_toycity, tiny_source, tmp_path / "w", "ld", "loss_weights={negative: 1e308}"))
+    err = capsys.readouterr().err
+    assert code == 2 and "training diverged at step 1" in err and "weighted total loss is nan" in err
+
+
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+from sfseg.cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_full_disk_gives_one_line_no_temporary_files_and_keeps_the_previous_state(
+    tiny_toycity, tiny_source, tmp_path
+):
+    run = tmp_path / "run"
+    killed = sfseg_cli(
+        *adapt(tiny_toycity, tiny_source, run, "ld", "rounds=2"), env={"SFSEG_FAULT_KILL": "ld:labelled:0"}
+    )
+    assert killed.returncode == -9
+    state = (run / "state.pt").read_bytes()
+    # Resume where no file may grow beyond 64 kB: the next state (a few hundred kB) cannot be written.
+    res = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(64 * 1024), "adapt", "--resume", str(run)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("sfseg: error:") and "could not be written" in last and "Traceback" not in res.stderr
+    )
+    assert (run / "state.pt").read_bytes() == state  # the previous state is intact
+    assert not list(run.rglob("*.tmp")) and not list(run.rglob(".*.tmp"))
+    # With room again, the run resumes from it and finishes.
+    assert sfseg_cli("adapt", "--resume", str(run)).returncode == 0
+
+
+def test_resume_on_a_read_only_directory_is_one_clear_error(
+    tiny_toycity, tiny_source, tmp_path, monkeypatch, capsys
+):
+    import errno
+    import tempfile
+
+    run = tmp_path / "run"
+    killed = sfseg_cli(
+        *adapt(tiny_toycity, tiny_source, run, "ld", "rounds=2"), env={"SFSEG_FAULT_KILL": "ld:labelled:0"}
+    )
+    assert killed.returncode == -9
+    before = tree_digest(run)
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)  # what a read-only mount does to the probe
+    assert main(["adapt", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "not writable" in err and str(run) in err and "Traceback" not in err
+    assert tree_digest(run) == before
+
+
+def test_run_dir_names_rounds_strictly(tmp_path):
+    run = RunDir(tmp_path)
+    for name in ("round_0.pt", "round_10.pt", "round_2.pt", "round_best.pt", "round_-1.pt", "round_3.pt.tmp"):
+        (tmp_path / name).write_bytes(b"x")
+    assert run.round_checkpoints() == [(0, run.round_checkpoint(0)), (2, run.round_checkpoint(2)),
+                                       (10, run.round_checkpoint(10))]  # fmt: skip
+    assert run.stage("ld").final == tmp_path / "ld" / "final.pt"

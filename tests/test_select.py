@@ -173,10 +173,11 @@ def test_tensorboard_events_hold_the_run_scalars(run_dir):
     tags = set(acc.Tags()["scalars"])
     for tag in ("loss/positive", "loss/negative", "loss/total", "lr", "val/miou", "val_iou/road",
                 "pl_share/road", "pred_share/car", "threshold/building", "pl/selected_fraction",
-                "pl/pl_accuracy", "select/agreement"):  # fmt: skip
+                "pl/pl_accuracy", "pl/pl_recall", "pl/nl_error", "pl_recall/road", "true_share/sky",
+                "nl_error/car", "select/agreement"):  # fmt: skip
         assert tag in tags, tag
     assert len(acc.Scalars("val/miou")) == 3  # source model, then one per round
-    assert acc.Tags()["images"] == ["predictions"]
+    assert sorted(acc.Tags()["images"]) == ["pl_diagnostics", "predictions"]  # the split has labels
 
 
 @pytest.mark.slow

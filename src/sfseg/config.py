@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -28,6 +30,56 @@ from sfseg.errors import ConfigError
 T = TypeVar("T")
 
 __all__ = ["ConfigError", "ValueCheck", "load_config", "from_dict", "to_dict", "save_config", "field_paths"]
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxtuple, _BRIEF.maxdict = 2, 6, 6, 6
+_BRIEF.maxstring, _BRIEF.maxother, _BRIEF.maxlong = 80, 80, 40
+
+MAX_NODES = 100_000
+"""The most values a config (file or override) may hold once YAML aliases are expanded."""
+MAX_DEPTH = 32
+
+
+def brief(value: Any) -> str:
+    """A bounded ``repr`` for messages: long strings, deep or long containers (an expanded YAML alias
+    bomb, say) are shortened with ``...``."""
+    return _BRIEF.repr(value)
+
+
+def check_size(data: Any, where: str) -> None:
+    """Refuse a parsed YAML document that expands (through aliases) to more than :data:`MAX_NODES` values
+    or nests deeper than :data:`MAX_DEPTH`; walks at most that many values, so it is fast whatever the
+    document claims to hold."""
+    stack, seen = [(data, 0)], 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > MAX_NODES or depth > MAX_DEPTH:
+            what = (
+                f"more than {MAX_NODES:,} values" if seen > MAX_NODES else f"deeper than {MAX_DEPTH} levels"
+            )
+            raise ConfigError(
+                f"{where}: the document expands to {what} (YAML aliases that repeat each other?); a recipe "
+                "is a small mapping of keys to values"
+            )
+        if isinstance(node, dict):
+            stack += [(k, depth + 1) for k in node] + [(v, depth + 1) for v in node.values()]
+        elif isinstance(node, list | tuple):
+            stack += [(v, depth + 1) for v in node]
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` (no Python objects are ever built) with the size check of :func:`check_size`;
+    errors name ``where``."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {brief(' '.join(str(e).split()))}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nests too deeply to be read") from None
+    check_size(data, where)
+    return data
 
 
 class ValueCheck(Exception):
@@ -48,11 +100,13 @@ def _check(tp: Any, value: Any, where: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {brief(value)}")
         return from_dict(tp, value, where)
     if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not a valid choice; choose one of {list(args)}")
+        if isinstance(value, bool) and {"on", "off"} <= set(args):
+            return "on" if value else "off"  # YAML 1.1 reads on/off/yes/no as booleans
+        if not isinstance(value, str | int | float) or value not in args:
+            raise ConfigError(f"{where}: {brief(value)} is not a valid choice; choose one of {list(args)}")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -65,41 +119,49 @@ def _check(tp: Any, value: Any, where: str) -> Any:
                 return _check(a, value, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[-1] if errors else f"{where}: invalid value {value!r}")
+        raise ConfigError(errors[-1] if errors else f"{where}: invalid value {brief(value)}")
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {brief(value)}")
         item = args[0] if args else Any
         out = [_check(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {brief(value)}")
         vt = args[1] if args else Any
         return {str(k): _check(vt, v, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
         if isinstance(value, str):
             # YAML 1.1 reads "1e-4" (no dot) as a string; accept any numeral.
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"{where}: expected a number, got {brief(value)}")
+        try:
+            value = float(value)
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {value} is not a finite number")
+        return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {brief(value)}")
+        if abs(value) > 2**63 - 1:
+            raise ConfigError(f"{where}: {brief(value)} is out of range")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {brief(value)}")
         return value
     if tp is str:
         if value is None:
             return ""
         if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {brief(value)}")
         return str(value)
     raise ConfigError(f"{where}: unsupported config type {tp!r}")
 
@@ -111,6 +173,10 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     """
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:
+        at = f"under {where!r}" if where else "at the top level"
+        raise ConfigError(f"key {brief(odd[0])} {at} is not a name (keys are words such as 'rounds')")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         at = f"under {where!r}" if where else "at the top level"
@@ -202,16 +268,22 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config file as UTF-8") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    data = safe_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
     base = data.pop("_base_", None)
-    if base is not None:
-        data = _deep_merge(read_yaml(path.parent / base, (*_seen, path.resolve())), data)
-    return data
+    if base is None:
+        return data
+    bases = base if isinstance(base, list) else [base]
+    if not bases or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(
+            f"{path}: _base_ must be a file name or a list of file names (relative to the file), got "
+            f"{brief(base)}"
+        )
+    merged: dict = {}
+    for b in bases:  # later bases override earlier ones; the file's own keys override them all
+        merged = _deep_merge(merged, read_yaml(path.parent / b, (*_seen, path.resolve())))
+    return _deep_merge(merged, data)
 
 
 def _set(data: dict, path: str, value: Any) -> dict:
@@ -229,19 +301,16 @@ def _set(data: dict, path: str, value: Any) -> dict:
 def parse_override(cls: type, item: str) -> tuple[str, Any]:
     """``key=value`` -> (full dotted key, YAML-parsed value)."""
     if "=" not in item:
-        raise ConfigError(f"command-line override {item!r} must look like key=value (e.g. rounds=3)")
+        raise ConfigError(f"command-line override {brief(item)} must look like key=value (e.g. rounds=3)")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"command-line override {item!r} has no key")
-    try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"command-line override {item!r}: value is not valid YAML ({e})") from None
+        raise ConfigError(f"command-line override {brief(item)} has no key")
+    value = safe_yaml(raw, f"command-line override {brief(item)}") if raw else ""
     try:
         return resolve_key(cls, key), value
     except ConfigError as e:
-        raise ConfigError(f"command-line override {item!r}: {e}") from None
+        raise ConfigError(f"command-line override {brief(item)}: {e}") from None
 
 
 def _covers(prefix: str, key: str) -> bool:
@@ -274,13 +343,13 @@ def load_config(
         try:
             from_dict(cls, data)
         except ConfigError as e:
-            raise ConfigError(f"command-line override {item!r}: {e}") from None
+            raise ConfigError(f"command-line override {brief(item)}: {e}") from None
     cfg = from_dict(cls, data)
     try:
         check_config(cfg)
     except ValueCheck as e:
         src = next((s for k, s in reversed(sources) if _covers(k, e.key) or _covers(e.key, k)), None)
-        where = f"command-line override {src!r}" if src else origin
+        where = f"command-line override {brief(src)}" if src else origin
         raise ConfigError(f"{where}: {e.key}: {e.message}") from None
     return cfg
 
@@ -305,5 +374,22 @@ def require(condition: bool, key: str, message: str) -> None:
         raise ValueCheck(key, message)
 
 
+MAX_SEED = 2**32 - 1  # NumPy's seeding takes 32-bit seeds
+MAX_BATCH = 4096
+MAX_WORKERS = 256
+MAX_SIDE = 16384  # pixels
+
+
+def in_range(value: float, low: float, high: float, key: str) -> None:
+    """For ``check()`` methods: ``low <= value <= high`` or a :class:`ValueCheck` for ``key``. Every
+    numeric recipe value has an upper bound: an unbounded one (``rounds: 1e9``) hangs or exhausts memory
+    instead of failing."""
+    if not low <= value <= high:
+        show = lambda x: str(x) if isinstance(x, int) else f"{x:g}"  # noqa: E731
+        raise ValueCheck(key, f"must be in [{show(low)}, {show(high)}], got {brief(value)}")
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from sfseg.fileio import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))

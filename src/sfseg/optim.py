@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sfseg.config import require
+from sfseg.config import in_range, require
 from sfseg.errors import MethodError
 
 
@@ -37,7 +37,7 @@ class OptimConfig:
         require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(self.poly_power >= 0, "poly_power", f"must be >= 0, got {self.poly_power}")
-        require(self.nominal_steps >= 0, "nominal_steps", f"must be >= 0, got {self.nominal_steps}")
+        in_range(self.nominal_steps, 0, 10**9, "nominal_steps")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

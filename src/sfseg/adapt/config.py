@@ -10,10 +10,11 @@ Plus the run's identity: ``name``, ``checkpoint``, ``out``, ``seed``, ``init_fro
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sfseg.config import require
+from sfseg.config import MAX_BATCH, MAX_SEED, MAX_SIDE, MAX_WORKERS, in_range, require
 from sfseg.data.transforms import AugmentConfig
 from sfseg.optim import OptimConfig
 
@@ -59,9 +60,11 @@ class DataConfig:
         require(bool(self.root), "root", "is empty; give the dataset's root directory")
         require(bool(self.train_split), "train_split", "is empty")
         require(
-            not self.input_size or (len(self.input_size) == 2 and min(self.input_size) > 0),
+            not self.input_size
+            or (len(self.input_size) == 2 and 0 < min(self.input_size))
+            and max(self.input_size) <= MAX_SIDE,
             "input_size",
-            f"must be [width, height] with positive sizes, or empty; got {self.input_size}",
+            f"must be [width, height] with sizes in 1..{MAX_SIDE}, or empty; got {self.input_size}",
         )
 
 
@@ -104,15 +107,24 @@ class RuntimeConfig:
     tensorboard: bool = True
 
     def check(self) -> None:
-        require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
-        require(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
-        require(self.save_every >= 0, "save_every", f"must be >= 0, got {self.save_every}")
-        require(self.logit_cache_gib >= 0, "logit_cache_gib", f"must be >= 0, got {self.logit_cache_gib}")
+        in_range(self.num_workers, 0, MAX_WORKERS, "num_workers")
+        in_range(self.eval_batch_size, 1, MAX_BATCH, "eval_batch_size")
+        in_range(self.save_every, 0, 10**9, "save_every")
+        in_range(self.logit_cache_gib, 0, 1024, "logit_cache_gib")
         require(
-            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", self.device) is not None,
             "device",
             f"must be auto, cpu, cuda or cuda:N, got {self.device!r}",
         )
+        if self.device.startswith("cuda"):
+            import torch
+
+            require(
+                torch.cuda.is_available(),
+                "device",
+                f"is {self.device!r} but CUDA is not available here (a CPU build of PyTorch, or no GPU); "
+                "use auto or cpu",
+            )
 
 
 @dataclass
@@ -149,7 +161,7 @@ class PseudoLabelConfig:
         require(0 < self.alpha <= 1, "alpha", f"must be in (0, 1], got {self.alpha}")
         require(0 <= self.alpha_step <= 1, "alpha_step", f"must be in [0, 1], got {self.alpha_step}")
         require(0 <= self.threshold <= 1, "threshold", f"must be in [0, 1], got {self.threshold}")
-        require(self.bins >= 16, "bins", f"must be >= 16, got {self.bins}")
+        in_range(self.bins, 16, 2**20, "bins")
 
 
 @dataclass
@@ -217,7 +229,7 @@ class MethodConfig:
     collapse_warning: float = 0.25
 
     def check(self) -> None:
-        require(self.negative_width >= 0, "negative_width", f"must be >= 0, got {self.negative_width}")
+        in_range(self.negative_width, 0, 64, "negative_width")
         require(
             0 <= self.collapse_warning < 1,
             "collapse_warning",
@@ -238,6 +250,10 @@ class ScheduleConfig:
             ``batch_size x processes``).
         optim: SGD settings (backbone lr; head at ``head_lr_mult`` x).
         lr_round_decay: the learning rate is divided by this after every round (reference: sqrt 2).
+        max_weight_growth: stop the run (one clear error, the last good state kept) when the trainable
+            weights' norm grows beyond this many times its start (0 disables); non-finite losses and
+            weights always stop it.
+        max_loss: also stop when a loss part exceeds this value (0 disables).
     """
 
     rounds: int = 3
@@ -245,12 +261,18 @@ class ScheduleConfig:
     batch_size: int = 8
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, head_lr_mult=10.0))
     lr_round_decay: float = 2**0.5
+    max_weight_growth: float = 100.0
+    max_loss: float = 0.0
 
     def check(self) -> None:
-        require(self.rounds >= 0, "rounds", f"must be >= 0, got {self.rounds}")
-        require(self.epochs_per_round >= 1, "epochs_per_round", f"must be >= 1, got {self.epochs_per_round}")
-        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        in_range(self.rounds, 0, 100, "rounds")
+        in_range(self.epochs_per_round, 1, 1000, "epochs_per_round")
+        in_range(self.batch_size, 1, MAX_BATCH, "batch_size")
         require(self.lr_round_decay > 0, "lr_round_decay", f"must be positive, got {self.lr_round_decay}")
+        require(
+            self.max_weight_growth >= 0, "max_weight_growth", f"must be >= 0, got {self.max_weight_growth}"
+        )
+        require(self.max_loss >= 0, "max_loss", f"must be >= 0, got {self.max_loss}")
 
 
 @dataclass
@@ -267,7 +289,7 @@ class SelectConfig:
     max_images: int = 0
 
     def check(self) -> None:
-        require(self.max_images >= 0, "max_images", f"must be >= 0, got {self.max_images}")
+        in_range(self.max_images, 0, 10**7, "max_images")
 
 
 @dataclass
@@ -304,6 +326,7 @@ class AdaptConfig:
     def check(self) -> None:
         require(bool(self.out.strip()), "out", "is empty; give a run directory (e.g. out=runs/ld)")
         require(bool(self.checkpoint), "checkpoint", "is empty; give the source model's checkpoint")
+        in_range(self.seed, 0, MAX_SEED, "seed")
         # alpha + r * alpha_step above 1 is not an error: the round's alpha is capped at 1 and the round
         # log says so (``alpha_capped``).
 

@@ -21,8 +21,32 @@ from pathlib import Path
 
 import torch
 
-from sfseg.config import ConfigError, load_config
+from sfseg.config import MAX_BATCH, MAX_SEED, MAX_SIDE, MAX_WORKERS, ConfigError, load_config
 from sfseg.errors import SfsegError
+
+
+def int_in(low: int, high: int):
+    """An argparse type: an integer in ``[low, high]`` (argparse reports anything else as a usage error,
+    exit status 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+SEED = int_in(0, MAX_SEED)
+JOBS = int_in(1, 64)
+SIDE = int_in(1, MAX_SIDE)
+BATCH = int_in(1, MAX_BATCH)
+WORKERS = int_in(0, MAX_WORKERS)
 
 
 def _threads() -> None:
@@ -38,7 +62,7 @@ def cmd_toycity_generate(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from sfseg.data.toycity import ToyCitySpec, generate, is_generated
-    from sfseg.engine.runlog import check_writable_dir
+    from sfseg.fileio import check_writable_dir
 
     check_writable_dir(Path(args.out), "--out")
 
@@ -147,7 +171,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from sfseg.engine.report import per_class_table
 
     if args.json:
-        from sfseg.engine.runlog import check_writable_file
+        from sfseg.fileio import check_writable_file
 
         check_writable_file(Path(args.json), "--json")
     if args.predictions:
@@ -180,7 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from sfseg.engine.predict import predict
-    from sfseg.engine.runlog import check_writable_dir
+    from sfseg.fileio import check_writable_dir
 
     ckpt, data, protocol = _data_and_checkpoint(args, labels=False)
     check_writable_dir(Path(args.out), "--out")
@@ -192,7 +216,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_check_data(args: argparse.Namespace) -> None:
     from sfseg.data.check import DEFAULT_SPLITS, check_split
+    from sfseg.data.registry import dataset_protocol
 
+    dataset_protocol(args.dataset, args.protocol)  # an unknown dataset or protocol, named first
     splits = args.split or DEFAULT_SPLITS.get(args.dataset)
     if not splits:
         raise ConfigError(f"say which split(s) of dataset {args.dataset!r} to check: --split NAME ...")
@@ -211,7 +237,6 @@ def cmd_check_data(args: argparse.Namespace) -> None:
 
 
 def cmd_select(args: argparse.Namespace) -> None:
-    from sfseg.engine.runlog import check_writable_file
     from sfseg.engine.select import (
         VALIDATORS,
         check_validator,
@@ -220,6 +245,7 @@ def cmd_select(args: argparse.Namespace) -> None:
         study_table,
         validator_study,
     )
+    from sfseg.fileio import check_writable_file
 
     check_validator(args.validator)
     names = sorted(VALIDATORS) if args.all else [args.validator]
@@ -246,7 +272,7 @@ def cmd_select(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from sfseg.engine.html_report import write_report
-    from sfseg.engine.runlog import check_writable_file
+    from sfseg.fileio import check_writable_file
 
     check_writable_file(Path(args.out), "--out")
     path = write_report([Path(r) for r in args.runs], Path(args.out), title=args.title)
@@ -327,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--variant", default="materials", choices=sorted(VARIANTS), help="the synthetic-to-real factor"
     )
-    g.add_argument("--seed", type=int, default=0, help="the world: 0 = test world, 1 = development world")
+    g.add_argument("--seed", type=SEED, default=0, help="the world: 0 = test world, 1 = development world")
     g.add_argument("--small", action="store_true", help="a tiny copy (24/8 images per split) for smoke tests")
     g.add_argument("--quiet", action="store_true")
     g.add_argument("--force", action="store_true", help="write even if the same spec is already there")
@@ -335,14 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = tc.add_parser("calibrate", help="measure each variant's source/oracle/source-only/AdaBN and bias")
     c.add_argument("--variants", nargs="+", default=sorted(VARIANTS), choices=sorted(VARIANTS))
     c.add_argument(
-        "--worlds", type=int, nargs="+", default=[0], help="generator seeds (0 test, 1 development)"
+        "--worlds", type=SEED, nargs="+", default=[0], help="generator seeds (0 test, 1 development)"
     )
-    c.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
+    c.add_argument("--seeds", type=SEED, nargs="+", default=[0], help="training seeds")
     c.add_argument(
         "--data-dir", default="data", help="worlds are generated into <data-dir>/toycity-<variant>-w<world>"
     )
     c.add_argument("--out", default="runs/suite", help="run directory (shared with bench: sources reused)")
-    c.add_argument("--jobs", type=int, default=1, help="trainings at a time (processes)")
+    c.add_argument("--jobs", type=JOBS, default=1, help="trainings at a time (processes)")
     c.add_argument(
         "--report", default="", help="also update this markdown file (default: <out>/toycity.md only)"
     )
@@ -376,10 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--protocol", default="", help="class protocol (default: the dataset's own)")
         q.add_argument("--mapping", default="", help="folder dataset: raw id -> class mapping file")
         q.add_argument(
-            "--input-size", type=int, nargs=2, metavar=("W", "H"), help="resize inputs (Cityscapes: 1024 512)"
+            "--input-size",
+            type=SIDE,
+            nargs=2,
+            metavar=("W", "H"),
+            help="resize inputs (Cityscapes: 1024 512)",
         )
-        q.add_argument("--batch-size", type=int, default=4)
-        q.add_argument("--workers", type=int, default=0, help="data-loading processes")
+        q.add_argument("--batch-size", type=BATCH, default=4)
+        q.add_argument("--workers", type=WORKERS, default=0, help="data-loading processes")
     e.add_argument("--json", help="also write the metrics to this JSON file")
     e.add_argument(
         "--predictions", help="score the prediction PNGs in this folder (written by sfseg predict) instead"
@@ -404,7 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--all", action="store_true", help="compute every validator (the table ranks by --validator)"
     )
     se.add_argument(
-        "--max-images", type=int, default=100, help="target train images read per checkpoint (0 = all)"
+        "--max-images",
+        type=int_in(0, 10**7),
+        default=100,
+        help="target train images read per checkpoint (0 = all)",
     )
     se.add_argument("--json", help="write the scores (and the study) to this JSON file")
     se.add_argument(
@@ -445,12 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["source_only", "adabn", "naive_st", "conf_st", "ld_pl", "ld_nl", "ld"],
     )
-    b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    b.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1, 2])
     b.add_argument("--source-dir", help="where source models are cached (default: --out)")
     b.add_argument("--resume", action="store_true", help="reuse finished runs, resume unfinished ones")
-    b.add_argument("--jobs", type=int, default=1, help="trainings at a time (processes)")
+    b.add_argument("--jobs", type=JOBS, default=1, help="trainings at a time (processes)")
     b.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="run the ToyCity suite's variants")
-    b.add_argument("--worlds", type=int, nargs="+", default=[0], help="suite worlds (0 test, 1 development)")
+    b.add_argument("--worlds", type=SEED, nargs="+", default=[0], help="suite worlds (0 test, 1 development)")
     b.add_argument(
         "--data-dir", default="data", help="suite worlds live in <data-dir>/toycity-<variant>-w<world>"
     )
@@ -468,9 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="generate ToyCity, train the source model, compare methods (CPU, minutes)"
     )
     d.add_argument("--data", default=None, help="default: data/toycity-small_objects-w0")
-    d.add_argument("--jobs", type=int, default=None, help="runs at a time (default: 2 on a CPU, 1 on a GPU)")
+    d.add_argument("--jobs", type=JOBS, default=None, help="runs at a time (default: 2 on a CPU, 1 on a GPU)")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=SEED, default=0)
     d.set_defaults(func=cmd_demo)
     return p
 
@@ -483,6 +516,14 @@ def main(argv: list[str] | None = None) -> int:
     except SfsegError as e:
         # The user's input is wrong: one line (plus any listing the message carries), no traceback.
         print(f"sfseg: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        from sfseg.fileio import ENVIRONMENT_ERRNOS
+
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise  # not the environment's doing: a bug, with its traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"sfseg: error: {where}{ENVIRONMENT_ERRNOS[e.errno]} ({e.strerror})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sfseg: interrupted", file=sys.stderr)

@@ -52,7 +52,7 @@ IMAGE_MODES = ("L", "P", "RGB", "RGBA", "LA", "PA")
 def check_image_mode(im: Image.Image, path: Path) -> None:
     """Refuse images that are not 8 bits per channel (a 16-bit image converted to RGB by Pillow is
     clipped to one colour; a 16-bit RGB PNG is silently truncated to 8 bits)."""
-    deep = im.format == "PNG" and _png_depth(path) == 16
+    deep = im.format == "PNG" and png_depth(path) == 16
     if im.mode not in IMAGE_MODES or deep:
         what = "16 bits per channel" if deep else f"mode {im.mode!r}"
         raise DatasetError(
@@ -61,7 +61,8 @@ def check_image_mode(im: Image.Image, path: Path) -> None:
         )
 
 
-def _png_depth(path: Path) -> int:
+def png_depth(path: Path) -> int:
+    """The bit depth in a PNG's header (8 for a file too short to tell)."""
     with open(path, "rb") as f:
         head = f.read(26)
     return head[24] if len(head) == 26 and head[12:16] == b"IHDR" else 8
@@ -222,6 +223,7 @@ class ListDataset(Dataset):
             raise problems_error(f"{list_file}", problems)
         self.images = images
         self.labels = label_maps
+        self.image_sizes = [(int(im.shape[-1]), int(im.shape[-2])) for im in images]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -237,6 +239,23 @@ class ListDataset(Dataset):
         if self.has_labels:
             item["label"] = self.labels[i]
         return item
+
+
+def check_one_size(dataset: Dataset, where: str, fix: str) -> None:
+    """Refuse a split whose images differ in size (when its ``image_sizes`` are known): batches of them
+    cannot be stacked. ``fix`` says which setting lifts the restriction."""
+    sizes = getattr(dataset, "image_sizes", None)
+    if not sizes or len(set(sizes)) == 1:
+        return
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, wh in enumerate(sizes):
+        groups.setdefault(wh, []).append(i)
+    names = getattr(dataset, "names", None)
+    shown = "; ".join(
+        f"{w}x{h}: {len(ix)} image(s), e.g. {names[ix[0]] if names else ix[0]}"
+        for (w, h), ix in sorted(groups.items(), key=lambda kv: -len(kv[1]))[:4]
+    )
+    raise DatasetError(f"{where}: images of different sizes ({shown}); {fix}")
 
 
 def problems_error(where: str, problems: list[str], limit: int = 20) -> DatasetError:

@@ -179,12 +179,14 @@ class FileListDataset(Dataset):
         self.repair_size = repair_size
         self.names = [s.name for s in samples]
         self.has_labels = codec is not None and all(s.label is not None for s in samples)
+        self.image_sizes: list[tuple[int, int]] | None = None  # (W, H) per image, from the headers
         if check_headers:
-            problems = []
+            problems, sizes = [], []
             pairs = self.has_labels and not repair_size
             for s in samples:
                 try:
                     a = header_size(s.image, image=True)
+                    sizes.append(a)
                     b = header_size(s.label) if pairs else a
                     if a != b:
                         problems.append(
@@ -194,6 +196,7 @@ class FileListDataset(Dataset):
                     problems.append(str(e))
             if problems:
                 raise problems_error(f"{samples[0].image.parent}", problems)
+            self.image_sizes = sizes
 
     def __len__(self) -> int:
         return len(self.samples)

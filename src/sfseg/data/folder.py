@@ -15,13 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from sfseg import IGNORE_INDEX
+from sfseg.config import brief, safe_yaml
 from sfseg.data.classes import CITYSCAPES19, ClassProtocol
 from sfseg.data.datasets import DatasetError
 from sfseg.data.files import FileListDataset, Sample, layout_error, lut_codec, missing_error
 from sfseg.data.registry import register_dataset
+from sfseg.errors import ConfigError
 
 LAYOUT = """\
   <root>/images/**/<name>.{png,jpg,jpeg}
@@ -34,7 +35,10 @@ def load_mapping(path: str | Path, protocol: ClassProtocol) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"mapping file not found: {path}")
-    table = yaml.safe_load(path.read_text())
+    try:
+        table = safe_yaml(path.read_text(encoding="utf-8"), str(path))
+    except (ConfigError, UnicodeDecodeError, OSError) as e:
+        raise DatasetError(f"{path}: cannot be read as a mapping file ({brief(str(e))})") from None
     if not isinstance(table, dict) or not table:
         raise DatasetError(f"{path}: expected a mapping 'raw id: class name' (or 'ignore')")
     index = {n: i for i, n in enumerate(protocol.names)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -30,6 +31,15 @@ class Normalization:
             raise ValueError(f"normalization order must be 'RGB' or 'BGR', got {self.order!r}")
         if self.value_range not in (1.0, 255.0):
             raise ValueError(f"normalization value_range must be 1.0 or 255.0, got {self.value_range!r}")
+        if len(self.mean) != 3 or not all(math.isfinite(float(m)) for m in self.mean):
+            raise ValueError(f"normalization mean must be 3 finite numbers, got {self.mean!r}")
+        if self.std is not None and (
+            len(self.std) != 3 or not all(math.isfinite(float(v)) and float(v) > 0 for v in self.std)
+        ):
+            raise ValueError(
+                f"normalization std must be 3 positive finite numbers (a zero std divides by zero), got "
+                f"{self.std!r}"
+            )
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Normalise uint8 images.

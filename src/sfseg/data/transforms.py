@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sfseg.config import require
+from sfseg.config import MAX_SIDE, in_range, require
 
 
 @dataclass
@@ -36,9 +36,13 @@ class AugmentConfig:
     crop: int = 600
 
     def check(self) -> None:
-        require(self.short_side >= 1, "short_side", f"must be >= 1, got {self.short_side}")
-        require(self.crop >= 1, "crop", f"must be >= 1, got {self.crop}")
-        require(bool(self.scales) and min(self.scales) > 0, "scales", f"must be positive, got {self.scales}")
+        in_range(self.short_side, 1, MAX_SIDE, "short_side")
+        in_range(self.crop, 1, MAX_SIDE, "crop")
+        require(
+            bool(self.scales) and len(self.scales) <= 64 and 0 < min(self.scales) and max(self.scales) <= 8,
+            "scales",
+            f"must be 1 to 64 factors in (0, 8], got {self.scales}",
+        )
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -9,11 +9,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from sfseg.data.classes import ClassProtocol
+from sfseg.data.datasets import png_depth
 from sfseg.engine import distributed
 from sfseg.engine.inference import Inference, batch_size_hw
 from sfseg.engine.loading import sharded_loader
@@ -86,8 +87,7 @@ class PredictionFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        with Image.open(self.paths[i]) as im:
-            raw = np.asarray(im)
+        raw = read_prediction(self.paths[i], self.fmt)
         pred = cv2.LUT(raw, self.lut)
         if (pred == 255).any():
             bad = sorted(set(np.unique(raw[pred == 255]).tolist()))
@@ -101,6 +101,25 @@ class PredictionFiles(Dataset):
                 f"{label.shape[1]}x{label.shape[0]}"
             )
         return {"label": label, "pred": torch.from_numpy(pred)}
+
+
+def read_prediction(path: Path, fmt: str) -> np.ndarray:
+    """One prediction PNG as (H, W) uint8 ids; anything else (empty, not an image, colour, 16-bit) is an
+    error naming the file."""
+    fix = f"write predictions with sfseg predict --format {fmt} (one 8-bit id per pixel)"
+    try:
+        if path.stat().st_size == 0:
+            raise DatasetError(f"{path}: the prediction file is empty; {fix}")
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P") or (im.format == "PNG" and png_depth(path) > 8):
+                raise DatasetError(f"{path}: the prediction image has mode {im.mode!r}, not 8-bit ids; {fix}")
+            return np.asarray(im)
+    except DatasetError:
+        raise
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise DatasetError(
+            f"{path}: cannot be read as a prediction image ({type(e).__name__}); {fix}"
+        ) from None
 
 
 def evaluate_files(

@@ -20,6 +20,8 @@ import numpy as np
 from sfseg.data.classes import PROTOCOLS, ClassProtocol
 from sfseg.engine.report import has_diagnostics, per_class_table, pl_diagnostics_figure
 from sfseg.engine.rundir import RunDir
+from sfseg.errors import RunDirError
+from sfseg.fileio import atomic_write_text
 
 STYLE = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
@@ -72,9 +74,31 @@ def markdown_table_to_html(md: str) -> str:
     return "\n".join(out)
 
 
+def read_records(run: Path) -> list[dict]:
+    """The records of a run's ``metrics.jsonl``; a folder that is not a run, or a damaged file, is one
+    error naming it."""
+    path = RunDir(run).metrics
+    if not path.is_file():
+        raise RunDirError(
+            f"{run} is not an sfseg run directory (no {path.name}); give the directory of a run"
+        )
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise RunDirError(f"{path}, line {number}: not a JSON record; the file is damaged") from None
+        if not isinstance(record, dict) or "phase" not in record:
+            raise RunDirError(f"{path}, line {number}: not an sfseg metrics record")
+        records.append(record)
+    return records
+
+
 def load_run(run: Path) -> dict:
     """What the report needs from a run directory."""
-    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    records = read_records(run)
     start = next((r for r in records if r["phase"] == "start"), {})
     cfg = start.get("config", {})
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else None
@@ -113,7 +137,7 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "sfseg runs") -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [load_run(r) for r in run_dirs]
+    runs = [load_run(r) for r in run_dirs]  # every run is read (and checked) before anything is written
     labels = _labels(runs)
     protocol = _protocol(runs[0])
     parts = [f"<h1>{html.escape(title)}</h1>"]
@@ -238,5 +262,5 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "sfseg runs") -> 
         + "</body></html>"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
+    atomic_write_text(out, page)
     return out

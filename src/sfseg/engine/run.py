@@ -58,11 +58,13 @@ from sfseg.adapt.mixing import class_mix, class_mix_masks
 from sfseg.adapt.parts import StepInputs, build_loss_parts, total_loss
 from sfseg.adapt.pseudo_labels import build_pseudo_labeller
 from sfseg.adapt.teacher import EMATeacher
-from sfseg.config import load_config, save_config, to_dict
+from sfseg.config import from_dict, load_config, save_config, to_dict
+from sfseg.data.datasets import check_one_size
 from sfseg.data.registry import build_dataset, dataset_protocol
 from sfseg.engine import distributed
 from sfseg.engine.board import Board, grid_indices, log_eval, log_pseudo_labels, prediction_grid
 from sfseg.engine.evaluate import evaluate
+from sfseg.engine.guard import DivergenceError, DivergenceGuard
 from sfseg.engine.inference import Inference, use_amp, use_channels_last
 from sfseg.engine.labelling import class_shares, collapse_check, label_round
 from sfseg.engine.loading import (
@@ -77,15 +79,10 @@ from sfseg.engine.loading import (
 from sfseg.engine.recipes import recipe_path
 from sfseg.engine.report import figure_rgb, has_diagnostics, pl_diagnostics_figure
 from sfseg.engine.rundir import RunDir
-from sfseg.engine.runlog import (
-    MetricsLog,
-    atomic_torch_save,
-    atomic_write_bytes,
-    atomic_write_text,
-    seed_everything,
-)
+from sfseg.engine.runlog import MetricsLog, seed_everything
 from sfseg.engine.select import check_validator, score_model
 from sfseg.errors import ConfigError, ResumeError
+from sfseg.fileio import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from sfseg.models import load_checkpoint, save_checkpoint
 from sfseg.models.ops import upsample_logits
 from sfseg.optim import build_sgd, poly_step, unwrap
@@ -114,9 +111,17 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def recipe_differences(a: dict, b: dict, ignore: tuple[str, ...] = RESUMABLE_CHANGES) -> list[str]:
-    """Dotted keys whose values differ between two recipe dicts (``ignore`` excepted)."""
-    fa, fb = _flat(a), _flat(b)
+    """Dotted keys whose values differ between two recipe dicts (``ignore`` excepted). Both are read
+    through the schema first, so a key a recipe written by an older sfseg lacks counts as its default."""
+    fa, fb = _flat(_normalised(a)), _flat(_normalised(b))
     return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k) and k not in ignore)
+
+
+def _normalised(recipe: dict) -> dict:
+    try:
+        return to_dict(from_dict(AdaptConfig, recipe))
+    except ConfigError:
+        return recipe
 
 
 def _rng_state() -> dict:
@@ -196,6 +201,21 @@ class AdaptationRun:
             if data.val_split
             else None
         )
+        rt = cfg.runtime
+        for split, ds in ((data.train_split, self.train_set), (data.val_split, self.val_set)):
+            if ds is not None and rt.eval_batch_size > 1:
+                check_one_size(
+                    ds,
+                    f"split {split!r} of {data.root}",
+                    "batches need one size: set runtime.eval_batch_size: 1",
+                )
+        if sched.rounds > 0 and sched.batch_size > 1 and data.augment.kind == "none":
+            check_one_size(
+                self.train_set,
+                f"split {data.train_split!r} of {data.root}",
+                "training batches need one size: set data.augment.kind: scale_crop (random crops of one "
+                "size) or schedule.batch_size: 1",
+            )
         n = len(self.train_set)
         if sched.rounds > 0 and steps_per_epoch(n, sched.batch_size, self.dist.world) == 0:
             raise ConfigError(
@@ -241,6 +261,14 @@ class AdaptationRun:
         self.selection: list[dict] = []
         self.elapsed = 0.0
         self.board = Board(self.dir.tensorboard, enabled=False)
+        self.saved_step: int | None = None
+        lr = f"schedule.optim.lr is {sched.optim.lr:g}"
+        self.guard = DivergenceGuard(
+            self.model,
+            sched.max_weight_growth,
+            sched.max_loss,
+            f"Is the learning rate too large ({lr})? Check also the loss weights and the checkpoint.",
+        )
         self.grid_images = grid_indices(len(self.train_set))
         if cfg.select.validator:
             check_validator(cfg.select.validator)
@@ -311,13 +339,22 @@ class AdaptationRun:
         self.log.truncate(int(state["metrics_bytes"]))
 
     def save_state(self) -> None:
+        """Write the resumable state, once the weights are known to be sound (every rank checks its own)."""
+        self.guard.weights(self.step, self._last_good())
         if self.dist.is_main:
             atomic_torch_save(self.state_dict(), self.dir.state)
+        self.saved_step = self.step
         distributed.barrier()
+
+    def _last_good(self) -> str:
+        if self.saved_step is None:
+            return "none: the run had not saved a state yet"
+        return f"{self.dir.state}, step {self.saved_step}; sfseg adapt --resume {self.out} continues from it"
 
     def save_model(self, name: str, **where) -> Path:
         """The one checkpoint-saving call: the unwrapped model with its metadata and provenance."""
         path = self.out / name
+        self.guard.weights(self.step, self._last_good())
         if self.dist.is_main:
             cfg = self.cfg
             provenance = {"stage": "adapt", "method": cfg.name, **where, "recipe": to_dict(cfg)}
@@ -582,6 +619,8 @@ class AdaptationRun:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             inputs = self._step_inputs(x, pseudo, gen)
             loss, values = total_loss(self.parts, inputs)
+        total = sum(w * values[part.name] for w, part in self.parts)
+        self.guard.losses(values, self.step, self._last_good(), total)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -611,6 +650,9 @@ class AdaptationRun:
         distributed.barrier()
         try:
             return self._run(mode, state)
+        except DivergenceError as e:
+            self.log.write({"phase": "diverged", "step": self.step, "round": self.round, "message": str(e)})
+            raise
         finally:
             if self.dist.is_main:
                 self.dir.unlock()

@@ -162,7 +162,7 @@ class RunDir:
         return data if isinstance(data, dict) and data.get("format") == MARKER_FORMAT else None
 
     def write_marker(self) -> None:
-        from sfseg.engine.runlog import atomic_write_text
+        from sfseg.fileio import atomic_write_text
 
         record = {
             "format": MARKER_FORMAT,
@@ -232,7 +232,7 @@ class RunDir:
             raise RunDirError("the run directory (out) is empty or '.'; give a directory such as runs/ld")
         if out.exists() and not out.is_dir():
             raise RunDirError(f"run directory {out} exists and is not a directory; choose another out")
-        from sfseg.engine.runlog import check_writable_dir
+        from sfseg.fileio import check_writable_dir
 
         check_writable_dir(out, "run directory")
         self.lock()

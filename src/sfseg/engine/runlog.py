@@ -1,17 +1,15 @@
-"""Run bookkeeping: seeding, an append-only metrics JSONL file, atomic files and run directories."""
+"""Run bookkeeping: seeding and an append-only metrics JSONL file."""
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sfseg.errors import RunDirError
+from sfseg.fileio import write_failure
 
 
 def seed_everything(seed: int) -> None:
@@ -33,10 +31,21 @@ class MetricsLog:
         self.enabled = enabled
 
     def write(self, record: dict) -> None:
+        """Append one record. A failed write (full disk) is rolled back, so the file never ends in a
+        partial line, and raised as one error naming the file."""
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, default=_jsonable) + "\n")
+        line = json.dumps(record, default=_jsonable) + "\n"
+        size = self.size()
+        try:
+            with self.path.open("a") as f:
+                f.write(line)
+        except OSError as e:
+            try:
+                self.truncate(size)
+            except OSError:
+                pass
+            raise write_failure(self.path, e) from None
 
     def size(self) -> int:
         """Bytes written so far (a resume point)."""
@@ -61,53 +70,3 @@ def _jsonable(x):
     if isinstance(x, torch.Tensor):
         return x.tolist()
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, then rename onto ``path``: readers see the old file or the new one, never
-    a partial one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    atomic_write_bytes(path, lambda p: torch.save(obj, p))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda p: Path(p).write_text(text))
-
-
-def check_writable_dir(path: Path, what: str) -> None:
-    """Create ``path`` if needed and prove it writable with a probe file; a clear error otherwise."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"{what} {path} exists and is not a directory; choose another path")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        # A probe of its own per process: ranks of a torchrun job check the same directory at once.
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".sfseg-write-test-"):
-            pass
-    except OSError as e:
-        raise RunDirError(f"{what} {path} is not writable ({e.strerror}); choose another path") from None
-
-
-def check_writable_file(path: Path, what: str) -> None:
-    """``path`` can be written as a file: it is not a directory and its directory is writable."""
-    path = Path(path)
-    if str(path).strip() in ("", "."):
-        raise RunDirError(f"{what} is empty; give a file path")
-    if path.is_dir():
-        raise RunDirError(f"{what} {path} is a directory; give a file path (e.g. {path / 'model.pt'})")
-    try:
-        check_writable_dir(path.parent, "directory")
-    except RunDirError as e:
-        raise RunDirError(f"{what} {path} cannot be written: {e}") from None

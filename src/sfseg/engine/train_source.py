@@ -28,17 +28,19 @@ from tqdm import tqdm
 
 from sfseg import IGNORE_INDEX
 from sfseg.adapt.config import RuntimeConfig
-from sfseg.config import require, to_dict
+from sfseg.config import MAX_BATCH, MAX_SEED, MAX_SIDE, in_range, require, to_dict
 from sfseg.data.normalization import Normalization
 from sfseg.data.registry import build_dataset, dataset_protocol
 from sfseg.data.transforms import random_crop, resize_image, resize_label
 from sfseg.engine import distributed
 from sfseg.engine.board import Board, log_eval
 from sfseg.engine.evaluate import evaluate
+from sfseg.engine.guard import DivergenceGuard
 from sfseg.engine.inference import Inference, use_amp, use_channels_last
 from sfseg.engine.loading import collate, epoch_batches, step_generator, steps_per_epoch
-from sfseg.engine.runlog import MetricsLog, check_writable_file, seed_everything
+from sfseg.engine.runlog import MetricsLog, seed_everything
 from sfseg.errors import ConfigError
+from sfseg.fileio import check_writable_file
 from sfseg.models import create_model, load_checkpoint, save_checkpoint
 from sfseg.models.ops import upsample_logits
 from sfseg.optim import OptimConfig, build_sgd, poly_step, unwrap
@@ -81,7 +83,11 @@ class SourceDataConfig:
         )
         for key in ("resize", "crop", "input_size"):
             v = getattr(self, key)
-            require(not v or (len(v) == 2 and min(v) > 0), key, f"must be [width, height] or empty, got {v}")
+            require(
+                not v or (len(v) == 2 and min(v) > 0 and max(v) <= MAX_SIDE),
+                key,
+                f"must be [width, height] with sizes in 1..{MAX_SIDE}, or empty, got {v}",
+            )
 
 
 @dataclass
@@ -97,8 +103,8 @@ class SourceScheduleConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.01, head_lr_mult=1.0))
 
     def check(self) -> None:
-        require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        in_range(self.epochs, 1, 10000, "epochs")
+        in_range(self.batch_size, 1, MAX_BATCH, "batch_size")
 
 
 @dataclass
@@ -126,6 +132,7 @@ class SourceConfig:
 
     def check(self) -> None:
         require(bool(self.out.strip()), "out", "is empty; give the checkpoint's file path")
+        in_range(self.seed, 0, MAX_SEED, "seed")
 
 
 TOYCITY_NORMALIZATION = Normalization()
@@ -254,6 +261,11 @@ def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | Non
         optim_cfg = replace(optim_cfg, nominal_steps=total)
     optimizer = build_sgd(train_model, optim_cfg)
     train_model.train()
+    guard = DivergenceGuard(
+        model,
+        max_weight_growth=0,
+        hint=f"Is the learning rate too large (schedule.optim.lr is {optim_cfg.lr:g})?",
+    )
     step, t0 = 0, time.time()
     out = Path(cfg.out)
     board = Board(out.parent / "tensorboard" / out.stem, enabled=d.is_main and cfg.runtime.tensorboard)
@@ -292,12 +304,16 @@ def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | Non
             bar.update()
             if step % 10 == 0:
                 value = loss.item()
+                guard.losses(
+                    {"cross_entropy": value}, step, "none: train-source writes its checkpoint at the end"
+                )
                 bar.set_postfix(loss=f"{value:.3f}")
                 board.scalar("loss/ce", value, step)
                 board.scalar("lr", optimizer.param_groups[0]["lr"], step)
         if log is not None:
             log.write({"phase": "train_source", "epoch": epoch, "loss": running.item() / max(per_epoch, 1)})
     bar.close()
+    guard.weights(step, "none: nothing was written")
     summary = {
         "val_domain": data.domain,
         "val_split": val_split,

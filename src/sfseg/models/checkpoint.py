@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 import sfseg
+from sfseg.config import brief
 from sfseg.data.normalization import Normalization
 from sfseg.errors import CheckpointError
+from sfseg.fileio import atomic_torch_save
 from sfseg.models.registry import create_model
 
 FORMAT = "sfseg-checkpoint-v1"
@@ -105,15 +107,31 @@ def save_checkpoint(
         "provenance": prov,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    # Write to a temporary name first so that an interrupted save never leaves a truncated checkpoint.
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    # An interrupted or failed save never leaves a truncated checkpoint (nor a temporary file).
+    atomic_torch_save(payload, path)
     return path
 
 
 class CheckpointFormatError(CheckpointError):
     """A file whose format is not one of the known checkpoint families."""
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity, or None."""
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def check_finite(sd: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights holding NaN or infinite values (a diverged model, or a damaged file)."""
+    bad = first_non_finite(sd)
+    if bad is not None:
+        raise CheckpointError(
+            f"{where}: tensor {bad!r} holds NaN or infinite values: the model diverged or the file is "
+            "damaged. Use an earlier checkpoint (round_<r>.pt of the run, or the source model)"
+        )
 
 
 def _head_classes(sd: dict) -> int | None:
@@ -204,6 +222,7 @@ def load_checkpoint(path: str | Path, family: str = "", classes: str = "") -> Ch
         from sfseg.models.foreign import import_payload
 
         ckpt = import_payload(payload, path, family, get_protocol(classes) if classes else None)
+        check_finite(ckpt.state_dict, str(path))
         unused = ckpt.provenance["unused_keys"]
         print(
             f"{path}: imported as {ckpt.provenance['family']} (predicting head: "
@@ -222,8 +241,11 @@ def load_checkpoint(path: str | Path, family: str = "", classes: str = "") -> Ch
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(
-            f"{path}: an sfseg checkpoint with damaged metadata ({type(e).__name__}: {e})"
+            f"{path}: an sfseg checkpoint with damaged metadata ({type(e).__name__}: {brief(str(e))})"
         ) from None
+    if not isinstance(ckpt.arch_kwargs, dict) or not isinstance(ckpt.state_dict, dict):
+        raise CheckpointError(f"{path}: an sfseg checkpoint with damaged metadata (arch_kwargs, state_dict)")
+    check_finite(ckpt.state_dict, str(path))
     ckpt.provenance = {**ckpt.provenance, "path": str(path)}
     head = _head_classes(ckpt.state_dict)
     if head is not None and head != ckpt.num_classes:

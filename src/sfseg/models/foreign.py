@@ -33,7 +33,7 @@ import torch
 from sfseg.data.classes import PROTOCOLS, ClassProtocol
 from sfseg.data.normalization import CAFFE_BGR, IMAGENET, Normalization
 from sfseg.errors import CheckpointError
-from sfseg.models.checkpoint import Checkpoint, CheckpointFormatError, read_tensors
+from sfseg.models.checkpoint import Checkpoint, CheckpointFormatError, check_finite, read_tensors
 from sfseg.models.deeplab_v2 import DeepLabV2
 
 ARCH = "deeplabv2_r101"
@@ -252,4 +252,6 @@ def import_checkpoint(
     path: str | Path, family: str = "", protocol: ClassProtocol | None = None
 ) -> Checkpoint:
     """Read a foreign checkpoint file (tensors only; never unpickles code) and import it."""
-    return import_payload(read_tensors(path), path, family, protocol)
+    ckpt = import_payload(read_tensors(path), path, family, protocol)
+    check_finite(ckpt.state_dict, str(path))
+    return ckpt

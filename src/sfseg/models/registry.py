@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
+from sfseg.config import brief
 from sfseg.errors import ConfigError
+
+MAX_PARAMETERS = 5_000_000_000
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -33,7 +37,14 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     """
     if name not in _MODELS:
         raise ConfigError(f"unknown model {name!r}; registered models: {list_models()}")
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"model {name!r}: its options must be a mapping, got {brief(kwargs)}")
     try:
+        # Sized on the meta device first (no memory): an option such as width: 1e9 is refused, not allocated.
+        with torch.device("meta"):
+            params = sum(p.numel() for p in _MODELS[name](num_classes=num_classes, **kwargs).parameters())
+        if params > MAX_PARAMETERS:
+            raise ValueError(f"{params:,} parameters is more than sfseg builds ({MAX_PARAMETERS:,})")
         return _MODELS[name](num_classes=num_classes, **kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"model {name!r} with options {kwargs}: {e}") from None
+        raise ConfigError(f"model {name!r} with options {brief(kwargs)}: {str(e)[:300]}") from None
