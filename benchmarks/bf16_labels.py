@@ -14,17 +14,17 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from common import machine
 from PIL import Image
 
-from common import machine
 from sfseg.adapt.config import PseudoLabelConfig
 from sfseg.adapt.pseudo_labels import build_pseudo_labeller
 from sfseg.data.classes import TOYCITY
 from sfseg.data.toycity import ToyCitySpec, generate, is_generated
 from sfseg.data.toycity_dataset import toycity
-from sfseg.engine.demo import SHIPPED_SOURCE
-from sfseg.engine.inference import Inference
-from sfseg.engine.labelling import label_round
+from sfseg.engine.evaluation.inference import Inference
+from sfseg.engine.experiments.demo import SHIPPED_SOURCE
+from sfseg.engine.training.labelling import label_round
 from sfseg.models import load_checkpoint
 
 

@@ -24,8 +24,8 @@ from PIL import Image
 from sfseg.data.classes import CITYSCAPES19
 from sfseg.data.fake_trees import write_cityscapes
 from sfseg.data.registry import build_dataset
-from sfseg.engine.evaluate import evaluate_files
-from sfseg.engine.predict import output_name
+from sfseg.engine.evaluation.evaluate import evaluate_files
+from sfseg.engine.evaluation.predict import output_name
 
 
 def official(preds: list[Path], gts: list[Path]) -> dict:

@@ -24,10 +24,10 @@ from sfseg.data.classes import CITYSCAPES19
 from sfseg.data.files import FileListDataset
 from sfseg.data.normalization import CAFFE_BGR
 from sfseg.data.registry import build_dataset
-from sfseg.engine.evaluate import evaluate
-from sfseg.engine.inference import Inference
-from sfseg.engine.labelling import label_round
-from sfseg.engine.loading import sharded_loader
+from sfseg.engine.evaluation.evaluate import evaluate
+from sfseg.engine.evaluation.inference import Inference
+from sfseg.engine.runtime.loading import sharded_loader
+from sfseg.engine.training.labelling import label_round
 from sfseg.models.deeplab_v2 import DeepLabV2
 
 

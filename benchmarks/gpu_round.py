@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sfseg.adapt.config import AdaptConfig, MethodConfig, PseudoLabelConfig
+from sfseg.adapt.config import MethodConfig, PseudoLabelConfig
 from sfseg.adapt.parts import StepInputs, build_loss_parts, total_loss
 from sfseg.adapt.pseudo_labels import build_pseudo_labeller
 from sfseg.config import load_config
@@ -38,14 +38,14 @@ from sfseg.data.classes import CITYSCAPES19, CITYSCAPES_LABELS, TOYCITY
 from sfseg.data.normalization import CAFFE_BGR
 from sfseg.data.toycity import ToyCitySpec, generate_sample
 from sfseg.data.transforms import AugmentConfig, apply_scale_crop, scale_crop_params
-from sfseg.engine.inference import Inference
-from sfseg.engine.labelling import label_round
-from sfseg.engine.recipes import recipe_path
-from sfseg.engine.run import run_adaptation
-from sfseg.models import save_checkpoint
+from sfseg.engine.evaluation.inference import Inference
+from sfseg.engine.training.labelling import label_round
+from sfseg.engine.training.optim import OptimConfig, build_optimizer
+from sfseg.engine.training.recipe import AdaptConfig, recipe_path
+from sfseg.engine.training.stages import run_adaptation
+from sfseg.models import Checkpoint, create_model
 from sfseg.models.deeplab_v2 import DeepLabV2
 from sfseg.models.ops import upsample_logits
-from sfseg.optim import OptimConfig, build_sgd
 
 TOY_TO_LABELID = {n: lid for n, lid, tid in CITYSCAPES_LABELS if tid != 255 and n in TOYCITY.names}
 
@@ -110,7 +110,7 @@ def train_step_benchmark(amp: bool, images: list[torch.Tensor], repeats: int) ->
     torch.manual_seed(0)
     model = DeepLabV2(19).to(DEVICE).to(memory_format=torch.channels_last)
     model.train()
-    opt = build_sgd(model, OptimConfig(lr=1e-4, head_lr_mult=10.0))
+    opt = build_optimizer(model, OptimConfig(lr=1e-4, head_lr_mult=10.0))
     parts = build_loss_parts(MethodConfig(), 19)
     aug = AugmentConfig(kind="scale_crop", short_side=720 // SCALE, crop=600 // SCALE)
     rng = np.random.default_rng(0)
@@ -242,13 +242,8 @@ def main() -> None:
     write_tree(data, args.train, args.val)
     note("data_seconds", round(time.time() - t, 1))
     torch.backends.cudnn.benchmark = True
-    ckpt = save_checkpoint(
-        Path("/tmp/gpu_round/source.pt"),
-        DeepLabV2(19),
-        arch="deeplabv2_r101",
-        arch_kwargs={},
-        class_names=CITYSCAPES19.names,
-        normalization=CAFFE_BGR,
+    ckpt = Checkpoint.of(create_model("deeplabv2_r101", 19), CITYSCAPES19.names, CAFFE_BGR).save(
+        Path("/tmp/gpu_round/source.pt")
     )
     from sfseg.data.registry import build_dataset
 

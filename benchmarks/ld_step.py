@@ -20,8 +20,8 @@ from common import interleaved, machine, median
 from sfseg import IGNORE_INDEX
 from sfseg.adapt.config import MethodConfig
 from sfseg.adapt.parts import StepInputs, build_loss_parts, total_loss
+from sfseg.engine.training.optim import OptimConfig, build_optimizer
 from sfseg.models import create_model
-from sfseg.optim import OptimConfig, build_sgd
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = create_model("deeplab_small", 12, width=16, output_stride=2)
     model.train()
-    opt = build_sgd(model, OptimConfig(lr=1e-3))
+    opt = build_optimizer(model, OptimConfig(lr=1e-3))
     x = torch.randn(args.batch, 3, 96, 192)
     labels = torch.randint(0, 12, (args.batch, 96, 192))
     labels[torch.rand(labels.shape) < 0.3] = IGNORE_INDEX

@@ -23,9 +23,9 @@ from sfseg.adapt.pseudo_labels import build_pseudo_labeller
 from sfseg.data.classes import TOYCITY
 from sfseg.data.toycity import ToyCitySpec, generate, is_generated
 from sfseg.data.toycity_dataset import toycity
-from sfseg.engine.inference import Inference
-from sfseg.engine.labelling import label_round
-from sfseg.engine.loading import sharded_loader
+from sfseg.engine.evaluation.inference import Inference
+from sfseg.engine.runtime.loading import sharded_loader
+from sfseg.engine.training.labelling import label_round
 from sfseg.models import create_model
 from sfseg.models.checkpoint import Normalization
 

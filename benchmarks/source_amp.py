@@ -22,9 +22,9 @@ from sfseg.data.classes import TOYCITY
 from sfseg.data.normalization import Normalization
 from sfseg.data.toycity import ToyCitySpec, generate, is_generated
 from sfseg.data.toycity_dataset import toycity
-from sfseg.engine.inference import cpu_has_amx
+from sfseg.engine.runtime.config import cpu_has_amx
+from sfseg.engine.training.optim import OptimConfig, build_optimizer
 from sfseg.models import create_model
-from sfseg.optim import OptimConfig, build_sgd
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
         model = copy.deepcopy(base)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        opt = build_sgd(model, OptimConfig(lr=0.01, head_lr_mult=1.0))
+        opt = build_optimizer(model, OptimConfig(lr=0.01, head_lr_mult=1.0))
         state = {"i": 0, "losses": []}
 
         def step():

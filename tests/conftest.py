@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny_source(tiny_toycity, tmp_path_factory):
     """A source checkpoint of the small model trained one epoch on the tiny tree (once per session)."""
     from sfseg.config import load_config
-    from sfseg.engine.train_source import SourceConfig, train_source
+    from sfseg.engine.training.recipe import SourceConfig
+    from sfseg.engine.training.source import train_source
 
     out = tmp_path_factory.mktemp("source") / "source.pt"
     cfg = load_config(

@@ -464,8 +464,8 @@ def test_a_500_byte_alias_bomb_is_refused_in_under_a_second(tmp_path, capsys):
 
 
 def test_on_off_switches_accept_what_yaml_reads_as_booleans(tmp_path):
-    from sfseg.adapt.config import AdaptConfig
     from sfseg.config import load_config
+    from sfseg.engine.training.recipe import AdaptConfig
 
     cfg = load_config(AdaptConfig, LD, ["runtime.channels_last=off"])
     assert cfg.runtime.channels_last == "off"

@@ -11,7 +11,7 @@ from PIL import Image
 from sfseg.cli.main import main
 from sfseg.data.classes import CITYSCAPES19
 from sfseg.data.fake_trees import write_cityscapes
-from sfseg.models import create_model, save_checkpoint
+from sfseg.models import Checkpoint, create_model
 from sfseg.models.checkpoint import Normalization
 
 from .conftest import SMALL_MODEL
@@ -83,14 +83,7 @@ def test_lazy_datasets_name_a_truncated_file_at_first_read_and_check_data_lists_
         p.write_bytes(p.read_bytes()[:-60])  # header intact, pixel data cut
     ckpt = tmp_path / "m.pt"
     model = create_model("deeplab_small", 19, width=8, output_stride=4)
-    save_checkpoint(
-        ckpt,
-        model,
-        arch="deeplab_small",
-        arch_kwargs={"width": 8, "output_stride": 4},
-        class_names=CITYSCAPES19.names,
-        normalization=Normalization(),
-    )
+    Checkpoint.of(model, CITYSCAPES19.names, Normalization()).save(ckpt)
     code, err = run_cli(
         capsys, "eval", "--checkpoint", str(ckpt), "--dataset", "cityscapes", "--data", str(root)
     )
@@ -217,7 +210,7 @@ def test_checkpoint_errors_say_what_is_wrong(tiny_toycity, tiny_source, tmp_path
     code, err = run_cli(
         capsys, "eval", "--checkpoint", str(tmp_path / "bare.pt"), "--data", str(tiny_toycity)
     )
-    assert code == 2 and "bare state dict" in err and "save_checkpoint" in err
+    assert code == 2 and "bare state dict" in err and "Checkpoint.of" in err
 
 
 def test_config_file_errors_name_the_file(tmp_path, capsys):
@@ -230,7 +223,7 @@ def test_config_file_errors_name_the_file(tmp_path, capsys):
 
 
 def test_interrupt_exits_130_with_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
-    import sfseg.engine.run as run
+    import sfseg.engine.training.stages as run
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt

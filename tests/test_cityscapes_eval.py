@@ -13,9 +13,9 @@ from sfseg.data.classes import CITYSCAPES19, SYNTHIA16
 from sfseg.data.fake_trees import write_cityscapes
 from sfseg.data.normalization import IMAGENET
 from sfseg.data.registry import build_dataset
-from sfseg.engine.metrics import ConfusionMatrix
-from sfseg.engine.predict import export_prediction, output_name
-from sfseg.models import create_model, save_checkpoint
+from sfseg.engine.evaluation.metrics import ConfusionMatrix
+from sfseg.engine.evaluation.predict import export_prediction, output_name
+from sfseg.models import Checkpoint, create_model
 
 
 def _official(preds, gts):
@@ -74,10 +74,7 @@ def test_cli_predict_cityscapes_format_agrees_with_eval(tmp_path, capsys):
     model = create_model("deeplab_small", 19, width=8)
     for conv in model.classifier.conv2d_list:  # a head that predicts many classes, not one
         torch.nn.init.normal_(conv.weight, 0, 1.0)
-    ckpt = save_checkpoint(
-        tmp_path / "m.pt", model, arch="deeplab_small", arch_kwargs={"width": 8},
-        class_names=CITYSCAPES19.names, normalization=IMAGENET,
-    )  # fmt: skip
+    ckpt = Checkpoint.of(model, CITYSCAPES19.names, IMAGENET).save(tmp_path / "m.pt")
     common = ["--checkpoint", str(ckpt), "--dataset", "cityscapes", "--data", str(tmp_path / "cs")]
     assert main(["predict", *common, "--out", str(tmp_path / "pred"), "--format", "cityscapes"]) == 0
     assert main(["eval", *common, "--json", str(tmp_path / "m.json")]) == 0

@@ -1,9 +1,7 @@
 import pytest
 
-from sfseg.adapt.config import AdaptConfig
 from sfseg.config import ConfigError, load_config, to_dict
-from sfseg.engine.recipes import config_dir
-from sfseg.engine.train_source import SourceConfig
+from sfseg.engine.training.recipe import AdaptConfig, SourceConfig, config_dir
 
 
 def test_unknown_key_names_the_key_and_the_valid_keys(tmp_path):

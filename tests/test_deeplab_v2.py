@@ -7,11 +7,12 @@ import torch
 
 from sfseg.data.classes import SYNTHIA16
 from sfseg.data.normalization import CAFFE_BGR, IMAGENET
+from sfseg.engine.training.optim import OptimConfig, build_optimizer
 from sfseg.errors import CheckpointError
 from sfseg.models import create_model, load_checkpoint
 from sfseg.models.deeplab_v2 import DeepLabV2
-from sfseg.models.foreign import CRST_BGR, CheckpointFormatError, import_checkpoint, import_state_dict
-from sfseg.optim import OptimConfig, build_sgd
+from sfseg.models.deeplab_v2_import import CRST_BGR
+from sfseg.models.foreign import CheckpointFormatError, import_checkpoint, import_state_dict
 
 C = 19
 
@@ -55,7 +56,7 @@ def test_parameter_counts_and_frozen_bn(r101):
     sd = r101.state_dict()
     assert len([k for k in sd if not k.startswith("layer5.")]) == 624
     assert len([k for k in sd if not k.startswith("layer5.") and "num_batches_tracked" not in k]) == 520
-    opt = build_sgd(r101, OptimConfig(lr=1e-4, head_lr_mult=10))
+    opt = build_optimizer(r101, OptimConfig(lr=1e-4, head_lr_mult=10))
     lrs = [g["lr"] for g in opt.param_groups]
     assert lrs == [1e-4, pytest.approx(1e-3)]
     assert sum(p.numel() for p in opt.param_groups[1]["params"]) == head

@@ -11,8 +11,8 @@ from sfseg.adapt.config import PseudoLabelConfig
 from sfseg.adapt.pseudo_labels import build_pseudo_labeller
 from sfseg.data.classes import ClassProtocol
 from sfseg.data.normalization import Normalization
-from sfseg.engine.inference import Inference
-from sfseg.engine.labelling import complementary_counts, label_round
+from sfseg.engine.evaluation.inference import Inference
+from sfseg.engine.training.labelling import complementary_counts, label_round
 
 THREE = ClassProtocol("three", ("road", "building", "car"))
 RAW = Normalization("RGB", 255.0, (0.0, 0.0, 0.0), None)  # the network input is the image's values

@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
+from sfseg.engine.training.optim import OptimConfig, build_optimizer
 from sfseg.models import create_model, load_checkpoint
-from sfseg.optim import OptimConfig, build_sgd
 
 from .conftest import REPO, SMALL_MODEL, sfseg_cli
 
@@ -37,7 +37,7 @@ def test_head_keeps_its_learning_rate_multiplier_under_ddp(tmp_path):
     try:
         model = create_model("deeplab_small", 4, width=8)
         wrapped = torch.nn.parallel.DistributedDataParallel(model)
-        opt = build_sgd(wrapped, OptimConfig(lr=0.01, head_lr_mult=10.0))
+        opt = build_optimizer(wrapped, OptimConfig(lr=0.01, head_lr_mult=10.0))
         head = {id(p) for p in model.head_parameters()}
         lrs = {g["lr"] for g in opt.param_groups if any(id(p) in head for p in g["params"])}
         assert len(lrs) == 1 and lrs.pop() == pytest.approx(0.1)

@@ -4,7 +4,7 @@ from dataclasses import replace
 import pytest
 
 from sfseg.cli.main import main
-from sfseg.engine.demo import run_demo
+from sfseg.engine.experiments.demo import run_demo
 
 from .conftest import TINY
 
@@ -85,7 +85,7 @@ def test_demo_end_to_end_on_tiny_data(tmp_path, capsys):
 
 
 def test_calibrate_writes_the_report(tmp_path):
-    from sfseg.engine.calibrate import calibrate
+    from sfseg.engine.experiments.calibrate import calibrate
 
     report = tmp_path / "toycity.md"
     report.write_text("# ToyCity\n\nintro kept\n")
@@ -104,9 +104,9 @@ def test_calibrate_writes_the_report(tmp_path):
 
 
 def test_ldbe_runs_ld_then_be_from_its_checkpoint(tiny_toycity, tmp_path):
-    from sfseg.adapt.config import AdaptConfig
     from sfseg.config import load_config
-    from sfseg.engine.run import run_adaptation
+    from sfseg.engine.training.recipe import AdaptConfig
+    from sfseg.engine.training.stages import run_adaptation
     from sfseg.models import load_checkpoint
 
     src = tmp_path / "src.pt"
@@ -131,7 +131,7 @@ def test_ldbe_runs_ld_then_be_from_its_checkpoint(tiny_toycity, tmp_path):
 
 
 def test_bench_reuses_the_first_stage_of_a_two_stage_method(tiny_toycity, tmp_path):
-    from sfseg.engine.bench import run_bench
+    from sfseg.engine.experiments.bench import run_bench
     from sfseg.models import load_checkpoint
 
     run_bench(
@@ -149,7 +149,7 @@ def test_bench_reuses_the_first_stage_of_a_two_stage_method(tiny_toycity, tmp_pa
 
 
 def test_suite_runs_every_variant_and_writes_the_summary(tmp_path):
-    from sfseg.engine.bench import run_suite
+    from sfseg.engine.experiments.bench import run_suite
 
     per_world = run_suite(
         ["materials", "fog"],
@@ -174,8 +174,9 @@ def test_the_shipped_demo_source_model_is_current():
     import copy
 
     from sfseg.config import load_config, to_dict
-    from sfseg.engine.demo import DEMO_SPEC, SHIPPED_SOURCE
-    from sfseg.engine.train_source import SourceConfig, toycity_signature
+    from sfseg.engine.experiments.demo import DEMO_SPEC, SHIPPED_SOURCE
+    from sfseg.engine.training.recipe import SourceConfig
+    from sfseg.engine.training.source import toycity_signature
     from sfseg.models import load_checkpoint
 
     prov = load_checkpoint(SHIPPED_SOURCE).provenance

@@ -27,8 +27,8 @@ from sfseg.adapt.pseudo_labels import (
 from sfseg.data.classes import TOYCITY
 from sfseg.data.toycity import ToyCitySpec, generate
 from sfseg.data.toycity_dataset import toycity
-from sfseg.engine.inference import Inference
-from sfseg.engine.labelling import label_round
+from sfseg.engine.evaluation.inference import Inference
+from sfseg.engine.training.labelling import label_round
 from sfseg.models import create_model
 from sfseg.models.checkpoint import Normalization
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sfseg.engine.jobs import Job, _dependents, run_jobs
+from sfseg.engine.experiments.jobs import Job, _dependents, run_jobs
 
 
 def add(a, b):

@@ -9,8 +9,8 @@ from sfseg.adapt.config import PseudoLabelConfig
 from sfseg.adapt.pseudo_labels import build_pseudo_labeller
 from sfseg.data.classes import TOYCITY
 from sfseg.data.toycity_dataset import toycity
-from sfseg.engine.inference import Inference
-from sfseg.engine.labelling import label_round
+from sfseg.engine.evaluation.inference import Inference
+from sfseg.engine.training.labelling import label_round
 from sfseg.models import create_model
 from sfseg.models.checkpoint import Normalization
 
@@ -60,7 +60,7 @@ def test_one_forward_with_the_two_step_pipeline(tiny_toycity, tmp_path):
 
 
 def test_pseudo_label_pngs_are_palette_images_of_the_indices(tmp_path):
-    from sfseg.engine.labelling import PseudoLabelWriter
+    from sfseg.engine.training.labelling import PseudoLabelWriter
 
     rng = np.random.default_rng(0)
     label = rng.integers(0, 12, (37, 53)).astype(np.uint8)

@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from sfseg.data.transforms import AugmentConfig
-from sfseg.engine.distributed import Dist
-from sfseg.engine.loading import TrainView, collate, epoch_batches, finish_crops
+from sfseg.engine.runtime.distributed import Dist
+from sfseg.engine.runtime.loading import TrainView, collate, epoch_batches, finish_crops
 
 
 class Images:
@@ -29,8 +29,8 @@ def test_device_crops_equal_the_loader_crops(tmp_path):
         Image.fromarray(np.random.default_rng(i).integers(0, 12, (60, 90)).astype(np.uint8)).save(p)
         paths.append(p)
     aug = AugmentConfig(kind="scale_crop", short_side=48, scales=[0.5, 1.0, 1.5], crop=40)
-    on_loader = TrainView(base, paths, aug, seed=3, round_index=1)
-    on_device = TrainView(base, paths, aug, seed=3, round_index=1, crop_on_device=True)
+    on_loader = TrainView(base, TrainView.pngs(paths), aug, seed=3, round_index=1)
+    on_device = TrainView(base, TrainView.pngs(paths), aug, seed=3, round_index=1, crop_on_device=True)
     keys = [(0, 2), (1, 2), (1, 5)]
     a = collate([on_loader[k] for k in keys])
     b = collate([on_device[k] for k in keys])

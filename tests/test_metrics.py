@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sfseg.engine.metrics import ConfusionMatrix
+from sfseg.engine.evaluation.metrics import ConfusionMatrix
 
 
 def test_miou_matches_hand_computed_confusion_matrix():

@@ -3,7 +3,7 @@ import torch
 
 from sfseg.data.normalization import CAFFE_BGR, IMAGENET, Normalization
 from sfseg.errors import ConfigError
-from sfseg.models import create_model, list_models, load_checkpoint, save_checkpoint
+from sfseg.models import Checkpoint, create_model, list_models, load_checkpoint
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -22,8 +22,7 @@ def test_unknown_model_lists_the_registry():
 
 def _save_tiny(path, normalization, **provenance):
     model = create_model("deeplab_small", 3, width=8)
-    kwargs = dict(arch="deeplab_small", arch_kwargs={"width": 8}, class_names=["a", "b", "c"])
-    return model, save_checkpoint(path, model, normalization=normalization, provenance=provenance, **kwargs)
+    return model, Checkpoint.of(model, ["a", "b", "c"], normalization, provenance=provenance).save(path)
 
 
 def test_checkpoint_round_trip_keeps_metadata(tmp_path):

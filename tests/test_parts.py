@@ -4,13 +4,13 @@ import torch
 from sfseg.adapt import losses as L
 from sfseg.adapt.config import MethodConfig, PseudoLabelConfig, TeacherConfig
 from sfseg.adapt.parts import LOSS_PARTS, StepInputs, build_loss_parts, total_loss
-from sfseg.errors import MethodError
+from sfseg.errors import ConfigError, MethodError
 
 
 def test_composition_checks_declared_inputs():
     with pytest.raises(MethodError, match="needs pseudo-labels"):
         build_loss_parts(MethodConfig(pseudo_labels=PseudoLabelConfig(kind="none"), losses=["positive"]), 5)
-    with pytest.raises(MethodError, match=r"unknown part.*available parts"):
+    with pytest.raises(ConfigError, match=r"unknown loss part 'tent'.*registered: \["):
         build_loss_parts(MethodConfig(losses=["positive", "tent"]), 5)
     with pytest.raises(MethodError, match="not in losses"):
         build_loss_parts(MethodConfig(losses=["positive"], loss_weights={"negative": 2.0}), 5)
@@ -55,11 +55,11 @@ def test_total_loss_is_the_weighted_sum_of_the_parts():
 def test_tent_trains_only_batchnorm_affine_parameters():
     from torch.nn.modules.batchnorm import _BatchNorm
 
-    from sfseg.adapt.bn import freeze_bn_affine, train_only_bn_affine
+    from sfseg.adapt.norm import freeze_bn_affine, train_only_norm_affine
     from sfseg.models import create_model
 
     model = create_model("deeplab_small", 3, width=8)
-    train_only_bn_affine(model)
+    train_only_norm_affine(model)
     for m in model.modules():
         for p in m.parameters(recurse=False):
             assert p.requires_grad == isinstance(m, _BatchNorm)

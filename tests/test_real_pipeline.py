@@ -6,11 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sfseg.adapt.config import AdaptConfig
 from sfseg.config import load_config
 from sfseg.data.fake_trees import write_cityscapes
-from sfseg.engine.recipes import recipe_path
-from sfseg.engine.run import run_adaptation
+from sfseg.engine.training.recipe import AdaptConfig, recipe_path
+from sfseg.engine.training.stages import run_adaptation
 from sfseg.models import load_checkpoint
 from sfseg.models.deeplab_v2 import DeepLabV2
 
@@ -72,8 +71,8 @@ def test_train_source_on_gta5_from_the_caffe_init(tmp_path, capsys):
         f"data.root={tmp_path / 'gta5'}",
         f"init={tmp_path / 'init.pth'}",
         f"out={tmp_path / 'src.pt'}",
-        "resize=[80, 45]",
-        "crop=[64, 32]",
+        "augment.size=[80, 45]",
+        "augment.window=[64, 32]",
         "epochs=1",
         "num_workers=0",
     ]

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from sfseg.cli.main import main
-from sfseg.engine.select import VALIDATORS, validator_study
+from sfseg.engine.evaluation.validators import VALIDATORS
+from sfseg.engine.experiments.selection import validator_study
 
 C = 4
 
 
 def score(name, logits, features=None, reference=None, samples=None):
-    v = VALIDATORS[name](logits.shape[1])
+    v = VALIDATORS.get(name)(logits.shape[1])
     b, _, h, w = logits.shape
     samples = samples or [torch.arange(h * w) for _ in range(b)]
     v.update(logits, samples, features, reference)

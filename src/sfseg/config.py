@@ -1,6 +1,8 @@
 """Typed configs: dataclasses loaded from YAML, validated before any work starts.
 
-* An unknown key is an error naming the key, where it was found and the valid keys.
+* An unknown key is an error naming the key, where it was found and the valid keys; a key that was renamed
+  (a config class's ``RENAMED``) names its replacement, and a class's ``check_legacy(data, where)`` can
+  explain a value written in an older format.
 * A wrong type or a value outside a ``Literal`` is an error naming the key and the valid choices.
 * A value out of range (``rounds=-1``, ``alpha=1.5``) is an error naming the key and where it came from:
   a config class may define ``check(self)`` that raises :class:`ValueCheck` for a dotted key.
@@ -177,7 +179,14 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     if odd:
         at = f"under {where!r}" if where else "at the top level"
         raise ConfigError(f"key {brief(odd[0])} {at} is not a name (keys are words such as 'rounds')")
+    legacy = getattr(cls, "check_legacy", None)
+    if legacy is not None:
+        legacy(data, where)
     unknown = sorted(set(data) - set(fields))
+    renamed = getattr(cls, "RENAMED", {})
+    for key in unknown:
+        if key in renamed:
+            raise ConfigError(f"{where + '.' if where else ''}{key} is no longer a key: {renamed[key]}")
     if unknown:
         at = f"under {where!r}" if where else "at the top level"
         hint = ""

@@ -14,6 +14,11 @@ from __future__ import annotations
 import torch
 
 from sfseg import IGNORE_INDEX
+from sfseg.registry import Registry
+
+MIXINGS: Registry = Registry("mixing")
+"""Mixings by name (``method.mixing``): ``fn(labels, generator, *tensors) -> mixed tensors``, where
+``labels`` (B, H, W) chooses what is pasted and every per-pixel tensor is mixed the same way."""
 
 
 def class_mix_masks(labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -50,3 +55,11 @@ def class_mix(masks: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]
         m = src_masks if t.dim() == 3 else src_masks.unsqueeze(1)
         out.append(torch.where(m, src, t))
     return out
+
+
+@MIXINGS.register("classmix")
+def classmix(
+    labels: torch.Tensor, generator: torch.Generator | None, *tensors: torch.Tensor
+) -> list[torch.Tensor]:
+    """Selected ClassMix of ``tensors`` (images and per-pixel maps), the classes chosen from ``labels``."""
+    return class_mix(class_mix_masks(labels, generator), *tensors)

@@ -7,7 +7,8 @@ A method is a pseudo-labeller plus a weighted list of loss parts, named in the c
       losses: [positive, negative, entropy_unselected]
 
 Each loss part declares what it consumes (``needs_pseudo_labels``), so a composition that cannot work is
-rejected when the method is built, before any data is read. New parts register in :data:`LOSS_PARTS`.
+rejected when the method is built, before any data is read. New parts register in the registry
+:data:`LOSS_PARTS` (``@LOSS_PARTS.register("name")`` on a :class:`LossPart` subclass).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from sfseg.adapt import losses as L
 from sfseg.adapt.config import MethodConfig
 from sfseg.errors import MethodError
+from sfseg.registry import Registry
 
 
 @dataclass
@@ -142,19 +144,20 @@ class TeacherCE(LossPart):
         )
 
 
-LOSS_PARTS: dict[str, type[LossPart]] = {
-    cls.name: cls
-    for cls in (
-        PositiveLearning,
-        NegativeLearning,
-        EntropyUnselected,
-        ReferenceCodeEntropy,
-        Entropy,
-        MaxSquares,
-        Diversity,
-        TeacherCE,
-    )
-}
+LOSS_PARTS: Registry[type[LossPart]] = Registry("loss part")
+"""Loss parts by name (``method.losses``)."""
+
+for _part in (
+    PositiveLearning,
+    NegativeLearning,
+    EntropyUnselected,
+    ReferenceCodeEntropy,
+    Entropy,
+    MaxSquares,
+    Diversity,
+    TeacherCE,
+):
+    LOSS_PARTS.add(_part.name, _part)
 
 
 def build_loss_parts(cfg: MethodConfig, num_classes: int, rounds: int = 1) -> list[tuple[float, LossPart]]:
@@ -163,9 +166,8 @@ def build_loss_parts(cfg: MethodConfig, num_classes: int, rounds: int = 1) -> li
     Raises:
         MethodError: for an unknown part, a stray weight, or a composition that cannot work.
     """
-    unknown = [n for n in cfg.losses if n not in LOSS_PARTS]
-    if unknown:
-        raise MethodError(f"losses: unknown part(s) {unknown}; available parts: {sorted(LOSS_PARTS)}")
+    for n in cfg.losses:
+        LOSS_PARTS.check(n, "losses")
     stray = sorted(set(cfg.loss_weights) - set(cfg.losses))
     if stray:
         raise MethodError(f"loss_weights names {stray}, which are not in losses {cfg.losses}")
@@ -173,7 +175,7 @@ def build_loss_parts(cfg: MethodConfig, num_classes: int, rounds: int = 1) -> li
         raise MethodError(f"losses lists a part twice: {cfg.losses}")
     parts = []
     for name in cfg.losses:
-        part = LOSS_PARTS[name](cfg, num_classes)
+        part = LOSS_PARTS.get(name)(cfg, num_classes)
         if part.needs_pseudo_labels and cfg.pseudo_labels.kind == "none":
             raise MethodError(
                 f"loss part {name!r} needs pseudo-labels, but pseudo_labels.kind is 'none'; "
@@ -182,9 +184,9 @@ def build_loss_parts(cfg: MethodConfig, num_classes: int, rounds: int = 1) -> li
         if part.needs_teacher and not cfg.teacher.ema:
             raise MethodError(f"loss part {name!r} needs a teacher; set teacher.ema: true")
         parts.append((cfg.loss_weights.get(name, 1.0), part))
-    if cfg.mixing == "classmix" and not cfg.teacher.ema and cfg.pseudo_labels.kind == "none":
+    if cfg.mixing != "none" and not cfg.teacher.ema and cfg.pseudo_labels.kind == "none":
         raise MethodError(
-            "mixing: classmix needs label maps to choose classes from: a teacher or pseudo-labels"
+            f"mixing: {cfg.mixing} needs label maps to choose classes from: a teacher or pseudo-labels"
         )
     if rounds > 0 and not parts:
         raise MethodError("rounds > 0 but no loss parts are listed: nothing to train (set rounds: 0)")

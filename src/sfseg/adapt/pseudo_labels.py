@@ -30,9 +30,9 @@ The histogram threshold is the lower edge of the bin that holds the exact k-th l
 differs only by pixels within one bin width of the threshold. Thresholds are logged in confidence units,
 ``m = 1 - exp(-s)``.
 
-Pseudo-labellers (``PSEUDO_LABELLERS``) share one protocol, so the labelling pass never tests a kind
-string: :meth:`PseudoLabeller.observe` every image (statistics), :meth:`~PseudoLabeller.reduce` across
-processes, :meth:`~PseudoLabeller.select` labels.
+Pseudo-labellers (the registry ``PSEUDO_LABELLERS``) share one protocol, so the labelling pass never
+tests a kind string: :meth:`PseudoLabeller.observe` every image (statistics),
+:meth:`~PseudoLabeller.reduce` across processes, :meth:`~PseudoLabeller.select` labels.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import torch
 from sfseg import IGNORE_INDEX
 from sfseg.adapt.config import PseudoLabelConfig
 from sfseg.models.ops import argmax_classes, count_into, kth_largest
+from sfseg.registry import Registry
 
 MAX_SCORE = 40.0
 """Scores above this (confidence > 1 - 4e-18) share the histogram's last bin."""
@@ -279,6 +280,10 @@ def global_threshold_labels(
     return torch.where(score >= t, pred, torch.full_like(pred, IGNORE_INDEX))
 
 
+PSEUDO_LABELLERS: Registry[type[PseudoLabeller]] = Registry("pseudo-labeller")
+"""Pseudo-label selection rules by name (``method.pseudo_labels.kind``)."""
+
+
 class PseudoLabeller:
     """A pseudo-label selection rule.
 
@@ -385,13 +390,12 @@ class ClassBalancedLabeller(PseudoLabeller):
         }
 
 
-PSEUDO_LABELLERS: dict[str, type[PseudoLabeller]] = {
-    cls.name: cls for cls in (ArgmaxLabeller, GlobalThresholdLabeller, ClassBalancedLabeller)
-}
+for _cls in (ArgmaxLabeller, GlobalThresholdLabeller, ClassBalancedLabeller):
+    PSEUDO_LABELLERS.add(_cls.name, _cls)
 
 
 def build_pseudo_labeller(cfg: PseudoLabelConfig, num_classes: int) -> PseudoLabeller | None:
     """The labeller of ``cfg.kind``; None for ``none`` (methods without pseudo-labels)."""
     if cfg.kind == "none":
         return None
-    return PSEUDO_LABELLERS[cfg.kind](cfg, num_classes)
+    return PSEUDO_LABELLERS.get(cfg.kind)(cfg, num_classes)

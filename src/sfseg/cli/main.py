@@ -77,7 +77,7 @@ def cmd_toycity_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_toycity_calibrate(args: argparse.Namespace) -> None:
-    from sfseg.engine.calibrate import calibrate
+    from sfseg.engine.experiments.calibrate import calibrate
 
     calibrate(
         args.variants,
@@ -92,7 +92,8 @@ def cmd_toycity_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_train_source(args: argparse.Namespace) -> None:
-    from sfseg.engine.train_source import SourceConfig, train_source
+    from sfseg.engine.training.recipe import SourceConfig
+    from sfseg.engine.training.source import train_source
 
     cfg = load_config(SourceConfig, args.config, args.overrides)
     summary = train_source(cfg)
@@ -105,14 +106,14 @@ def cmd_train_source(args: argparse.Namespace) -> None:
 
 
 def cmd_adapt(args: argparse.Namespace) -> None:
-    from sfseg.adapt.config import AdaptConfig
-    from sfseg.engine.report import per_class_table
-    from sfseg.engine.run import run_adaptation
+    from sfseg.engine.reporting.report import per_class_table
+    from sfseg.engine.training.recipe import AdaptConfig
+    from sfseg.engine.training.stages import run_adaptation
 
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     if args.resume:
-        from sfseg.engine.rundir import RunDir
+        from sfseg.engine.runtime.rundir import RunDir
         from sfseg.errors import ResumeError
 
         saved = RunDir(args.resume).config
@@ -160,30 +161,43 @@ def _data_and_checkpoint(args: argparse.Namespace, labels: bool):
 
 
 def _inference(args: argparse.Namespace, ckpt):
-    from sfseg.engine.inference import Inference
+    """The inference the checkpoint was scored with (stored in it), with the command line's overrides."""
+    from dataclasses import replace
 
-    model = ckpt.build()
-    return Inference(model, ckpt.normalization, args.input_size or ())
+    from sfseg.engine.evaluation.inference import Inference
+
+    settings = ckpt.inference
+    if args.input_size:
+        settings = replace(settings, input_size=tuple(args.input_size))
+    for key in ("resize", "upsample"):
+        if getattr(args, key):
+            settings = replace(settings, **{key: getattr(args, key)})
+    for key in ("align_corners", "channels_last"):
+        if getattr(args, key):
+            settings = replace(settings, **{key: getattr(args, key) == "on"})
+    return Inference.from_settings(ckpt.build(), ckpt.normalization, settings)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from sfseg.engine.evaluate import evaluate
-    from sfseg.engine.report import per_class_table
+    from sfseg.engine.evaluation.evaluate import evaluate
+    from sfseg.engine.reporting.report import per_class_table
 
     if args.json:
         from sfseg.fileio import check_writable_file
 
         check_writable_file(Path(args.json), "--json")
     if args.predictions:
-        from sfseg.engine.evaluate import evaluate_files
+        from sfseg.engine.evaluation.evaluate import evaluate_files
 
         data, protocol = _data(args, labels=True)
         res = evaluate_files(data, args.predictions, protocol, args.format, args.workers, progress=True)
-        name = str(args.predictions)
+        name, inference = str(args.predictions), {}
     else:
         ckpt, data, protocol = _data_and_checkpoint(args, labels=True)
+        inf = _inference(args, ckpt)
+        inference = inf.settings.to_dict()
         res = evaluate(
-            _inference(args, ckpt),
+            inf,
             data,
             protocol,
             batch_size=args.batch_size,
@@ -191,19 +205,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
             progress=True,
         )
         name = Path(args.checkpoint).name
-    res["protocol"] = {
-        "classes": protocol.name,
-        "input_size": args.input_size,
-        "scales": [1.0],
-        "flip": False,
-    }
+    res["protocol"] = {"classes": protocol.name, "scales": [1.0], "flip": False}
+    if inference:
+        res["inference"] = inference
     print(per_class_table({name: res}, protocol))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from sfseg.engine.predict import predict
+    from sfseg.engine.evaluation.predict import predict
     from sfseg.fileio import check_writable_dir
 
     ckpt, data, protocol = _data_and_checkpoint(args, labels=False)
@@ -237,18 +248,12 @@ def cmd_check_data(args: argparse.Namespace) -> None:
 
 
 def cmd_select(args: argparse.Namespace) -> None:
-    from sfseg.engine.select import (
-        VALIDATORS,
-        check_validator,
-        ranked_table,
-        score_run,
-        study_table,
-        validator_study,
-    )
+    from sfseg.engine.evaluation.validators import VALIDATORS, check_validator
+    from sfseg.engine.experiments.selection import ranked_table, score_run, study_table, validator_study
     from sfseg.fileio import check_writable_file
 
     check_validator(args.validator)
-    names = sorted(VALIDATORS) if args.all else [args.validator]
+    names = VALIDATORS.names() if args.all else [args.validator]
     if args.json:
         check_writable_file(Path(args.json), "--json")
     runs = [Path(r) for r in args.runs]
@@ -271,7 +276,7 @@ def cmd_select(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from sfseg.engine.html_report import write_report
+    from sfseg.engine.reporting.html_report import write_report
     from sfseg.fileio import check_writable_file
 
     check_writable_file(Path(args.out), "--out")
@@ -281,19 +286,13 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def cmd_import_checkpoint(args: argparse.Namespace) -> None:
     from sfseg.data.classes import get_protocol
-    from sfseg.models import save_checkpoint
+    from sfseg.fileio import check_writable_file
     from sfseg.models.foreign import import_checkpoint
 
+    check_writable_file(Path(args.output), "output")
     ckpt = import_checkpoint(args.input, args.family, get_protocol(args.classes) if args.classes else None)
-    save_checkpoint(
-        args.output,
-        ckpt.build(),
-        arch=ckpt.arch,
-        arch_kwargs=ckpt.arch_kwargs,
-        class_names=ckpt.class_names,
-        normalization=ckpt.normalization,
-        provenance=ckpt.provenance,
-    )
+    ckpt.build()  # the weights load into the architecture (strictly) before anything is written
+    ckpt.save(args.output)
     prov = ckpt.provenance
     print(f"family: {prov['family']}; predicting head: {prov['predicting_head']}")
     print(f"classes: {ckpt.num_classes} {ckpt.class_names}")
@@ -304,7 +303,7 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from sfseg.engine.bench import run_bench, run_suite
+    from sfseg.engine.experiments.bench import run_bench, run_suite
 
     if args.variants:
         run_suite(
@@ -334,7 +333,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from sfseg.engine.demo import run_demo
+    from sfseg.engine.experiments.demo import run_demo
 
     run_demo(data_root=args.data, out=args.out, seed=args.seed, jobs=args.jobs)
 
@@ -408,6 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
             metavar=("W", "H"),
             help="resize inputs (Cityscapes: 1024 512)",
         )
+        q.add_argument(
+            "--resize", choices=["torch", "pil"], help="how inputs are resized (default: as scored)"
+        )
+        q.add_argument("--align-corners", choices=["on", "off"], help="logit upsampling (default: as scored)")
+        q.add_argument(
+            "--upsample", choices=["direct", "two_step"], help="(default: as the model was scored)"
+        )
+        q.add_argument("--channels-last", choices=["on", "off"], help="memory layout (default: as scored)")
         q.add_argument("--batch-size", type=BATCH, default=4)
         q.add_argument("--workers", type=WORKERS, default=0, help="data-loading processes")
     e.add_argument("--json", help="also write the metrics to this JSON file")
@@ -512,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _threads()
     try:
+        from sfseg.plugins import load_plugins
+
+        load_plugins()
         args.func(args)
     except SfsegError as e:
         # The user's input is wrong: one line (plus any listing the message carries), no traceback.

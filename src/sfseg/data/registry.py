@@ -9,32 +9,30 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from sfseg.data.classes import ClassProtocol, get_protocol
-from sfseg.errors import ConfigError
+from sfseg.registry import Registry
 
-_DATASETS: dict[str, tuple[Callable[..., Dataset], ClassProtocol]] = {}
+
+def _builtin() -> None:
+    from sfseg.data import cityscapes, folder, gta5, synthia, toycity_dataset  # noqa: F401  (they register)
+
+
+DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset", _builtin)
+"""``name -> fn(root, split, protocol, labels, **options)``, with the dataset's default ``protocol``."""
 
 
 def register_dataset(name: str, default_protocol: ClassProtocol):
     """Decorator: register ``fn(root, split, protocol, labels, **options)`` under ``name``."""
-
-    def wrap(fn):
-        if name in _DATASETS:
-            raise ValueError(f"dataset {name!r} is registered twice")
-        _DATASETS[name] = (fn, default_protocol)
-        return fn
-
-    return wrap
+    return DATASETS.register(name, protocol=default_protocol)
 
 
 def list_datasets() -> list[str]:
-    _register_builtin()
-    return sorted(_DATASETS)
+    return DATASETS.names()
 
 
 def dataset_protocol(name: str, protocol: str = "") -> ClassProtocol:
     """The protocol named ``protocol``, or the dataset's default when it is empty."""
-    _check(name)
-    return get_protocol(protocol) if protocol else _DATASETS[name][1]
+    DATASETS.check(name)
+    return get_protocol(protocol) if protocol else DATASETS.meta(name)["protocol"]
 
 
 def build_dataset(
@@ -52,18 +50,7 @@ def build_dataset(
     ``progress`` reaches the entries that have slow set-up work to show (loading ToyCity into memory,
     checking GTA5's image sizes); the others build instantly and take no such argument.
     """
-    _check(name)
-    fn, _ = _DATASETS[name]
+    fn = DATASETS.get(name)
     if "progress" in inspect.signature(fn).parameters:
         options["progress"] = progress
     return fn(root, split, dataset_protocol(name, protocol), labels=labels, **options)
-
-
-def _register_builtin() -> None:
-    from sfseg.data import cityscapes, folder, gta5, synthia, toycity_dataset  # noqa: F401  (they register)
-
-
-def _check(name: str) -> None:
-    _register_builtin()
-    if name not in _DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; registered datasets: {list_datasets()}")

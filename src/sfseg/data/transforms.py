@@ -19,21 +19,28 @@ from sfseg.config import MAX_SIDE, in_range, require
 
 @dataclass
 class AugmentConfig:
-    """Training-time augmentation of target images and their pseudo-labels (horizontal flips are separate).
+    """Training-time augmentation of images and their per-pixel targets (labels or pseudo-labels;
+    horizontal flips are separate).
 
     Attributes:
-        kind: ``none`` (images as they are) or ``scale_crop`` (the reference recipe: resize the short side
-            to ``short_side * s``, s drawn from ``scales``; random ``crop`` x ``crop`` crop, or, when the
-            image is smaller, a random square crop of its short side resized to ``crop``).
-        short_side: the short side before scaling (reference: 720).
-        scales: the scale factors (reference: 0.5, 0.75, 1.0, 1.25, 1.5).
-        crop: the crop size (reference: 600).
+        kind: ``none`` (images as they are), ``scale_crop`` (the adaptation reference recipe: resize the
+            short side to ``short_side * s``, s drawn from ``scales``; random ``crop`` x ``crop`` crop, or,
+            when the image is smaller, a random square crop of its short side resized to ``crop``) or
+            ``resize_crop`` (source training: resize every image to ``size``, then a random ``window``).
+        short_side: scale_crop: the short side before scaling (reference: 720).
+        scales: scale_crop: the scale factors (reference: 0.5, 0.75, 1.0, 1.25, 1.5).
+        crop: scale_crop: the square crop's side (reference: 600).
+        size: resize_crop: ``[width, height]`` every image is resized to first (empty: kept).
+        window: resize_crop: ``[width, height]`` of the random window (empty: the whole image); a smaller
+            image is padded (targets with 255).
     """
 
-    kind: Literal["none", "scale_crop"] = "none"
+    kind: Literal["none", "scale_crop", "resize_crop"] = "none"
     short_side: int = 720
     scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])
     crop: int = 600
+    size: list[int] = field(default_factory=list)
+    window: list[int] = field(default_factory=list)
 
     def check(self) -> None:
         in_range(self.short_side, 1, MAX_SIDE, "short_side")
@@ -43,6 +50,30 @@ class AugmentConfig:
             "scales",
             f"must be 1 to 64 factors in (0, 8], got {self.scales}",
         )
+        for key in ("size", "window"):
+            v = getattr(self, key)
+            require(
+                not v or (len(v) == 2 and min(v) > 0 and max(v) <= MAX_SIDE),
+                key,
+                f"must be [width, height] with sizes in 1..{MAX_SIDE}, or empty, got {v}",
+            )
+
+
+def resize_crop(
+    image: torch.Tensor, target: torch.Tensor | None, cfg: AugmentConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``resize_crop``: resize to ``cfg.size`` (targets by nearest neighbour), then a random
+    ``cfg.window``.
+
+    Shape:
+        image (3, H0, W0) uint8, target (H0, W0) or None -> (3, H, W), (H, W).
+    """
+    if cfg.size:
+        image = resize_image(image, tuple(cfg.size))
+        target = None if target is None else resize_label(target, tuple(cfg.size))
+    if cfg.window:
+        image, target = random_crop(image, target, tuple(cfg.window), rng)
+    return image, target
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import pickle
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -21,9 +21,47 @@ from sfseg.config import brief
 from sfseg.data.normalization import Normalization
 from sfseg.errors import CheckpointError
 from sfseg.fileio import atomic_torch_save
-from sfseg.models.registry import create_model
+from sfseg.models.registry import MODELS, create_model, model_hooks
 
 FORMAT = "sfseg-checkpoint-v1"
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a model's outputs were produced when it was trained and scored: ``sfseg eval`` and ``predict``
+    use them unless told otherwise, so they reproduce the score a run reported.
+
+    Attributes:
+        input_size: ``(width, height)`` the images are resized to before the network; empty = native.
+        resize: ``torch`` (bicubic on the device) or ``pil`` (PIL bicubic, as the released LDBE code).
+        align_corners: bilinear upsampling of logits with ``align_corners=True``.
+        upsample: ``direct`` or ``two_step`` (to the input size first, then to the label resolution).
+        channels_last: channels-last memory layout (on CPUs it changes logits by up to ~1e-2).
+        amp: bfloat16 autocast.
+    """
+
+    input_size: tuple[int, ...] = ()
+    resize: str = "torch"
+    align_corners: bool = False
+    upsample: str = "direct"
+    channels_last: bool = False
+    amp: bool = False
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "input_size": list(self.input_size)}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> InferenceSettings:
+        d = dict(d or {})
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown inference settings {unknown}")
+        if "input_size" in d:
+            d["input_size"] = tuple(int(v) for v in d["input_size"] or ())
+        settings = cls(**d)
+        if settings.resize not in ("torch", "pil") or settings.upsample not in ("direct", "two_step"):
+            raise ValueError(f"inference settings {d} hold an unknown resize or upsample mode")
+        return settings
 
 
 @dataclass
@@ -37,6 +75,7 @@ class Checkpoint:
         normalization: input normalisation the weights expect.
         state_dict: the weights.
         provenance: how the weights were made (recipe, scores, code version, parent checkpoint ...).
+        inference: how the model was run when it was scored (sizes, resizing, upsampling, memory layout).
     """
 
     arch: str
@@ -45,10 +84,56 @@ class Checkpoint:
     normalization: Normalization
     state_dict: dict[str, torch.Tensor]
     provenance: dict = field(default_factory=dict)
+    inference: InferenceSettings = field(default_factory=InferenceSettings)
+
+    @classmethod
+    def of(
+        cls,
+        model: nn.Module,
+        class_names: list[str] | tuple[str, ...],
+        normalization: Normalization,
+        inference: InferenceSettings | None = None,
+        provenance: dict | None = None,
+    ) -> Checkpoint:
+        """The checkpoint of a live model built by :func:`create_model` (unwrapped: no DDP)."""
+        return cls(
+            arch=model.arch,
+            arch_kwargs=dict(model.arch_kwargs),
+            class_names=list(class_names),
+            normalization=normalization,
+            state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            provenance=dict(provenance or {}),
+            inference=inference or InferenceSettings(),
+        )
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the checkpoint atomically (the one way sfseg writes one); its provenance gains the code
+        version and the time. Weights holding NaN or infinite values are refused."""
+        check_finite(self.state_dict, str(path))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prov = {
+            "code_version": sfseg.__version__,
+            "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        }
+        prov.update({k: v for k, v in self.provenance.items() if k != "path"})
+        payload = {
+            "format": FORMAT,
+            "arch": self.arch,
+            "arch_kwargs": dict(self.arch_kwargs),
+            "class_names": list(self.class_names),
+            "normalization": self.normalization.to_dict(),
+            "inference": self.inference.to_dict(),
+            "provenance": prov,
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict.items()},
+        }
+        # An interrupted or failed save never leaves a truncated checkpoint (nor a temporary file).
+        atomic_torch_save(payload, path)
+        return path
 
     def build(self) -> nn.Module:
         """The network with these weights.
@@ -61,7 +146,7 @@ class Checkpoint:
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as e:
-            head = _head_classes(self.state_dict)
+            head = head_classes(self.arch, self.state_dict)
             if head is not None and head != self.num_classes:
                 raise CheckpointError(
                     f"{where}: its head predicts {head} classes but it declares {self.num_classes} class "
@@ -82,34 +167,6 @@ class Checkpoint:
                 f"but the data at {where} has {len(class_names)} classes {list(class_names)}. "
                 "Use a checkpoint trained for this class protocol, or select the matching protocol."
             )
-
-
-def save_checkpoint(
-    path: str | Path,
-    model: nn.Module,
-    *,
-    arch: str,
-    arch_kwargs: dict,
-    class_names: list[str] | tuple[str, ...],
-    normalization: Normalization,
-    provenance: dict | None = None,
-) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prov = {"code_version": sfseg.__version__, "created": _dt.datetime.now().isoformat(timespec="seconds")}
-    prov.update(provenance or {})
-    payload = {
-        "format": FORMAT,
-        "arch": arch,
-        "arch_kwargs": dict(arch_kwargs),
-        "class_names": list(class_names),
-        "normalization": normalization.to_dict(),
-        "provenance": prov,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    # An interrupted or failed save never leaves a truncated checkpoint (nor a temporary file).
-    atomic_torch_save(payload, path)
-    return path
 
 
 class CheckpointFormatError(CheckpointError):
@@ -134,11 +191,13 @@ def check_finite(sd: dict[str, torch.Tensor], where: str) -> None:
         )
 
 
-def _head_classes(sd: dict) -> int | None:
-    for key in ("classifier.conv2d_list.0.weight", "layer5.conv2d_list.0.weight"):
-        if key in sd and hasattr(sd[key], "shape"):
-            return int(sd[key].shape[0])
-    return None
+def head_classes(arch: str, sd: dict) -> int | None:
+    """The class count the weights' head predicts (from the architecture's ``classes_key`` hook)."""
+    if arch not in MODELS:
+        return None
+    key = model_hooks(arch).classes_key
+    t = sd.get(key) if key else None
+    return int(t.shape[0]) if isinstance(t, torch.Tensor) and t.ndim else None
 
 
 def read_tensors(path: str | Path):
@@ -222,7 +281,6 @@ def load_checkpoint(path: str | Path, family: str = "", classes: str = "") -> Ch
         from sfseg.models.foreign import import_payload
 
         ckpt = import_payload(payload, path, family, get_protocol(classes) if classes else None)
-        check_finite(ckpt.state_dict, str(path))
         unused = ckpt.provenance["unused_keys"]
         print(
             f"{path}: imported as {ckpt.provenance['family']} (predicting head: "
@@ -238,6 +296,7 @@ def load_checkpoint(path: str | Path, family: str = "", classes: str = "") -> Ch
             normalization=Normalization.from_dict(payload["normalization"]),
             state_dict=payload["state_dict"],
             provenance=payload["provenance"],
+            inference=InferenceSettings.from_dict(payload.get("inference")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(
@@ -247,7 +306,12 @@ def load_checkpoint(path: str | Path, family: str = "", classes: str = "") -> Ch
         raise CheckpointError(f"{path}: an sfseg checkpoint with damaged metadata (arch_kwargs, state_dict)")
     check_finite(ckpt.state_dict, str(path))
     ckpt.provenance = {**ckpt.provenance, "path": str(path)}
-    head = _head_classes(ckpt.state_dict)
+    if ckpt.arch not in MODELS:
+        raise CheckpointError(
+            f"{path}: an sfseg checkpoint of architecture {ckpt.arch!r}, which this installation does not "
+            f"have (registered: {MODELS.names()}); is a plugin missing (SFSEG_PLUGINS)?"
+        )
+    head = head_classes(ckpt.arch, ckpt.state_dict)
     if head is not None and head != ckpt.num_classes:
         raise CheckpointError(
             f"{path}: its head predicts {head} classes but it declares {ckpt.num_classes} class names "

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sfseg.models.base import SegmentationModel
 from sfseg.models.registry import register_model
 
 
@@ -56,7 +57,7 @@ class SummedASPP(nn.Module):
         return sum(conv(x) for conv in self.conv2d_list)
 
 
-class DeepLabSmall(nn.Module):
+class DeepLabSmall(SegmentationModel):
     """Dilated residual backbone + summed multi-dilation classifier.
 
     After the first stride, resolution is kept at ``output_stride`` and the receptive field grows by
@@ -97,9 +98,6 @@ class DeepLabSmall(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.classifier.parameters())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_features(x)[0]
-
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (at the input size) and the classifier's input features (at the output stride)."""
         features = self.backbone(x)
@@ -109,7 +107,10 @@ class DeepLabSmall(nn.Module):
         return logits, features
 
 
-@register_model
+@register_model(
+    classes_key="classifier.conv2d_list.0.weight",
+    signature_keys=("backbone.0.0.weight", "classifier.conv2d_list.0.weight"),
+)
 def deeplab_small(
     num_classes: int, width: int = 24, output_stride: int = 2, dilations: tuple[int, ...] = (1, 3, 6, 9)
 ) -> nn.Module:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sfseg.models.base import SegmentationModel
 from sfseg.models.deeplab_small import SummedASPP
 from sfseg.models.registry import register_model
 
@@ -58,7 +59,7 @@ class Bottleneck(nn.Module):
         return self.relu(self.bn3(self.conv3(out)) + identity)
 
 
-class DeepLabV2(nn.Module):
+class DeepLabV2(SegmentationModel):
     """DeepLab-v2 ResNet.
 
     Args:
@@ -128,7 +129,7 @@ class DeepLabV2(nn.Module):
         return self.layer5(features), features
 
 
-@register_model
+@register_model(classes_key="layer5.conv2d_list.0.weight")
 def deeplabv2_r101(num_classes: int, backbone: str = "caffe", branches: int = 4) -> nn.Module:
     """DeepLab-v2 ResNet-101 (about 43.9 M parameters with 19 classes)."""
     return DeepLabV2(num_classes, backbone=backbone, branches=branches)

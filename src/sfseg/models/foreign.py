@@ -1,77 +1,64 @@
-"""Importing the community's DeepLab-v2 checkpoints: detect the family by keys and shapes, convert, record.
+"""Importing checkpoints of other projects: one dispatcher over the importers each architecture
+registers beside itself (``deeplab_v2_import.py`` for the DeepLab-v2 families).
 
-Families (never detected by file name):
-
-================================  ====================================  ==================  ==========
-family                            keys (after ``module.``/``_orig_mod.``)  predicting head     branches
-================================  ====================================  ==================  ==========
-``deeplab_caffe_init``            ``Scale.*`` (layer5 = 21 VOC classes)  none (new head)     4
-``torchvision_imagenet``          torchvision ResNet-101 with ``fc.*``    none (new head)     4
-``adaptsegnet_single``            ``layer5`` in 2048                     layer5              2
-``adaptsegnet_multi``             ``layer5`` in 1024, ``layer6`` in 2048    layer6              2
-``ldbe``                          ``layer5`` and ``layer6`` in 2048          layer5              4
-``crst``                          ``layer5`` in 2048                     layer5              4
-``tllib``                         ``backbone.*``, ``classifier.*``        classifier          4
-================================  ====================================  ==================  ==========
-
-AdaptSegNet's classifier returned inside its loop, so only branches 0 and 1 were ever trained: those
-checkpoints become a 2-branch head and branches 2 and 3 are reported as unused. AdaptSegNet single-level and
-CRST files have identical keys and shapes (they differ in branches used and in input normalisation), so
-such a file needs ``family=`` to say which it is. Each family's input normalisation is attached to the
-imported checkpoint; keys not loaded are listed in its provenance. Missing ``num_batches_tracked`` entries
-(older files) are filled with zeros; ``fc.*`` is dropped.
+Formats are detected by keys and shapes, never by file name. The ``module.`` (DataParallel/DDP) and
+``_orig_mod.`` (torch.compile) prefixes are stripped first; keys not loaded are listed in the imported
+checkpoint's provenance.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from sfseg.data.classes import PROTOCOLS, ClassProtocol
-from sfseg.data.normalization import CAFFE_BGR, IMAGENET, Normalization
+from sfseg.data.classes import ClassProtocol
 from sfseg.errors import CheckpointError
 from sfseg.models.checkpoint import Checkpoint, CheckpointFormatError, check_finite, read_tensors
-from sfseg.models.deeplab_v2 import DeepLabV2
-
-ARCH = "deeplabv2_r101"
-CRST_BGR = Normalization("BGR", 1.0, (0.406, 0.456, 0.485), (0.225, 0.224, 0.229))
+from sfseg.models.registry import MODELS, model_hooks
+from sfseg.registry import Registry
 
 
 @dataclass(frozen=True)
-class Family:
-    name: str
-    description: str
-    normalization: Normalization
-    backbone: str = "caffe"
-    branches: int = 4
-    head: str = "layer5"  # the predicting head's key prefix after prefix stripping; "" = none (new head)
+class Importer:
+    """How to import one project's checkpoint formats.
+
+    Attributes:
+        families: format name -> description.
+        detect: a cleaned state dict -> its family, a tuple of families it cannot tell apart, or None
+            (not one of these formats). It may raise :class:`CheckpointFormatError` for a known but
+            unsupported format.
+        convert: ``(state dict, family, protocol or None, where) -> Checkpoint``.
+        ambiguity: what to say when ``detect`` returns a tuple (keyed by that tuple).
+    """
+
+    families: dict[str, str]
+    detect: Callable[[dict[str, torch.Tensor]], str | tuple[str, ...] | None]
+    convert: Callable[..., Checkpoint]
+    ambiguity: dict[tuple[str, ...], str] = field(default_factory=dict)
 
 
-FAMILIES = {
-    f.name: f
-    for f in (
-        Family("deeplab_caffe_init", "DeepLab-v2 Caffe init (ImageNet+COCO backbone)", CAFFE_BGR, head=""),
-        Family("torchvision_imagenet", "torchvision ImageNet ResNet-101", IMAGENET, "torchvision", head=""),
-        Family("adaptsegnet_single", "AdaptSegNet single-level", CAFFE_BGR, branches=2),
-        Family("adaptsegnet_multi", "AdaptSegNet multi-level", CAFFE_BGR, branches=2, head="layer6"),
-        Family("ldbe", "LDBE / CCM (layer5 predicts, layer6 unused)", CAFFE_BGR),
-        Family("crst", "CRST", CRST_BGR),
-        Family("tllib", "Transfer-Learning-Library DeepLab-v2", CAFFE_BGR, head="classifier"),
-    )
-}
+def _builtin() -> None:
+    import sfseg.models  # noqa: F401  (the architectures register their importers on import)
 
 
-def _unwrap(payload, path: Path) -> dict[str, torch.Tensor]:
+IMPORTERS: Registry[Importer] = Registry("checkpoint importer", _builtin)
+
+_NESTED = ("state_dict", "model_state", "model", "ResNet101")
+
+
+def unwrap_payload(payload, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint file's payload (``state_dict``, ``model_state``, ...)."""
     if isinstance(payload, dict):
-        for key in ("state_dict", "model_state", "model", "ResNet101"):
+        for key in _NESTED:
             if key in payload and isinstance(payload[key], dict):
-                return _unwrap(payload[key], path)
+                return unwrap_payload(payload[key], path)
         if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
             return payload
-    seen = sorted(payload)[:20] if isinstance(payload, dict) else type(payload).__name__
+    seen = sorted(map(str, payload))[:20] if isinstance(payload, dict) else type(payload).__name__
     raise CheckpointFormatError(f"{path}: no state dict found; top-level keys seen: {seen}")
 
 
@@ -80,83 +67,17 @@ def clean_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {re.sub(r"^((module|_orig_mod)\.)+", "", k): v for k, v in sd.items()}
 
 
-def _head_in(sd: dict[str, torch.Tensor], prefix: str) -> int | None:
-    w = sd.get(f"{prefix}.conv2d_list.0.weight")
-    return None if w is None else int(w.shape[1])
+def known_families() -> dict[str, str]:
+    return {f: d for _, imp in IMPORTERS.items() for f, d in imp.families.items()}
 
 
-def detect_family(sd: dict[str, torch.Tensor]) -> str | tuple[str, ...]:
-    """The family of a cleaned state dict, or the tuple of candidates when keys cannot tell them apart."""
-    keys = set(sd)
-    if any(k.startswith("layer5.bottleneck") or k.startswith("layer5.head") for k in keys):
-        raise CheckpointFormatError(
-            "ProDA checkpoint (SE + GroupNorm head 'layer5.bottleneck'/'layer5.head'): not supported; its "
-            "head is not a DeepLab-v2 classifier. Only its backbone could be reused."
-        )
-    if any(k.startswith("Scale.") for k in keys):
-        return "deeplab_caffe_init"
-    if "backbone.0.0.weight" in keys and any(k.startswith("classifier.conv2d_list.") for k in keys):
-        raise CheckpointFormatError(
-            "a bare state dict of sfseg's deeplab_small (torch.save(model.state_dict())): it has no "
-            "metadata (architecture options, classes, normalisation). Save models with "
-            "sfseg.models.save_checkpoint, or use the checkpoint the run wrote (final.pt, round_<r>.pt)"
-        )
-    if any(k.startswith("backbone.") for k in keys) and any(k.startswith("classifier.") for k in keys):
-        return "tllib"
-    l5, l6 = _head_in(sd, "layer5"), _head_in(sd, "layer6")
-    if "fc.weight" in keys and l5 is None:
-        return "torchvision_imagenet"
-    if l5 == 1024 and l6 == 2048:
-        return "adaptsegnet_multi"
-    if l5 == 2048 and l6 == 2048:
-        return "ldbe"
-    if l5 == 2048 and l6 is None:
-        return ("adaptsegnet_single", "crst")
-    shown = sorted(keys)
-    raise CheckpointFormatError(
-        f"unknown checkpoint format ({len(shown)} keys); keys seen: {shown[:12]} ... {shown[-8:]}. Known "
-        f"families: {sorted(FAMILIES)}"
-    )
-
-
-def convert(sd: dict[str, torch.Tensor], family: Family) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Rename a cleaned state dict into :class:`DeepLabV2` keys; returns (converted, unused keys)."""
-    renamed: dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        if family.name == "deeplab_caffe_init":
-            k = k.removeprefix("Scale.")
-        elif family.name == "tllib":
-            k = k.removeprefix("backbone.")
-        renamed[k] = v
-    out, unused = {}, []
-    head = family.head
-    for k, v in renamed.items():
-        m = re.match(rf"^{head}\.conv2d_list\.(\d+)\.(weight|bias)$", k) if head else None
-        if m:
-            if int(m.group(1)) < family.branches:
-                out[f"layer5.conv2d_list.{m.group(1)}.{m.group(2)}"] = v
-            else:
-                unused.append(k)
-        elif k.startswith(("layer5.", "layer6.", "fc.")):
-            unused.append(k)
-        else:
-            out[k] = v
-    return out, unused
-
-
-def _class_names(num_classes: int, protocol: ClassProtocol | None, where: str) -> list[str]:
-    if protocol is not None:
-        if protocol.num_classes != num_classes:
-            raise CheckpointError(
-                f"{where}: the checkpoint predicts {num_classes} classes but protocol {protocol.name} has "
-                f"{protocol.num_classes}; choose the matching protocol (e.g. --protocol synthia16 for 16 "
-                "classes, cityscapes19 for 19)"
-            )
-        return list(protocol.names)
-    matches = [p for p in PROTOCOLS.values() if p.num_classes == num_classes]
-    if len(matches) != 1:
-        raise CheckpointError(f"{where}: {num_classes} output classes; say which protocol (classes=...)")
-    return list(matches[0].names)
+def _bare_sfseg_state_dict(sd: dict[str, torch.Tensor]) -> str | None:
+    """The architecture of an sfseg model saved as a bare state dict (no metadata), if it is one."""
+    for name in MODELS.names():
+        keys = model_hooks(name).signature_keys
+        if keys and all(k in sd for k in keys):
+            return name
+    return None
 
 
 def import_state_dict(
@@ -165,79 +86,46 @@ def import_state_dict(
     protocol: ClassProtocol | None = None,
     where: str = "state dict",
 ) -> Checkpoint:
-    """Detect (or take) the family of ``sd`` and return an sfseg :class:`Checkpoint` for DeepLab-v2 R-101.
+    """Detect (or take) the format of ``sd`` and return it as an sfseg :class:`Checkpoint`.
 
     Args:
         sd: the foreign state dict.
-        family: a name of :data:`FAMILIES` to skip detection (required when keys are ambiguous).
+        family: a format name (see :func:`known_families`) to skip detection (required when keys are
+            ambiguous).
         protocol: the class protocol (required for files without a usable head; checked otherwise).
         where: a name for messages (the file).
     """
     sd = clean_state_dict(sd)
-    try:
-        detected = detect_family(sd)
-    except CheckpointFormatError as e:
-        raise CheckpointFormatError(f"{where}: {e}") from None
-    if not family:
-        if isinstance(detected, tuple):
+    arch = _bare_sfseg_state_dict(sd)
+    if arch is not None:
+        raise CheckpointFormatError(
+            f"{where}: a bare state dict of sfseg's {arch} (torch.save(model.state_dict())): it has no "
+            "metadata (architecture options, classes, normalisation). Save models with "
+            "sfseg.models.Checkpoint.of(...).save(path), or use the checkpoint the run wrote (final.pt, "
+            "round_<r>.pt)"
+        )
+    if family:
+        owner = next((imp for _, imp in IMPORTERS.items() if family in imp.families), None)
+        if owner is None:
+            raise CheckpointError(f"unknown checkpoint family {family!r}; known: {sorted(known_families())}")
+        return owner.convert(sd, family, protocol, where)
+    for _, imp in IMPORTERS.items():
+        try:
+            found = imp.detect(sd)
+        except CheckpointFormatError as e:
+            raise CheckpointFormatError(f"{where}: {e}") from None
+        if found is None:
+            continue
+        if isinstance(found, tuple):
+            why = imp.ambiguity.get(found, "")
             raise CheckpointFormatError(
-                f"{where}: keys and shapes match several families {list(detected)} (same layer5, no layer6). "
-                "AdaptSegNet single-level predicts with branches 0-1 and BGR mean subtraction; CRST with all "
-                "4 branches and BGR mean/std in 0-1. Say which: family=adaptsegnet_single or family=crst."
+                f"{where}: keys and shapes match several families {list(found)} {why}".rstrip()
             )
-        family = detected
-    if family not in FAMILIES:
-        raise CheckpointError(f"unknown checkpoint family {family!r}; known: {sorted(FAMILIES)}")
-    fam = FAMILIES[family]
-    weights, unused = convert(sd, fam)
-    if fam.head:
-        num_classes = int(weights["layer5.conv2d_list.0.weight"].shape[0])
-    elif protocol is None:
-        raise CheckpointError(
-            f"{where}: a {fam.description} file has no segmentation head; say which classes"
-        )
-    else:
-        num_classes = protocol.num_classes
-    class_names = _class_names(num_classes, protocol, where)
-    model = DeepLabV2(num_classes, backbone=fam.backbone, branches=fam.branches)
-    reference = model.state_dict()
-    filled = 0
-    for k, v in reference.items():
-        if k not in weights and k.endswith("num_batches_tracked"):
-            weights[k] = torch.zeros_like(v)
-            filled += 1
-        elif k not in weights and k.startswith("layer5.") and not fam.head:
-            weights[k] = v  # the new head keeps its N(0, 0.01) initialisation
-    missing = sorted(set(reference) - set(weights))
-    if missing:
-        raise CheckpointFormatError(
-            f"{where}: detected as {fam.description}, but {len(missing)} DeepLab-v2 R-101 keys are missing, "
-            f"e.g. {missing[:8]}"
-        )
-    extra = sorted(set(weights) - set(reference))
-    unused += extra
-    weights = {k: v for k, v in weights.items() if k in reference}
-    bad = [k for k, v in weights.items() if v.shape != reference[k].shape]
-    if bad:
-        raise CheckpointFormatError(
-            f"{where}: shape mismatch for {bad[:8]}, e.g. {bad[0]} {tuple(weights[bad[0]].shape)} vs "
-            f"{tuple(reference[bad[0]].shape)}"
-        )
-    model.load_state_dict(weights, strict=True)
-    return Checkpoint(
-        arch=ARCH,
-        arch_kwargs={"backbone": fam.backbone, "branches": fam.branches},
-        class_names=class_names,
-        normalization=fam.normalization,
-        state_dict=model.state_dict(),
-        provenance={
-            "stage": "import",
-            "imported_from": where,
-            "family": fam.name,
-            "predicting_head": fam.head or "new (initialised N(0, 0.01))",
-            "unused_keys": sorted(unused),
-            "filled_num_batches_tracked": filled,
-        },
+        return imp.convert(sd, found, protocol, where)
+    shown = sorted(sd)
+    raise CheckpointFormatError(
+        f"{where}: unknown checkpoint format ({len(shown)} keys); keys seen: {shown[:12]} ... {shown[-8:]}. "
+        f"Known families: {sorted(known_families())}"
     )
 
 
@@ -245,13 +133,13 @@ def import_payload(
     payload, path: str | Path, family: str = "", protocol: ClassProtocol | None = None
 ) -> Checkpoint:
     """Import the already-read contents of a foreign checkpoint file (see :func:`import_state_dict`)."""
-    return import_state_dict(_unwrap(payload, Path(path)), family, protocol, str(path))
+    ckpt = import_state_dict(unwrap_payload(payload, Path(path)), family, protocol, str(path))
+    check_finite(ckpt.state_dict, str(path))
+    return ckpt
 
 
 def import_checkpoint(
     path: str | Path, family: str = "", protocol: ClassProtocol | None = None
 ) -> Checkpoint:
     """Read a foreign checkpoint file (tensors only; never unpickles code) and import it."""
-    ckpt = import_payload(read_tensors(path), path, family, protocol)
-    check_finite(ckpt.state_dict, str(path))
-    return ckpt
+    return import_payload(read_tensors(path), path, family, protocol)

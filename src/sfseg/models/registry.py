@@ -1,30 +1,65 @@
-"""Model registry and factory (after timm's ``create_model``): one entry function per architecture."""
+"""Model registry and factory (after timm's ``create_model``): one entry function per architecture, with
+its checkpoint hooks registered beside it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from sfseg.config import brief
 from sfseg.errors import ConfigError
+from sfseg.registry import Registry
 
 MAX_PARAMETERS = 5_000_000_000
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+@dataclass(frozen=True)
+class ModelHooks:
+    """What checkpoint code needs to know about an architecture.
+
+    Attributes:
+        classes_key: state-dict key of a tensor whose first dimension is the number of classes (the head's
+            output): lets a checkpoint's metadata be checked against its weights.
+        signature_keys: keys that together identify a bare state dict of this architecture (saved without
+            sfseg's metadata), so that it gets a helpful error instead of a foreign-format guess.
+    """
+
+    classes_key: str = ""
+    signature_keys: tuple[str, ...] = ()
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: register ``fn(num_classes, **kwargs) -> nn.Module`` under its function name."""
-    if fn.__name__ in _MODELS:
-        raise ValueError(f"model {fn.__name__!r} is registered twice")
-    _MODELS[fn.__name__] = fn
-    return fn
+def _builtin() -> None:
+    import sfseg.models  # noqa: F401  (the architectures register on import)
+
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", _builtin)
+
+
+def register_model(
+    fn: Callable[..., nn.Module] | None = None, *, classes_key: str = "", signature_keys: tuple[str, ...] = ()
+):
+    """Decorator: register ``fn(num_classes, **kwargs) -> SegmentationModel`` under its function name.
+
+    Usable bare (``@register_model``) or with hooks (``@register_model(classes_key="head.weight")``, see
+    :class:`ModelHooks`).
+    """
+
+    def add(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        MODELS.add(f.__name__, f, hooks=ModelHooks(classes_key, tuple(signature_keys)))
+        return f
+
+    return add(fn) if fn is not None else add
 
 
 def list_models() -> list[str]:
-    return sorted(_MODELS)
+    return MODELS.names()
+
+
+def model_hooks(name: str) -> ModelHooks:
+    return MODELS.meta(name)["hooks"]
 
 
 def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
@@ -35,16 +70,24 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
         num_classes: number of output channels.
         **kwargs: architecture options, passed to the entry function.
     """
-    if name not in _MODELS:
-        raise ConfigError(f"unknown model {name!r}; registered models: {list_models()}")
+    from sfseg.models.base import SegmentationModel
+
+    fn = MODELS.get(name)
     if not isinstance(kwargs, dict):
         raise ConfigError(f"model {name!r}: its options must be a mapping, got {brief(kwargs)}")
     try:
         # Sized on the meta device first (no memory): an option such as width: 1e9 is refused, not allocated.
         with torch.device("meta"):
-            params = sum(p.numel() for p in _MODELS[name](num_classes=num_classes, **kwargs).parameters())
+            params = sum(p.numel() for p in fn(num_classes=num_classes, **kwargs).parameters())
         if params > MAX_PARAMETERS:
             raise ValueError(f"{params:,} parameters is more than sfseg builds ({MAX_PARAMETERS:,})")
-        return _MODELS[name](num_classes=num_classes, **kwargs)
+        model = fn(num_classes=num_classes, **kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model {name!r} with options {brief(kwargs)}: {str(e)[:300]}") from None
+    if not isinstance(model, SegmentationModel):
+        raise TypeError(
+            f"model {name!r} builds a {type(model).__name__}, which does not implement the model contract: "
+            "subclass sfseg.models.base.SegmentationModel"
+        )
+    model.arch, model.arch_kwargs = name, dict(kwargs)
+    return model

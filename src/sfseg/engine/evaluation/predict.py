@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from sfseg.data.classes import ClassProtocol
 from sfseg.data.datasets import check_relative
-from sfseg.engine.inference import Inference, batch_size_hw
-from sfseg.engine.loading import sharded_loader
+from sfseg.engine.evaluation.inference import Inference, batch_size_hw
+from sfseg.engine.runtime.loading import sharded_loader
 
 FORMATS = ("cityscapes", "trainid")
 

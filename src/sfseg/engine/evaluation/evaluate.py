@@ -15,10 +15,10 @@ from tqdm import tqdm
 
 from sfseg.data.classes import ClassProtocol
 from sfseg.data.datasets import png_depth
-from sfseg.engine import distributed
-from sfseg.engine.inference import Inference, batch_size_hw
-from sfseg.engine.loading import sharded_loader
-from sfseg.engine.metrics import ConfusionMatrix
+from sfseg.engine.evaluation.inference import Inference, batch_size_hw
+from sfseg.engine.evaluation.metrics import ConfusionMatrix
+from sfseg.engine.runtime import distributed
+from sfseg.engine.runtime.loading import sharded_loader
 from sfseg.errors import DatasetError
 from sfseg.models.ops import argmax_classes
 
@@ -64,7 +64,7 @@ class PredictionFiles(Dataset):
     holds class indices."""
 
     def __init__(self, dataset: Dataset, folder: str | Path, fmt: str, protocol: ClassProtocol):
-        from sfseg.engine.predict import output_path
+        from sfseg.engine.evaluation.predict import output_path
 
         if not getattr(dataset, "has_labels", False):
             raise DatasetError("evaluation needs a labelled split (this split has no label files)")

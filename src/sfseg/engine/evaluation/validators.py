@@ -6,7 +6,7 @@ images, streamed batch by batch with bounded memory (pixels are sampled at fixed
 image). Higher is better for every score. Which one to trust for segmentation is measured on ToyCity in
 docs/RESULTS.md ("Choosing without target labels").
 
-Validators (``VALIDATORS``):
+Validators (the registry ``VALIDATORS``):
 
 * ``entropy``: minus the mean per-pixel prediction entropy (confident models score high). Morerio et al.,
   "Minimal-Entropy Correlation Alignment for Unsupervised Deep Domain Adaptation", ICLR 2018.
@@ -29,10 +29,7 @@ Validators (``VALIDATORS``):
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,11 +37,13 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from sfseg.adapt.bn import set_bn_mode
+from sfseg.adapt.norm import set_bn_mode
 from sfseg.data.classes import ClassProtocol
-from sfseg.engine.inference import Inference, batch_size_hw
-from sfseg.engine.loading import derived_seed, sharded_loader
+from sfseg.engine.evaluation.inference import Inference, batch_size_hw
+from sfseg.engine.runtime.loading import derived_seed, sharded_loader
+from sfseg.models.checkpoint import InferenceSettings
 from sfseg.models.ops import argmax_classes
+from sfseg.registry import Registry
 
 EPS = 1e-8
 
@@ -179,24 +178,22 @@ class ShareStabilityValidator(Validator):
         return float(-((s[present] + 1e-4) / (s0[present] + 1e-4)).log().abs().mean())
 
 
-VALIDATORS: dict[str, type[Validator]] = {
-    v.name: v
-    for v in (
-        EntropyValidator,
-        InfoMaxValidator,
-        BNMValidator,
-        SNDValidator,
-        AgreementValidator,
-        ShareStabilityValidator,
-    )
-}
+VALIDATORS: Registry[type[Validator]] = Registry("validator")
+"""Label-free validators by name (``select.validator``, ``sfseg select --validator``)."""
+
+for _v in (
+    EntropyValidator,
+    InfoMaxValidator,
+    BNMValidator,
+    SNDValidator,
+    AgreementValidator,
+    ShareStabilityValidator,
+):
+    VALIDATORS.add(_v.name, _v)
 
 
 def check_validator(name: str) -> None:
-    from sfseg.errors import ConfigError
-
-    if name not in VALIDATORS:
-        raise ConfigError(f"unknown validator {name!r}; validators: {sorted(VALIDATORS)}")
+    VALIDATORS.check(name)
 
 
 def _sample(b_index: int, hw: int, k: int, seed: int = 0) -> torch.Tensor:
@@ -212,7 +209,7 @@ def score_model(
     protocol: ClassProtocol,
     validators: list[str],
     references: dict[str, nn.Module | list[torch.Tensor] | None] | None = None,
-    data_cfg=None,
+    settings: InferenceSettings | None = None,
     batch_size: int = 8,
     max_images: int = 0,
     pixels_per_image: int = 64,
@@ -228,12 +225,12 @@ def score_model(
         references: ``{"previous": ..., "source": ...}`` for the validators that compare: a model, or its
             argmax predictions per batch as returned with ``keep_predictions`` (so a sequence of
             checkpoints is run once each).
-        data_cfg: the run's :class:`~sfseg.adapt.config.DataConfig` (input size, resizing, upsampling).
+        settings: how the models are run (input size, resizing, upsampling: the run's inference).
         max_images: evenly spaced images of the split to use (0 = all).
         keep_predictions: also return this model's argmax predictions per batch (uint8, on the host).
     """
     references = references or {}
-    vals = [VALIDATORS[n](protocol.num_classes) for n in validators]
+    vals = [VALIDATORS.get(n)(protocol.num_classes) for n in validators]
     needed = {v.reference for v in vals if v.reference}
     indices = list(range(len(dataset)))
     if max_images and max_images < len(indices):
@@ -241,9 +238,7 @@ def score_model(
     sub = _Subset(dataset, indices)
 
     def inference(m: nn.Module) -> Inference:
-        if data_cfg is None:
-            return Inference(m, normalization)
-        return Inference.from_config(m, normalization, data_cfg)
+        return Inference.from_settings(m, normalization, settings or InferenceSettings())
 
     inf = inference(model)
     ref_models = {k: m for k, m in references.items() if isinstance(m, nn.Module) and k in needed}
@@ -261,7 +256,7 @@ def score_model(
             x = inf.network_input(batch["image"])
             with inf.autocast():
                 if any(v.needs_features for v in vals):
-                    raw, feats = model.forward_with_features(x)
+                    raw, feats = model.forward_with_features(x)  # the model contract's features
                 else:
                     raw, feats = model(x), None
             logits = inf.label_logits(raw, size)
@@ -296,195 +291,3 @@ class _Subset(Dataset):
 
     def image(self, i: int) -> torch.Tensor:
         return self.base.image(self.indices[i])
-
-
-def run_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """(round, path) of a run directory's models: the run's starting checkpoint as round -1, then every
-    ``round_<r>.pt``."""
-    from sfseg.adapt.config import AdaptConfig
-    from sfseg.config import load_config
-    from sfseg.engine.rundir import RunDir
-
-    run = RunDir(run_dir)
-    cfg = load_config(AdaptConfig, run.config)
-    start = Path(cfg.checkpoint)
-    if cfg.init_from:
-        start = run.stage(cfg.init_from.rsplit("/", 1)[-1]).final
-    return [(-1, start), *run.round_checkpoints()]
-
-
-def score_run(
-    run_dir: str | Path,
-    validators: list[str],
-    max_images: int = 100,
-    progress: bool = False,
-    log: Callable[[str], None] | None = None,
-) -> list[dict]:
-    """Score every checkpoint of a finished run (its starting model and every round) on its target train
-    split, without reading labels. Returns one record per checkpoint (with the run's logged target-val
-    mIoU for it, where the run scored one, for studies of the validators)."""
-    from sfseg.adapt.config import AdaptConfig
-    from sfseg.config import load_config
-    from sfseg.data.registry import build_dataset, dataset_protocol
-    from sfseg.models import load_checkpoint
-
-    run_dir = Path(run_dir)
-    cfg = load_config(AdaptConfig, run_dir / "config.yaml")
-    protocol = dataset_protocol(cfg.data.dataset, cfg.data.protocol)
-    data = build_dataset(cfg.data.dataset, cfg.data.root, cfg.data.train_split, protocol.name, labels=False)
-    ckpts = run_checkpoints(run_dir)
-    miou = _logged_miou(run_dir)
-    source = load_checkpoint(ckpts[0][1], family=cfg.checkpoint_family, classes=protocol.name)
-    out = []
-    source_preds = previous_preds = None
-    for r, path in ckpts:
-        ck = source if r == -1 else load_checkpoint(path)
-        # Each checkpoint runs once: the source model's and the previous round's predictions are kept.
-        scores, preds = score_model(
-            ck.build(),
-            ck.normalization,
-            data,
-            protocol,
-            validators,
-            {"previous": previous_preds, "source": source_preds},
-            cfg.data,
-            batch_size=cfg.runtime.eval_batch_size,
-            max_images=max_images,
-            progress=progress,
-            keep_predictions=True,
-        )
-        if r == -1:
-            source_preds = preds
-            if "share_stability" in scores:
-                scores["share_stability"] = 0.0  # the source model against itself
-        out.append(
-            {
-                "run": str(run_dir),
-                "method": cfg.name,
-                "seed": cfg.seed,
-                "round": r,
-                "checkpoint": str(path),
-                "scores": scores,
-                "target_val_miou": miou.get(r),
-            }  # fmt: skip
-        )
-        if log:
-            log(f"{run_dir} round {r}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-        previous_preds = preds
-    return out
-
-
-def _logged_miou(run_dir: Path) -> dict[int, float]:
-    """The target-val mIoU the run logged after each round (round -1: its starting model)."""
-    out = {}
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return out
-    for line in path.read_text().splitlines():
-        r = json.loads(line)
-        if r.get("phase") == "source_model":
-            out[-1] = r["miou"]
-        elif r.get("phase") == "round":
-            out[r["round"]] = r["miou"]
-    return out
-
-
-def ranked_table(records: list[dict], validator: str) -> str:
-    """Checkpoints ranked by one validator (best first), as markdown."""
-    rows = sorted(records, key=lambda r: -_finite(r["scores"][validator]))
-    lines = [f"| rank | {validator} | run | round |", "|---:|---:|---|---:|"]
-    for i, r in enumerate(rows):
-        lines.append(f"| {i + 1} | {r['scores'][validator]:.4f} | {r['run']} | {r['round']} |")
-    return "\n".join(lines)
-
-
-def _finite(x: float) -> float:
-    return x if math.isfinite(x) else -math.inf
-
-
-def validator_study(records: list[dict], validators: list[str]) -> dict:
-    """How well each validator tracks target-val mIoU, from checkpoint records with a logged mIoU.
-
-    For each validator: Spearman and Kendall rank correlation with mIoU over all checkpoints and within
-    each method (pooled over its seeds and worlds; the mean over methods is reported), and the mIoU lost
-    by taking, in each run, the checkpoint the validator prefers instead of the best one, next to the
-    loss of always taking the last round.
-    """
-    from scipy.stats import kendalltau, spearmanr
-
-    def corr(fn, a, b) -> float:
-        # Undefined (NaN) for fewer than 3 points or a constant input.
-        if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
-            return float("nan")
-        return float(fn(a, b).statistic)
-
-    def mean(v: list[float]) -> float:
-        v = [x for x in v if math.isfinite(x)]
-        return float(np.mean(v)) if v else float("nan")
-
-    scored = [r for r in records if r.get("target_val_miou") is not None]
-    runs: dict[str, list[dict]] = {}
-    for r in scored:
-        runs.setdefault(r["run"], []).append(r)
-    by_method: dict[str, list[dict]] = {}
-    for r in scored:
-        by_method.setdefault(r["method"], []).append(r)
-    best = {k: max(x["target_val_miou"] for x in v) for k, v in runs.items()}
-    last_lost = [best[k] - max(v, key=lambda x: x["round"])["target_val_miou"] for k, v in runs.items()]
-    out = {
-        "checkpoints": len(scored),
-        "runs": len(runs),
-        "last_round_lost": float(np.mean(last_lost)),
-        "validators": {},
-    }
-    for name in validators:
-        pairs = [
-            (x["scores"][name], x["target_val_miou"]) for x in scored if math.isfinite(x["scores"][name])
-        ]
-        s, m = zip(*pairs) if pairs else ((), ())
-        within_s, within_k = [], []
-        for rows in by_method.values():
-            rows = [x for x in rows if math.isfinite(x["scores"][name])]
-            a = [x["scores"][name] for x in rows]
-            b = [x["target_val_miou"] for x in rows]
-            within_s.append(corr(spearmanr, a, b))
-            within_k.append(corr(kendalltau, a, b))
-        lost = []
-        for k, v in runs.items():
-            cand = [x for x in v if math.isfinite(x["scores"][name])]
-            if cand:
-                pick = max(cand, key=lambda x: x["scores"][name])
-                lost.append(best[k] - pick["target_val_miou"])
-        out["validators"][name] = {
-            "spearman_all": corr(spearmanr, list(s), list(m)),
-            "kendall_all": corr(kendalltau, list(s), list(m)),
-            "spearman_within_method": mean(within_s),
-            "kendall_within_method": mean(within_k),
-            "miou_lost_vs_best": mean(lost),
-            "miou_lost_vs_last_round": mean(lost) - out["last_round_lost"] if lost else float("nan"),
-        }
-    return out
-
-
-def study_table(study: dict) -> str:
-    """The validator study as markdown (best first by mIoU lost)."""
-    lines = [
-        f"{study['checkpoints']} checkpoints of {study['runs']} runs; always taking the last round loses "
-        f"{study['last_round_lost']:.2f} mIoU against the best checkpoint of each run.",
-        "",
-        "| validator | Spearman (all) | Kendall (all) | Spearman (within method) | Kendall (within method) "
-        "| mIoU lost vs best | vs last round |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    items = sorted(study["validators"].items(), key=lambda kv: kv[1]["miou_lost_vs_best"])
-    for name, v in items:
-        cells = [
-            f"{v['spearman_all']:.2f}",
-            f"{v['kendall_all']:.2f}",
-            f"{v['spearman_within_method']:.2f}",
-            f"{v['kendall_within_method']:.2f}",
-            f"{v['miou_lost_vs_best']:.2f}",
-            f"{v['miou_lost_vs_last_round']:+.2f}",
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from sfseg.data.classes import PROTOCOLS, ClassProtocol
-from sfseg.engine.report import has_diagnostics, per_class_table, pl_diagnostics_figure
-from sfseg.engine.rundir import RunDir
+from sfseg.engine.reporting.report import has_diagnostics, per_class_table, pl_diagnostics_figure
+from sfseg.engine.runtime.rundir import RunDir
 from sfseg.errors import RunDirError
 from sfseg.fileio import atomic_write_text
 

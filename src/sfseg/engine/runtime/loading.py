@@ -7,14 +7,17 @@ crops do not depend on the number of loader workers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from sfseg.data.transforms import AugmentConfig, apply_scale_crop, scale_crop_params
-from sfseg.engine.distributed import SINGLE, Dist
+from sfseg.data.transforms import AugmentConfig, apply_scale_crop, resize_crop, scale_crop_params
+from sfseg.engine.runtime.distributed import SINGLE, Dist
 
 
 def derived_seed(*parts: int) -> int:
@@ -78,35 +81,63 @@ def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
     return n // (batch_size * world)
 
 
-class TrainView(Dataset):
-    """The target train set as one round trains on it: each image with its pseudo-label, jointly cropped.
+class PngTargets:
+    """Per-pixel targets read from PNG files (a round's pseudo-labels), by sample index (picklable, for
+    loader workers)."""
 
-    Target labels, where the split has them, never reach training: only ``image`` is read.
+    def __init__(self, paths: list[Path]):
+        self.paths = list(paths)
+
+    def __call__(self, i: int) -> torch.Tensor:
+        with Image.open(self.paths[i]) as im:
+            return torch.from_numpy(np.asarray(im).copy())
+
+
+class LabelTargets:
+    """A labelled split's own labels as targets (source training)."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __call__(self, i: int) -> torch.Tensor:
+        return self.base.label(i)
+
+
+class TrainView(Dataset):
+    """A split as one round (or epoch) trains on it: each image with its per-pixel target, jointly augmented.
+
+    For adaptation the targets are the round's pseudo-labels (target labels, where the split has them,
+    never reach training); for source training they are the split's labels.
 
     Args:
-        base: the target train split.
-        pseudo_paths: this round's pseudo-label PNGs (dataset order), or None for methods without them.
-        augment: the crop recipe.
+        base: the split.
+        targets: index -> (H, W) target map (:class:`PngTargets`, :class:`LabelTargets`), or None for
+            methods without pseudo-labels.
+        augment: the augmentation recipe.
         seed, round_index: with the epoch and sample index, they fix each sample's crop. Items are
             addressed as ``(epoch, index)`` (one loader serves a whole round) or by index alone (``epoch``
             attribute).
-        crop_on_device: return the whole decoded image and the drawn crop (``crop`` = the parameters of
-            :func:`~sfseg.data.transforms.scale_crop_params`), for the training loop to apply on the
-            device; otherwise the crop is applied here, on the loader worker.
+        crop_on_device: for ``scale_crop``, return the whole decoded image and the drawn crop (``crop`` =
+            the parameters of :func:`~sfseg.data.transforms.scale_crop_params`), for the training loop to
+            apply on the device; otherwise every augmentation is applied here, on the loader worker.
     """
 
     def __init__(
         self,
         base: Dataset,
-        pseudo_paths,
+        targets: Callable[[int], torch.Tensor] | None,
         augment: AugmentConfig,
         seed: int,
         round_index: int,
         crop_on_device: bool = False,
     ):
-        self.base, self.pseudo_paths, self.augment = base, pseudo_paths, augment
+        self.base, self.targets, self.augment = base, targets, augment
         self.seed, self.round_index, self.epoch = seed, round_index, 0
         self.crop_on_device = crop_on_device and augment.kind == "scale_crop"
+
+    @staticmethod
+    def pngs(paths: list[Path]) -> PngTargets:
+        return PngTargets(paths)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -114,36 +145,35 @@ class TrainView(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         image = self.base.image(i)
-        pseudo = None
-        if self.pseudo_paths:
-            with Image.open(self.pseudo_paths[i]) as im:
-                pseudo = torch.from_numpy(np.asarray(im).copy())
+        target = None if self.targets is None else self.targets(i)
         item = {"index": i}
+        rng = np.random.default_rng([self.seed, self.round_index, epoch, i])
         if self.augment.kind == "scale_crop":
-            rng = np.random.default_rng([self.seed, self.round_index, epoch, i])
             params = scale_crop_params(image.shape[-2], image.shape[-1], self.augment, rng)
             if self.crop_on_device:
                 item["crop"] = torch.tensor(params)
             else:
-                image, pseudo = apply_scale_crop(image, pseudo, params, self.augment.crop)
+                image, target = apply_scale_crop(image, target, params, self.augment.crop)
+        elif self.augment.kind == "resize_crop":
+            image, target = resize_crop(image, target, self.augment, rng)
         item["image"] = image
-        if pseudo is not None:
-            item["pseudo"] = pseudo
+        if target is not None:
+            item["target"] = target
         return item
 
 
 def finish_crops(batch: dict, crop: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Images (B, 3, crop, crop) uint8 and pseudo-labels on ``device`` from a :class:`TrainView` batch,
-    applying the drawn crops on the device when the view left them to it."""
-    images, pseudo = batch["image"], batch.get("pseudo")
+    """Images (B, 3, H, W) uint8 and their targets on ``device`` from a :class:`TrainView` batch, applying
+    the drawn crops on the device when the view left them to it."""
+    images, target = batch["image"], batch.get("target")
     if "crop" not in batch:
         images = images.to(device, non_blocking=True)
-        return images, None if pseudo is None else pseudo.to(device, non_blocking=True)
-    out_i, out_p = [], []
+        return images, None if target is None else target.to(device, non_blocking=True)
+    out_i, out_t = [], []
     for j, params in enumerate(batch["crop"].tolist()):
         img = images[j].to(device, non_blocking=True)
-        lab = None if pseudo is None else pseudo[j].to(device, non_blocking=True)
+        lab = None if target is None else target[j].to(device, non_blocking=True)
         img, lab = apply_scale_crop(img, lab, params, crop)
         out_i.append(img)
-        out_p.append(lab)
-    return torch.stack(out_i), None if pseudo is None else torch.stack(out_p)
+        out_t.append(lab)
+    return torch.stack(out_i), None if target is None else torch.stack(out_t)

@@ -27,9 +27,9 @@ from tqdm import tqdm
 from sfseg import IGNORE_INDEX
 from sfseg.adapt.pseudo_labels import PseudoLabeller, confidence_scores
 from sfseg.data.classes import ClassProtocol
-from sfseg.engine import distributed
-from sfseg.engine.inference import Inference, LabelsView, batch_size_hw
-from sfseg.engine.loading import sharded_batches, sharded_loader
+from sfseg.engine.evaluation.inference import Inference, LabelsView, batch_size_hw
+from sfseg.engine.runtime import distributed
+from sfseg.engine.runtime.loading import sharded_batches, sharded_loader
 from sfseg.models.ops import argmax_classes, count_into
 
 
@@ -431,7 +431,7 @@ def class_shares(
 ) -> dict:
     """Each class's share of the model's argmax predictions on ``dataset`` (no labels read): the
     winner-takes-all signal. Runs the model in its current mode; the caller decides whether BN buffers may
-    move (see :func:`sfseg.adapt.bn.frozen_bn_buffers`)."""
+    move (see :func:`sfseg.adapt.norm.frozen_bn_buffers`)."""
     C = protocol.num_classes
     counts = torch.zeros(C, dtype=torch.int64, device=inference.device)
     for batch in tqdm(

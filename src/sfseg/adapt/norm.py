@@ -1,4 +1,11 @@
-"""BatchNorm handling during adaptation: the ``train``/``frozen`` modes and AdaBN.
+"""Normalisation layers during adaptation: BatchNorm's ``train``/``frozen`` modes and AdaBN, which need
+running statistics (BatchNorm only), and which affine parameters train (BatchNorm, LayerNorm, GroupNorm).
+
+* ``bn_mode`` acts on BatchNorm layers; LayerNorm and GroupNorm normalise each sample by itself, so a
+  network without BatchNorm (a ViT) behaves the same in both modes.
+* AdaBN re-estimates BatchNorm running statistics; it is refused, naming the architecture, for a network
+  without BatchNorm.
+* TENT's ``norm_affine`` trains the scale and shift of every normalisation layer.
 
 AdaBN: Li et al., "Revisiting Batch Normalization For Practical Domain Adaptation", ICLR-W 2017.
 """
@@ -13,9 +20,34 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
+from sfseg.errors import MethodError
+
+NORM_TYPES = (_BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
 
 def bn_layers(model: nn.Module) -> list[_BatchNorm]:
+    """The BatchNorm layers (those with running statistics): the model contract's ``batch_norm_layers()``
+    (any module, e.g. a DDP wrapper or a teacher, is searched)."""
+    if hasattr(model, "batch_norm_layers"):
+        return model.batch_norm_layers()
     return [m for m in model.modules() if isinstance(m, _BatchNorm)]
+
+
+def norm_layers(model: nn.Module) -> list[nn.Module]:
+    """Every normalisation layer (BatchNorm, LayerNorm, GroupNorm): the contract's ``norm_layers()``."""
+    if hasattr(model, "norm_layers"):
+        return model.norm_layers()
+    return [m for m in model.modules() if isinstance(m, NORM_TYPES)]
+
+
+def require_batch_norm(model: nn.Module, what: str) -> None:
+    """Refuse ``what`` (e.g. ``method.adabn``) on a network without BatchNorm layers, naming it."""
+    if not bn_layers(model):
+        arch = getattr(model, "arch", type(model).__name__)
+        raise MethodError(
+            f"{what} re-estimates BatchNorm statistics, but {arch} has no BatchNorm layers (its "
+            "normalisation layers normalise each sample by themselves); leave it out for this network"
+        )
 
 
 def freeze_bn_affine(model: nn.Module) -> None:
@@ -34,11 +66,22 @@ def train_downsample_bn_affine(model: nn.Module) -> None:
                 p.requires_grad_(True)
 
 
-def train_only_bn_affine(model: nn.Module) -> None:
-    """Freeze every parameter except BN scale and shift (TENT, Wang et al., ICLR 2021)."""
+def train_only_norm_affine(model: nn.Module) -> None:
+    """Freeze every parameter except the normalisation layers' scale and shift (TENT, Wang et al., ICLR
+    2021: BatchNorm for CNNs; LayerNorm/GroupNorm for transformers).
+
+    Raises:
+        MethodError: the network has no normalisation layer with an affine part.
+    """
+    layers = [m for m in norm_layers(model) if list(m.parameters())]
+    if not layers:
+        arch = getattr(model, "arch", type(model).__name__)
+        raise MethodError(
+            f"method.trainable: norm_affine, but {arch} has no normalisation layer with a scale"
+        )
     for p in model.parameters():
         p.requires_grad_(False)
-    for m in bn_layers(model):
+    for m in layers:
         for p in m.parameters():
             p.requires_grad_(True)
 
@@ -78,6 +121,7 @@ def adabn(
     ``all_reduce_sum`` combines the per-process averages weighted by their batch counts, which equals one
     process seeing all the batches.
     """
+    require_batch_norm(model, "AdaBN (method.adabn)")
     layers = bn_layers(model)
     saved = [m.momentum for m in layers]
     was_training = model.training

@@ -1,7 +1,9 @@
 """The one path from uint8 images to logits: resize -> normalise -> forward -> upsample.
 
 Used by pseudo-labelling, evaluation, prediction, AdaBN and the validators, so that they all see the
-network the same way. What can vary is stated by :class:`sfseg.adapt.config.DataConfig`:
+network the same way. What can vary is stated by :class:`sfseg.data.config.DataConfig` (and stored with
+every checkpoint as its :class:`~sfseg.models.checkpoint.InferenceSettings`, so ``sfseg eval`` scores a
+model the way its run did):
 
 * ``input_size`` and ``resize``: the network input is the image resized to ``input_size`` bicubically,
   either with torch on the device (default, antialiased when shrinking) or with PIL on the loader workers
@@ -22,34 +24,25 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
+from sfseg.data.config import DataConfig
 from sfseg.data.normalization import Normalization
 from sfseg.data.transforms import resize_image
+from sfseg.engine.runtime.config import RuntimeConfig, use_channels_last
 from sfseg.errors import DatasetError
+from sfseg.models.checkpoint import InferenceSettings
 from sfseg.models.ops import upsample_logits
 
 
-def use_channels_last(setting: str, device: torch.device) -> bool:
-    """``auto``: on, on CUDA and on CPUs (oneDNN's convolutions prefer NHWC: 1.4x faster training steps
-    of the ToyCity network on this project's 2-core machine, docs/BENCHMARKS.md)."""
-    return setting != "off"
-
-
-def use_amp(setting: bool | str, device: torch.device) -> bool:
-    """``auto``: bfloat16 autocast on CUDA and on CPUs with AMX tiles; else as set. (On a CPU with
-    AVX512-BF16 but no AMX, bf16 autocast measured 0.99x float32 for ToyCity training: not worth it.)"""
-    if setting == "auto":
-        return device.type == "cuda" or (device.type == "cpu" and cpu_has_amx())
-    return bool(setting)
-
-
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX bfloat16 tiles, where bfloat16 autocast speeds up convolutions ~2x."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return " amx_bf16" in flags
+def inference_settings(data: DataConfig, runtime: RuntimeConfig, device: torch.device) -> InferenceSettings:
+    """The inference of a recipe: its data pipeline, and the runtime's memory layout and precision."""
+    return InferenceSettings(
+        tuple(data.input_size),
+        data.resize,
+        data.align_corners,
+        data.upsample,
+        use_channels_last(runtime.channels_last, device),
+        bool(runtime.amp_inference),
+    )
 
 
 class InferenceView(Dataset):
@@ -129,18 +122,31 @@ class Inference:
         self.device = next(model.parameters()).device
 
     @classmethod
-    def from_config(cls, model: nn.Module, normalization: Normalization, data, runtime=None) -> Inference:
-        """From a :class:`~sfseg.adapt.config.DataConfig` (and optionally a ``RuntimeConfig``)."""
-        device = next(model.parameters()).device
+    def from_settings(
+        cls, model: nn.Module, normalization: Normalization, settings: InferenceSettings
+    ) -> Inference:
+        """The inference a checkpoint was scored with (its ``InferenceSettings``)."""
         return cls(
             model,
             normalization,
-            data.input_size,
-            data.resize,
-            data.align_corners,
-            data.upsample,
-            amp=bool(runtime and runtime.amp_inference),
-            channels_last=bool(runtime and use_channels_last(runtime.channels_last, device)),
+            settings.input_size,
+            settings.resize,
+            settings.align_corners,
+            settings.upsample,
+            amp=settings.amp,
+            channels_last=settings.channels_last,
+        )
+
+    @property
+    def settings(self) -> InferenceSettings:
+        """What this inference does, to store with the checkpoints it scores."""
+        return InferenceSettings(
+            tuple(self.input_size),
+            self.resize,
+            self.align_corners,
+            self.upsample,
+            self.channels_last,
+            self.amp,
         )
 
     def view(self, dataset: Dataset, labels: bool = False) -> InferenceView:

@@ -27,15 +27,15 @@ import torch
 
 from sfseg.data.classes import TOYCITY
 from sfseg.data.toycity import ToyCitySpec, generate, is_generated
-from sfseg.engine.bench import run_bench, source_config, train_or_reuse_source
-from sfseg.engine.recipes import config_dir
-from sfseg.engine.report import per_class_table, plot_pl_share
-from sfseg.engine.train_source import same_training
+from sfseg.engine.experiments.bench import run_bench, source_config, train_or_reuse_source
+from sfseg.engine.reporting.report import per_class_table, plot_pl_share
+from sfseg.engine.training.recipe import config_dir
+from sfseg.engine.training.source import same_training
 from sfseg.models import load_checkpoint
 
 DEMO_METHODS = ["source_only", "adabn", "naive_st", "ld", "ldbe"]
 DEMO_SPEC = ToyCitySpec(variant="small_objects", seed=0)
-SHIPPED_SOURCE = Path(__file__).resolve().parents[1] / "assets" / "demo_source.pt"
+SHIPPED_SOURCE = Path(__file__).resolve().parents[2] / "assets" / "demo_source.pt"
 
 
 def _source_model(data_root: Path, out: Path, seed: int, overrides: list[str] | None) -> tuple[Path, str]:

@@ -150,7 +150,8 @@ def pl_diagnostics_figure(round_stats: list[dict], protocol: ClassProtocol, titl
     Panels (rows: classes, columns: rounds): the pseudo-labels' share of each class against its true
     share (log2 ratio: a class being swallowed turns deep blue), their accuracy, their recall, and, where
     the method has negative learning, how often a complementary label is wrong. Built from the round
-    statistics of :func:`sfseg.engine.labelling.label_round`, which exist only where the split has labels.
+    statistics of ``sfseg.engine.training.labelling.label_round``, which exist only where the split has
+    labels.
     """
     import matplotlib
 

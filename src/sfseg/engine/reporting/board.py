@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sfseg.data.classes import ClassProtocol
-from sfseg.engine.inference import Inference
+from sfseg.engine.evaluation.inference import Inference
 from sfseg.models.ops import argmax_classes
 
 
@@ -112,12 +112,18 @@ def prediction_grid(
     was = model.training
     model.eval()
     rows = []
+    view = inference.view(dataset)  # the one input path (PIL resizing happens in the view)
     try:
         for i in indices:
-            image = dataset.image(i)
-            h, w = image.shape[-2:]
-            pred = argmax_classes(inference.logits(image[None], (h, w)))[0].cpu().numpy().astype(np.uint8)
-            cells = [image.permute(1, 2, 0).numpy()]
+            item = view[i]
+            h, w = item["size"].tolist()
+            pred = (
+                argmax_classes(inference.logits(item["image"][None], (h, w)))[0]
+                .cpu()
+                .numpy()
+                .astype(np.uint8)
+            )
+            cells = [dataset.image(i).permute(1, 2, 0).numpy()]
             if pseudo_paths:
                 cells.append(colorize(np.asarray(Image.open(pseudo_paths[i])), protocol))
             cells.append(colorize(pred, protocol))

@@ -17,17 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sfseg.adapt.bn import adabn
+from sfseg.adapt.norm import adabn
 from sfseg.data.classes import TOYCITY
 from sfseg.data.toycity import ToyCitySpec
 from sfseg.data.toycity_dataset import toycity
-from sfseg.engine.bench import ensure_world, source_config, train_or_reuse_source
-from sfseg.engine.evaluate import evaluate
-from sfseg.engine.inference import Inference
-from sfseg.engine.jobs import Job, run_jobs
-from sfseg.engine.labelling import class_shares
-from sfseg.engine.loading import sharded_loader
-from sfseg.engine.recipes import config_dir
+from sfseg.engine.evaluation.evaluate import evaluate
+from sfseg.engine.evaluation.inference import Inference
+from sfseg.engine.experiments.bench import ensure_world, source_config, train_or_reuse_source
+from sfseg.engine.experiments.jobs import Job, run_jobs
+from sfseg.engine.runtime.loading import sharded_loader
+from sfseg.engine.training.labelling import class_shares
+from sfseg.engine.training.recipe import config_dir
 from sfseg.models import load_checkpoint
 
 BIASED = {"small_objects": 3}  # variant -> minority classes that must get at most half their share

@@ -4,8 +4,8 @@ The seed changes the source model's initialisation and sampling as well as the a
 reported std covers both sources of variance (the ToyCity world itself is fixed by its generator seed).
 :func:`run_bench` does one world; :func:`run_suite` does every (variant, world) of the ToyCity suite and
 writes the cross-variant summary. Trainings run as jobs (``jobs`` at a time, see
-:mod:`sfseg.engine.jobs`); a two-stage method (LDBE) starts from the same seed's run of its first stage
-when that is in the method list.
+:mod:`sfseg.engine.experiments.jobs`); a two-stage method (LDBE) starts from the same seed's run of its
+first stage when that is in the method list.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sfseg.adapt.config import AdaptConfig
 from sfseg.config import load_config, to_dict
 from sfseg.data.classes import TOYCITY
 from sfseg.data.datasets import check_toycity_root
 from sfseg.data.toycity import ToyCitySpec, generate, is_generated
-from sfseg.engine.jobs import Job, run_jobs
-from sfseg.engine.recipes import config_dir, recipe_path
-from sfseg.engine.report import per_class_table, plot_per_class, share_table, trajectory_table
-from sfseg.engine.run import read_state, recipe_differences, run_adaptation
-from sfseg.engine.rundir import RunDir
-from sfseg.engine.train_source import SourceConfig, same_training, train_source
+from sfseg.engine.experiments.jobs import Job, run_jobs
+from sfseg.engine.reporting.report import per_class_table, plot_per_class, share_table, trajectory_table
+from sfseg.engine.runtime.rundir import RunDir
+from sfseg.engine.training.recipe import AdaptConfig, SourceConfig, config_dir, recipe_path
+from sfseg.engine.training.resume import read_state, recipe_differences
+from sfseg.engine.training.source import same_training, train_source
+from sfseg.engine.training.stages import run_adaptation
 from sfseg.models import load_checkpoint
 
 
@@ -243,7 +243,7 @@ def run_suite(
 ) -> dict:
     """Every method x seed on every (variant, world) of the ToyCity suite, then per-world reports in
     ``<out>/<variant>-w<world>/`` and the suite summary (``<out>/suite.md``, ``suite.json``)."""
-    from sfseg.engine.report import suite_tables
+    from sfseg.engine.reporting.report import suite_tables
 
     configs = config_dir(recipes)
     out = Path(out)

@@ -1,0 +1,2 @@
+"""Looking at runs: TensorBoard views, tables and figures, the HTML report. Builds on ``runtime`` and
+``evaluation``."""

@@ -1,0 +1,104 @@
+"""Exact resume: the saved state of a run, the recipe check that refuses to resume with another recipe,
+and the random generators' state."""
+
+from __future__ import annotations
+
+import ast
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sfseg.config import from_dict, to_dict
+from sfseg.engine.runtime.rundir import RunDir
+from sfseg.engine.training.recipe import AdaptConfig
+from sfseg.errors import ConfigError, ResumeError
+
+STATE_FORMAT = "sfseg-run-state-v1"
+# Keys of the recipe a resumed run may change: where and how fast it runs, not what it computes.
+RESUMABLE_CHANGES = ("runtime.device", "runtime.num_workers", "runtime.save_every", "runtime.tensorboard")
+_LEAVES = ("loss_weights", "arch_kwargs", "options")  # mappings compared as one value
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in _LEAVES:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _normalised(recipe: dict) -> dict:
+    try:
+        return to_dict(from_dict(AdaptConfig, recipe))
+    except ConfigError:
+        return recipe
+
+
+def recipe_differences(a: dict, b: dict, ignore: tuple[str, ...] = RESUMABLE_CHANGES) -> list[str]:
+    """Dotted keys whose values differ between two recipe dicts (``ignore`` excepted). Both are read
+    through the schema first, so a key a recipe written by an older sfseg lacks counts as its default."""
+    fa, fb = _flat(_normalised(a)), _flat(_normalised(b))
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k) and k not in ignore)
+
+
+def check_same_recipe(saved: dict, given: dict, out: Path) -> None:
+    """Refuse to resume ``out`` with a recipe that computes something other than the one it started with."""
+    diff = recipe_differences(saved, given)
+    if diff:
+        fs, fg = _flat(_normalised(saved)), _flat(_normalised(given))
+        shown = ", ".join(f"{k} ({fs.get(k)!r} -> {fg.get(k)!r})" for k in diff[:5])
+        raise ResumeError(
+            f"{out} holds a run of another recipe; it differs in {shown}{' ...' if len(diff) > 5 else ''}. "
+            "Resume with the run's own recipe (omit --config) or start a new run elsewhere"
+        )
+
+
+def read_state(out: Path) -> dict:
+    """The saved state of the run in ``out``; one clear error when it is missing or unreadable."""
+    path = RunDir(out).state
+    if not path.is_file():
+        raise ResumeError(
+            f"{path} not found: {out} has no resumable state (was it written by sfseg adapt, and did it "
+            "get past the source-model evaluation?)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (torch raises several types for a damaged file)
+        raise ResumeError(
+            f"{path} is truncated or corrupt ({type(e).__name__}); it cannot be resumed. Start the run "
+            "again with --overwrite"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ResumeError(f"{path} is not an sfseg run state; it cannot be resumed")
+    return state
+
+
+def resumable_state(out: Path, recipe: AdaptConfig) -> dict:
+    """The state of the run in ``out``, checked: unfinished and started with ``recipe``."""
+    state = read_state(out)
+    if state.get("phase") == "done":
+        raise ResumeError(f"the run in {out} has finished; nothing to resume (final.pt is its result)")
+    check_same_recipe(state["config"], to_dict(recipe), Path(out))
+    return state
+
+
+def rng_state() -> dict:
+    """The global generators' state (torch, NumPy, Python), as tensors and plain values."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": repr(random.getstate()),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
+    random.setstate(ast.literal_eval(state["python"]))

@@ -1,0 +1,339 @@
+"""The house rules of the architecture: a new backbone is one file plus its registration, a new method is
+added in adapt/ alone (per-step state included, resumed exactly), every consumer sees a model through the
+inference it was scored with, and no module imports from a layer above its own."""
+
+from __future__ import annotations
+
+import ast
+import json
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from sfseg.cli.main import main
+from sfseg.models import Checkpoint, load_checkpoint
+from sfseg.models.base import SegmentationModel
+from sfseg.models.checkpoint import CheckpointFormatError
+from sfseg.models.foreign import IMPORTERS, Importer
+from sfseg.models.registry import MODELS, register_model
+
+from .conftest import REPO, sfseg_cli
+
+SRC = REPO / "src" / "sfseg"
+
+
+class Throwaway(SegmentationModel):
+    """Two convolutions and a 1x1 head: the smallest network that honours the contract."""
+
+    def __init__(self, num_classes: int, width: int = 4):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.head = nn.Conv2d(width, num_classes, 1)
+
+    def forward_with_features(self, x):
+        features = self.body(x)
+        return self.head(features), features
+
+    def head_parameters(self):
+        return list(self.head.parameters())
+
+
+def _convert(sd, family, protocol, where):
+    """'Another project' stores the same weights under ``net.``."""
+    from sfseg.data.classes import TOYCITY
+    from sfseg.data.normalization import Normalization
+    from sfseg.models.registry import create_model
+
+    model = create_model("throwaway", TOYCITY.num_classes, width=4)
+    model.load_state_dict({k.removeprefix("net."): v for k, v in sd.items()})
+    return Checkpoint.of(
+        model,
+        TOYCITY.names,
+        Normalization(),
+        provenance={
+            "family": family,
+            "unused_keys": [],
+            "predicting_head": "head",
+            "filled_num_batches_tracked": 0,
+        },
+    )
+
+
+@pytest.fixture
+def throwaway():
+    """A backbone registered by the test itself (its entry function, hooks and an importer), removed after."""
+
+    def throwaway(num_classes: int, width: int = 4) -> nn.Module:
+        return Throwaway(num_classes, width)
+
+    register_model(throwaway, classes_key="head.weight", signature_keys=("body.0.weight", "head.weight"))
+    IMPORTERS.add(
+        "throwaway_project",
+        Importer(
+            families={"throwaway_project": "the throwaway project's files"},
+            detect=lambda sd: "throwaway_project" if "net.head.weight" in sd else None,
+            convert=_convert,
+        ),
+    )
+    yield
+    MODELS.remove("throwaway")
+    IMPORTERS.remove("throwaway_project")
+
+
+def test_a_new_backbone_is_one_registration(throwaway, tiny_toycity, tmp_path, capsys):
+    src, run = tmp_path / "src.pt", tmp_path / "ld"
+    assert (
+        main(
+            [
+                "train-source",
+                "--config",
+                "configs/toycity/source.yaml",
+                f"data.root={tiny_toycity}",
+                f"out={src}",
+                "arch=throwaway",
+                "arch_kwargs={width: 4}",
+                "epochs=2",
+            ]
+        )
+        == 0
+    )
+    assert load_checkpoint(src).arch == "throwaway"
+    assert (
+        main(
+            [
+                "adapt",
+                "--config",
+                "configs/toycity/ld.yaml",
+                f"data.root={tiny_toycity}",
+                f"checkpoint={src}",
+                f"out={run}",
+                "rounds=1",
+                "epochs_per_round=1",
+                "batch_size=4",
+                "select.validator=snd",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    js = tmp_path / "eval.json"
+    assert (
+        main(["eval", "--checkpoint", str(run / "final.pt"), "--data", str(tiny_toycity), "--json", str(js)])
+        == 0
+    )
+    assert json.loads(js.read_text())["miou"] == pytest.approx(summary["final"]["miou"], abs=1e-6)
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(run / "final.pt"),
+                "--data",
+                str(tiny_toycity),
+                "--out",
+                str(tmp_path / "pred"),
+                "--format",
+                "trainid",
+            ]
+        )
+        == 0
+    )
+    assert len(list((tmp_path / "pred").rglob("*.png"))) == 4
+    assert main(["select", str(run), "--all"]) == 0  # SND reads the contract's features
+    # Import: the registered importer converts the other project's file; a bare state dict is explained.
+    sd = load_checkpoint(src).state_dict
+    torch.save({f"net.{k}": v for k, v in sd.items()}, tmp_path / "theirs.pth")
+    assert main(["import-checkpoint", str(tmp_path / "theirs.pth"), str(tmp_path / "ours.pt")]) == 0
+    assert load_checkpoint(tmp_path / "ours.pt").arch == "throwaway"
+    torch.save(sd, tmp_path / "bare.pth")
+    with pytest.raises(CheckpointFormatError, match="bare state dict of sfseg's throwaway"):
+        from sfseg.models.foreign import import_checkpoint
+
+        import_checkpoint(tmp_path / "bare.pth")
+
+
+def test_the_contract_is_enforced(tmp_path):
+    from sfseg.models.registry import create_model
+
+    @register_model
+    def not_a_segmentation_model(num_classes: int) -> nn.Module:
+        return nn.Conv2d(3, num_classes, 1)
+
+    try:
+        with pytest.raises(TypeError, match="SegmentationModel"):
+            create_model("not_a_segmentation_model", 3)
+    finally:
+        MODELS.remove("not_a_segmentation_model")
+
+
+PLUGIN = '''
+"""A method with per-step state, added beside the built-in ones: LD that also keeps the running mean of
+its positive loss (reported as a loss part, so a resume that lost the state shows in the metrics)."""
+from sfseg.adapt.method import METHODS, SelfTraining
+
+
+@METHODS.register("running_mean_ld")
+class RunningMeanLD(SelfTraining):
+    def __init__(self, cfg, num_classes, rounds):
+        super().__init__(cfg, num_classes, rounds)
+        self.mean, self.count = 0.0, 0
+
+    def loss(self, forward, x, pseudo, generator, step):
+        loss, values = super().loss(forward, x, pseudo, generator, step)
+        self.count += 1
+        self.mean += (values["positive"] - self.mean) / self.count
+        return loss, {**values, "running_mean": self.mean}
+
+    def state_dict(self):
+        return {**super().state_dict(), "mean": self.mean, "count": self.count}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.mean, self.count = float(state["mean"]), int(state["count"])
+'''
+
+
+@pytest.mark.slow
+def test_a_new_method_with_per_step_state_resumes_exactly(tiny_toycity, tiny_source, tmp_path):
+    (tmp_path / "my_methods.py").write_text(textwrap.dedent(PLUGIN))
+    env = {"SFSEG_PLUGINS": "my_methods", "PYTHONPATH": str(tmp_path)}
+
+    def args(out):
+        recipe = [
+            "--config",
+            "configs/toycity/ld.yaml",
+            f"data.root={tiny_toycity}",
+            f"checkpoint={tiny_source}",
+        ]
+        schedule = ["rounds=2", "epochs_per_round=2", "batch_size=2", "save_every=3", "amp=false"]
+        return ["adapt", *recipe, f"out={out}", "name=rmld", "method.kind=running_mean_ld", *schedule]
+
+    ref = sfseg_cli(*args(tmp_path / "ref"), env=env)
+    assert ref.returncode == 0, ref.stderr
+    killed = sfseg_cli(*args(tmp_path / "run"), env={**env, "SFSEG_FAULT_KILL": "rmld:step:5"})
+    assert killed.returncode == -signal.SIGKILL
+    resumed = sfseg_cli("adapt", "--resume", str(tmp_path / "run"), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+
+    def trains(run):
+        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in records if r["phase"] == "train"]
+
+    got, want = trains(tmp_path / "run"), trains(tmp_path / "ref")
+    assert [r["loss_running_mean"] for r in got] == [r["loss_running_mean"] for r in want]
+    a, b = load_checkpoint(tmp_path / "run" / "final.pt"), load_checkpoint(tmp_path / "ref" / "final.pt")
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    # Without the plugin the recipe names a method this installation does not have: one clear error.
+    res = sfseg_cli(*args(tmp_path / "x"))
+    assert res.returncode == 2 and "unknown method 'running_mean_ld'" in res.stderr
+
+
+@pytest.mark.slow
+def test_eval_of_a_refcode_run_reproduces_its_reported_score(tmp_path):
+    """sfseg eval of final.pt uses the inference the run used (PIL resizing, align_corners, two-step
+    upsampling, its input size and memory layout), with no pipeline flags."""
+    from sfseg.data.classes import CITYSCAPES19
+    from sfseg.data.fake_trees import write_cityscapes
+    from sfseg.data.normalization import Normalization
+    from sfseg.models.registry import create_model
+
+    write_cityscapes(tmp_path / "cs", per_split=3, size=(128, 64))
+    torch.manual_seed(0)
+    Checkpoint.of(create_model("deeplab_small", 19, width=8), CITYSCAPES19.names, Normalization()).save(
+        tmp_path / "src.pt"
+    )
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "adapt",
+                "--config",
+                "configs/gta5_to_cityscapes/ld_refcode.yaml",
+                f"data.root={tmp_path / 'cs'}",
+                f"checkpoint={tmp_path / 'src.pt'}",
+                f"out={run}",
+                "input_size=[96, 48]",
+                "augment.short_side=48",
+                "augment.crop=40",
+                "num_workers=0",
+                "rounds=1",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    settings = load_checkpoint(run / "final.pt").inference
+    assert settings.resize == "pil" and settings.align_corners and settings.upsample == "two_step"
+    assert settings.input_size == (96, 48) and not settings.channels_last
+    js = tmp_path / "eval.json"
+    common = [
+        "--checkpoint",
+        str(run / "final.pt"),
+        "--dataset",
+        "cityscapes",
+        "--data",
+        str(tmp_path / "cs"),
+    ]
+    assert main(["eval", *common, "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["miou"] == pytest.approx(summary["final"]["miou"], abs=1e-6)
+    # A pipeline flag still overrides the stored inference.
+    assert main(["eval", *common, "--json", str(js), "--resize", "torch", "--upsample", "direct"]) == 0
+    assert json.loads(js.read_text())["inference"]["resize"] == "torch"
+
+
+# Layers, lowest first. A module may import from its own layer and the ones below, never from above.
+LAYERS = [
+    {"sfseg", "sfseg.errors", "sfseg.config", "sfseg.registry", "sfseg.fileio", "sfseg.plugins"},
+    {"sfseg.data"},
+    {"sfseg.models"},
+    {"sfseg.adapt"},
+    {"sfseg.engine.runtime"},
+    {"sfseg.engine.evaluation"},
+    {"sfseg.engine.reporting"},
+    {"sfseg.engine.training"},
+    {"sfseg.engine.experiments"},
+    {"sfseg.cli"},
+]
+
+
+def _layer(module: str) -> int:
+    """The layer of a module: the one of its longest matching package."""
+    return max(
+        (len(n), i)
+        for i, names in enumerate(LAYERS)
+        for n in names
+        if module == n or module.startswith(n + ".")
+    )[1]
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text())
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sfseg"):
+            out.append((node.lineno, node.module))
+        elif isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names if a.name.startswith("sfseg")]
+    return out
+
+
+def test_no_import_runs_up_a_layer():
+    wrong = []
+    for path in sorted(SRC.rglob("*.py")):
+        module = "sfseg." + ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+        if module == "sfseg.__init__":
+            continue
+        own = _layer(module)
+        for line, imported in _imports(path):
+            if imported == "sfseg":
+                continue
+            # sfseg.models' registries load their built-ins lazily by importing the package: not upward.
+            if _layer(imported) > own and not (
+                imported == "sfseg.models" and module.startswith("sfseg.models")
+            ):
+                wrong.append(f"{module} (line {line}) imports {imported}")
+    assert not wrong, "\n".join(wrong)
