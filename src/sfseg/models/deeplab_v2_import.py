@@ -30,12 +30,12 @@ from dataclasses import dataclass
 
 import torch
 
-from sfseg.data.classes import PROTOCOLS, ClassProtocol
+from sfseg.data.classes import ClassProtocol
 from sfseg.data.normalization import CAFFE_BGR, IMAGENET, Normalization
 from sfseg.errors import CheckpointError
 from sfseg.models.checkpoint import Checkpoint, CheckpointFormatError
 from sfseg.models.deeplab_v2 import DeepLabV2
-from sfseg.models.foreign import IMPORTERS, Importer
+from sfseg.models.foreign import IMPORTERS, Importer, class_names_for
 
 ARCH = "deeplabv2_r101"
 CRST_BGR = Normalization("BGR", 1.0, (0.406, 0.456, 0.485), (0.225, 0.224, 0.229))
@@ -81,7 +81,7 @@ def detect_family(sd: dict[str, torch.Tensor]) -> str | tuple[str, ...] | None:
         )
     if any(k.startswith("Scale.") for k in keys):
         return "deeplab_caffe_init"
-    if any(k.startswith("backbone.") for k in keys) and any(k.startswith("classifier.") for k in keys):
+    if "backbone.conv1.weight" in keys and any(k.startswith("classifier.conv2d_list.") for k in keys):
         return "tllib"
     l5, l6 = _head_in(sd, "layer5"), _head_in(sd, "layer6")
     if "fc.weight" in keys and l5 is None:
@@ -120,21 +120,6 @@ def convert(sd: dict[str, torch.Tensor], family: Family) -> tuple[dict[str, torc
     return out, unused
 
 
-def _class_names(num_classes: int, protocol: ClassProtocol | None, where: str) -> list[str]:
-    if protocol is not None:
-        if protocol.num_classes != num_classes:
-            raise CheckpointError(
-                f"{where}: the checkpoint predicts {num_classes} classes but protocol {protocol.name} has "
-                f"{protocol.num_classes}; choose the matching protocol (e.g. --protocol synthia16 for 16 "
-                "classes, cityscapes19 for 19)"
-            )
-        return list(protocol.names)
-    matches = [p for p in PROTOCOLS.values() if p.num_classes == num_classes]
-    if len(matches) != 1:
-        raise CheckpointError(f"{where}: {num_classes} output classes; say which protocol (classes=...)")
-    return list(matches[0].names)
-
-
 def import_family(
     sd: dict[str, torch.Tensor], family: str, protocol: ClassProtocol | None, where: str
 ) -> Checkpoint:
@@ -154,7 +139,7 @@ def import_family(
         )
     else:
         num_classes = protocol.num_classes
-    class_names = _class_names(num_classes, protocol, where)
+    class_names = class_names_for(num_classes, protocol, where)
     model = DeepLabV2(num_classes, backbone=fam.backbone, branches=fam.branches)
     reference = model.state_dict()
     filled = 0

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
-from sfseg.data.classes import ClassProtocol
+from sfseg.data.classes import PROTOCOLS, ClassProtocol
+from sfseg.data.normalization import Normalization
 from sfseg.errors import CheckpointError
 from sfseg.models.checkpoint import Checkpoint, CheckpointFormatError, check_finite, read_tensors
-from sfseg.models.registry import MODELS, model_hooks
+from sfseg.models.registry import MODELS, create_model, model_hooks
 from sfseg.registry import Registry
 
 
@@ -80,6 +81,83 @@ def _bare_sfseg_state_dict(sd: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def class_names_for(num_classes: int, protocol: ClassProtocol | None, where: str) -> list[str]:
+    """The class names of a head with ``num_classes`` outputs: the protocol's (checked), or the one protocol
+    of that size."""
+    if protocol is not None:
+        if protocol.num_classes != num_classes:
+            raise CheckpointError(
+                f"{where}: the checkpoint predicts {num_classes} classes but protocol {protocol.name} has "
+                f"{protocol.num_classes}; choose the matching protocol (e.g. --protocol synthia16 for 16 "
+                "classes, cityscapes19 for 19)"
+            )
+        return list(protocol.names)
+    matches = [p for p in PROTOCOLS.values() if p.num_classes == num_classes]
+    if len(matches) != 1:
+        raise CheckpointError(f"{where}: {num_classes} output classes; say which protocol (classes=...)")
+    return list(matches[0].names)
+
+
+def load_converted(
+    arch: str,
+    arch_kwargs: dict,
+    weights: dict[str, torch.Tensor],
+    class_names: list[str],
+    normalization: Normalization,
+    where: str,
+    family: str,
+    description: str,
+    unused: list[str],
+    new_head: str = "",
+) -> Checkpoint:
+    """Build ``arch`` and load converted ``weights`` into it strictly: every parameter must come from the
+    file, except BatchNorm counters (filled with zeros) and, for files without a head, the parameters under
+    ``new_head`` (kept at their initialisation). Keys that do not belong to the network join ``unused``.
+
+    Returns:
+        the checkpoint, its provenance naming the family and listing every unused key.
+    """
+    model = create_model(arch, len(class_names), **arch_kwargs)
+    reference = model.state_dict()
+    weights = dict(weights)
+    filled = 0
+    for k, v in reference.items():
+        if k in weights:
+            continue
+        if k.endswith("num_batches_tracked"):
+            weights[k], filled = torch.zeros_like(v), filled + 1
+        elif new_head and k.startswith(new_head):
+            weights[k] = v
+    missing = sorted(set(reference) - set(weights))
+    if missing:
+        raise CheckpointFormatError(
+            f"{where}: read as {description}, but {len(missing)} keys of {arch} {arch_kwargs} are missing, "
+            f"e.g. {missing[:8]}"
+        )
+    unused = sorted(set(unused) | {k for k in weights if k not in reference})
+    weights = {k: v for k, v in weights.items() if k in reference}
+    bad = [k for k, v in weights.items() if v.shape != reference[k].shape]
+    if bad:
+        raise CheckpointFormatError(
+            f"{where}: shape mismatch for {bad[:8]}, e.g. {bad[0]} {tuple(weights[bad[0]].shape)} vs "
+            f"{tuple(reference[bad[0]].shape)}"
+        )
+    model.load_state_dict(weights, strict=True)
+    return Checkpoint.of(
+        model,
+        class_names,
+        normalization,
+        provenance={
+            "stage": "import",
+            "imported_from": where,
+            "family": family,
+            "predicting_head": "new (initialised)" if new_head else "imported",
+            "unused_keys": unused,
+            "filled_num_batches_tracked": filled,
+        },
+    )
+
+
 def import_state_dict(
     sd: dict[str, torch.Tensor],
     family: str = "",
@@ -96,14 +174,6 @@ def import_state_dict(
         where: a name for messages (the file).
     """
     sd = clean_state_dict(sd)
-    arch = _bare_sfseg_state_dict(sd)
-    if arch is not None:
-        raise CheckpointFormatError(
-            f"{where}: a bare state dict of sfseg's {arch} (torch.save(model.state_dict())): it has no "
-            "metadata (architecture options, classes, normalisation). Save models with "
-            "sfseg.models.Checkpoint.of(...).save(path), or use the checkpoint the run wrote (final.pt, "
-            "round_<r>.pt)"
-        )
     if family:
         owner = next((imp for _, imp in IMPORTERS.items() if family in imp.families), None)
         if owner is None:
@@ -122,6 +192,14 @@ def import_state_dict(
                 f"{where}: keys and shapes match several families {list(found)} {why}".rstrip()
             )
         return imp.convert(sd, found, protocol, where)
+    arch = _bare_sfseg_state_dict(sd)
+    if arch is not None:
+        raise CheckpointFormatError(
+            f"{where}: a bare state dict of sfseg's {arch} (torch.save(model.state_dict())): it has no "
+            "metadata (architecture options, classes, normalisation). Save models with "
+            "sfseg.models.Checkpoint.of(...).save(path), or use the checkpoint the run wrote (final.pt, "
+            "round_<r>.pt)"
+        )
     shown = sorted(sd)
     raise CheckpointFormatError(
         f"{where}: unknown checkpoint format ({len(shown)} keys); keys seen: {shown[:12]} ... {shown[-8:]}. "

@@ -105,6 +105,30 @@ def same_training(provenance: dict, cfg: SourceConfig) -> bool:
     return theirs == mine and provenance.get("data_spec") == data_spec(cfg.data.root, domain)
 
 
+def init_model(init: Checkpoint, cfg: SourceConfig) -> torch.nn.Module:
+    """The network trained from an initialisation: the init's own, or, when the recipe names the same
+    architecture with options of its own (``arch_kwargs``: LoRA on an imported DINOv2, another head depth),
+    that network with every weight of the init that fits. Parameters the init cannot have (LoRA's, a new
+    head's) keep their initialisation; a backbone weight that does not fit is an error."""
+    if cfg.arch != init.arch or not cfg.arch_kwargs:
+        return init.build()
+    kwargs = {**init.arch_kwargs, **cfg.arch_kwargs}
+    model = create_model(init.arch, init.num_classes, **kwargs)
+    reference = model.state_dict()
+    new_head = str(init.provenance.get("predicting_head", "")).startswith("new")
+    weights, skipped = {}, []
+    for k, v in init.state_dict.items():
+        if k in reference and reference[k].shape == v.shape:
+            weights[k] = v
+        elif new_head and k.startswith("decode_head."):
+            skipped.append(k)
+        else:
+            where = init.provenance.get("path", cfg.init)
+            raise ConfigError(f"{where}: {k} does not fit {init.arch} with arch_kwargs {kwargs}")
+    model.load_state_dict(weights, strict=False)
+    return model
+
+
 def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | None = None) -> dict:
     """Train, evaluate on the val split (if any), save the checkpoint; return its summary."""
     d, device = distributed.init(cfg.runtime.device)
@@ -133,7 +157,7 @@ def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | Non
     if cfg.init:
         init = load_checkpoint(cfg.init, family=cfg.init_family, classes=protocol.name)
         init.check_classes(protocol.names, data.root)
-        model, norm = init.build(), init.normalization
+        model, norm = init_model(init, cfg), init.normalization
     else:
         model, norm = create_model(cfg.arch, protocol.num_classes, **cfg.arch_kwargs), TOYCITY_NORMALIZATION
     model.to(device)
