@@ -70,6 +70,27 @@ def test_entropy_unselected_closed_form():
     assert L.entropy_unselected(probs, labels).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_balanced_reference_code_term_weights_pixels_by_inverse_image_share():
+    # Image 0: 3 pixels predicted as class 0, 1 as class 1; image 1: all 4 as class 1.
+    p0 = [[0.7, 0.3], [0.6, 0.4], [0.8, 0.2], [0.1, 0.9]]
+    p1 = [[0.4, 0.6], [0.3, 0.7], [0.45, 0.55], [0.2, 0.8]]
+    probs = torch.tensor([p0, p1]).permute(0, 2, 1).reshape(2, 2, 2, 2)
+
+    def term(p):
+        lse = math.log(sum(math.exp(q) for q in p))
+        return -sum(q * (q - lse) for q in p)
+
+    power = 0.5
+    weights = [(4 / 3) ** power] * 3 + [4**power] + [1.0] * 4
+    expected = sum(w * term(p) for w, p in zip(weights, p0 + p1)) / 8
+    assert L.image_class_weights(probs, power).flatten().tolist() == pytest.approx(weights)
+    assert L.balanced_reference_code_entropy(probs, power).item() == pytest.approx(expected, rel=1e-6)
+    # power 0 is the released term itself
+    assert L.balanced_reference_code_entropy(probs, 0.0).item() == pytest.approx(
+        L.reference_code_entropy(probs).item(), rel=1e-6
+    )
+
+
 def test_reference_code_term_is_log_softmax_of_probabilities():
     probs = torch.tensor([[0.7, 0.3]]).T.reshape(1, 2, 1, 1)
     lse = math.log(math.exp(0.7) + math.exp(0.3))

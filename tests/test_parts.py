@@ -40,6 +40,7 @@ def test_total_loss_is_the_weighted_sum_of_the_parts():
         "negative": L.negative_loss(probs, L.complementary_labels(probs, rank)),
         "entropy_unselected": L.entropy_unselected(probs, pseudo),
         "reference_code": L.reference_code_entropy(probs),
+        "reference_code_balanced": L.balanced_reference_code_entropy(probs, 0.2),
         "entropy": L.entropy_loss(probs),
         "max_squares": L.max_squares_loss(probs),
         "diversity": L.diversity_loss(probs),

@@ -105,6 +105,8 @@ class MethodConfig:
         loss_weights: weight per loss part (default 1).
         negative_width: ``w`` of the complementary rank range ``k in floor(C/2) +- w`` (1-based: the k-th
             most probable class).
+        balance_power: exponent of the image-wise class weights of ``reference_code_balanced``
+            (``(N / N_c) ** power``; 0.2 as in the max-squares paper; 0 = unweighted).
         teacher: the EMA teacher (BE stage).
         mixing: ``none`` or a registered mixing (``sfseg.adapt.mixing.MIXINGS``): ``classmix`` pastes
             half the classes of each image onto the next (labels from the teacher, else from the
@@ -124,6 +126,7 @@ class MethodConfig:
     losses: list[str] = field(default_factory=lambda: ["positive", "negative", "entropy_unselected"])
     loss_weights: dict[str, float] = field(default_factory=dict)
     negative_width: int = 3
+    balance_power: float = 0.2
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     mixing: str = "none"
     collapse_warning: float = 0.25
@@ -147,6 +150,7 @@ class MethodConfig:
         for name in self.losses:
             LOSS_PARTS.validate(name, "losses")
         in_range(self.negative_width, 0, 64, "negative_width")
+        in_range(self.balance_power, 0.0, 1.0, "balance_power")
         require(
             0 <= self.collapse_warning < 1,
             "collapse_warning",

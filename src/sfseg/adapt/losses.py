@@ -97,6 +97,35 @@ def reference_code_entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * F.log_softmax(probs, dim=1)).sum(1).mean()
 
 
+def image_class_weights(probs: torch.Tensor, power: float) -> torch.Tensor:
+    """Image-wise class-balancing weights of the max-squares paper (Chen et al., ICCV 2019, "IW"):
+    ``(N / N_c) ** power`` for a pixel predicted as class ``c``, with ``N_c`` the number of pixels of its
+    image predicted as ``c`` and ``N`` the image's pixels. Not differentiated (counts of argmaxes).
+
+    Shape:
+        probs (B, C, H, W) -> (B, H, W).
+    """
+    b, c = probs.shape[:2]
+    pred = probs.detach().flatten(2).argmax(1)  # (B, HW)
+    counts = torch.zeros(b, c, device=probs.device).scatter_add_(
+        1, pred, torch.ones_like(pred, dtype=torch.float)
+    )
+    share = counts.gather(1, pred) / pred.shape[1]
+    return share.pow(-power).view(b, *probs.shape[2:])
+
+
+def balanced_reference_code_entropy(probs: torch.Tensor, power: float) -> torch.Tensor:
+    """The released code's term with each pixel weighted by :func:`image_class_weights`: pixels of the
+    classes an image predicts least weigh most, so the term sharpens minority regions more than the
+    majority (sfseg's LD improvement; ``power = 0`` is :func:`reference_code_entropy`).
+
+    Shape:
+        probs (B, C, H, W) -> scalar.
+    """
+    per_pixel = -(probs * F.log_softmax(probs, dim=1)).sum(1)
+    return (per_pixel * image_class_weights(probs, power)).mean()
+
+
 def entropy_loss(probs: torch.Tensor) -> torch.Tensor:
     """Mean per-pixel Shannon entropy: entropy minimisation (Vu et al., "ADVENT", CVPR 2019, its direct
     form) and TENT's objective (Wang et al., "Tent: Fully Test-Time Adaptation by Entropy Minimization",

@@ -101,6 +101,16 @@ class ReferenceCodeEntropy(LossPart):
         return L.reference_code_entropy(inputs.probs)
 
 
+class BalancedReferenceCodeEntropy(LossPart):
+    """The released code's term, each pixel weighted by ``(N / N_c) ** balance_power`` (its predicted
+    class's inverse share of the image, as max-squares' image-wise weighting): sfseg's improvement."""
+
+    name = "reference_code_balanced"
+
+    def __call__(self, inputs: StepInputs) -> torch.Tensor:
+        return L.balanced_reference_code_entropy(inputs.probs, self.cfg.balance_power)
+
+
 class Entropy(LossPart):
     """Entropy minimisation on every pixel (the TENT objective)."""
 
@@ -152,6 +162,7 @@ for _part in (
     NegativeLearning,
     EntropyUnselected,
     ReferenceCodeEntropy,
+    BalancedReferenceCodeEntropy,
     Entropy,
     MaxSquares,
     Diversity,

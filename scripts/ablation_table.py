@@ -1,0 +1,175 @@
+"""The released-code ablation's tables, from the runs of ``sfseg bench toycity`` on the development worlds.
+
+Reads ``ROOT/<world>/<recipe>/seed<s>/summary.json`` (what the bench writes) for the recipes of
+``configs/toycity/ablation/`` and prints, as Markdown:
+
+1. every recipe's target-val mIoU per world (mean ± std over seeds) and its mean rank over the worlds;
+2. the marginal effect of each released-code behaviour: switched on alone from the paper-entropy recipe
+   (``on_X - ld``) and switched off alone from the released recipe (``ld_refcode - off_X``, what the
+   behaviour contributes there), per world and on average, with the number of (world, seed) pairs where
+   the difference has the sign of the mean;
+3. for the behaviours with the largest effects, the pseudo-label diagnostics that explain them: per class,
+   the true share, the selected share, the recall and accuracy of the selected labels, the error rate of
+   the complementary labels, and the final IoU, in the last round (mean over worlds and seeds).
+
+    python scripts/ablation_table.py runs/ablation > ablation.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+# behaviour: (description, recipe with it switched on from ld, recipe with it switched off from ld_refcode)
+BEHAVIOURS = {
+    "released entropy-style term": ("-Σp·log_softmax(p) on all pixels", "on_refterm", "off_refterm_paper"),
+    "no entropy-style term": ("positive + negative only", "on_noterm", "off_refterm_none"),
+    "any-channel test": ("a pixel is selected if any class passes", "on_any", "off_any"),
+    "released rank rule": ("the released code's per-class rank", "on_rank", "off_rank"),
+    "labelling batch 1": ("per-image BN statistics when labelling", "on_bs1", "off_bs1"),
+    "downsample BN affine": ("downsample branches' BN scale/shift train", "on_dsaffine", "off_dsaffine"),
+}
+
+
+def load(root: Path) -> dict[str, dict[str, list[dict]]]:
+    """``{world: {recipe: [summary per seed]}}`` for every finished run under ``root``."""
+    runs: dict[str, dict[str, list[dict]]] = {}
+    for f in sorted(root.glob("*/*/seed*/summary.json")):
+        world, recipe = f.parts[-4], f.parts[-3]
+        runs.setdefault(world, {}).setdefault(recipe, []).append(json.loads(f.read_text()))
+    return runs
+
+
+def miou(runs: list[dict]) -> np.ndarray:
+    return np.array([r["final"]["miou"] for r in runs])
+
+
+def ranks(runs, worlds, recipes) -> dict[str, float]:
+    """Mean rank over worlds (1 = best seed-mean mIoU of ``recipes`` in a world)."""
+    out = {m: [] for m in recipes}
+    for w in worlds:
+        order = sorted(recipes, key=lambda m: -miou(runs[w][m]).mean())
+        for i, m in enumerate(order):
+            out[m].append(i + 1)
+    return {m: float(np.mean(v)) for m, v in out.items()}
+
+
+def score_table(runs, worlds, recipes) -> str:
+    rk = ranks(runs, worlds, recipes)
+    lines = [
+        "| recipe | " + " | ".join(worlds) + " | mean | mean rank |",
+        "|---|" + "---:|" * (len(worlds) + 2),
+    ]
+    for m in sorted(recipes, key=lambda m: rk[m]):
+        cells = [f"{miou(runs[w][m]).mean():.1f} ± {miou(runs[w][m]).std():.1f}" for w in worlds]
+        mean = np.mean([miou(runs[w][m]).mean() for w in worlds])
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean:.1f} | {rk[m]:.1f} |")
+    return "\n".join(lines)
+
+
+def delta(runs, worlds, a: str, b: str) -> tuple[list[float], int, int]:
+    """``a - b`` per world (seed means), and how many (world, seed) pairs agree with the mean's sign."""
+    per_world = [float(miou(runs[w][a]).mean() - miou(runs[w][b]).mean()) for w in worlds]
+    pairs = np.concatenate([miou(runs[w][a]) - miou(runs[w][b]) for w in worlds])
+    sign = np.sign(np.mean(per_world))
+    return per_world, int((np.sign(pairs) == sign).sum()), len(pairs)
+
+
+def effect_table(runs, worlds) -> tuple[str, list[tuple[float, str]]]:
+    head = "| behaviour | what | " + " | ".join(f"on: {w}" for w in worlds) + " | **on: mean** | agree | "
+    head += " | ".join(f"off: {w}" for w in worlds) + " | **off: mean** | agree |"
+    lines = [head, "|---|---|" + "---:|" * (2 * len(worlds) + 4)]
+    sizes = []
+    for name, (what, on, off) in BEHAVIOURS.items():
+        d_on, a_on, n_on = delta(runs, worlds, on, "ld")
+        d_off, a_off, n_off = delta(runs, worlds, "ld_refcode", off)
+        lines.append(
+            f"| {name} | {what} | "
+            + " | ".join(f"{x:+.1f}" for x in d_on)
+            + f" | **{np.mean(d_on):+.1f}** | {a_on}/{n_on} | "
+            + " | ".join(f"{x:+.1f}" for x in d_off)
+            + f" | **{np.mean(d_off):+.1f}** | {a_off}/{n_off} |"
+        )
+        sizes.append((abs(np.mean(d_on)) + abs(np.mean(d_off)), name))
+    return "\n".join(lines), sorted(sizes, reverse=True)
+
+
+def _class_means(runs, worlds, recipe, key, stat_round=-1) -> dict[str, float]:
+    acc: dict[str, list[float]] = {}
+    for w in worlds:
+        for r in runs[w][recipe]:
+            src = r["final"]["per_class"] if key == "iou" else r["round_stats"][stat_round].get(key) or {}
+            for c, v in src.items():
+                if v is not None:  # None: nothing selected for the class, no accuracy to average
+                    acc.setdefault(c, []).append(v if key == "iou" else 100 * v)
+    return {c: float(np.mean(v)) for c, v in acc.items()}
+
+
+def round_summary(runs, worlds, recipe) -> str:
+    keys = ("selected_fraction", "pl_accuracy", "pl_recall", "nl_error")
+    n = min(len(r["round_stats"]) for w in worlds for r in runs[w][recipe])
+    cells = []
+    for i in range(n):
+        vals = [
+            np.mean([100 * r["round_stats"][i][k] for w in worlds for r in runs[w][recipe]]) for k in keys
+        ]
+        cells.append(
+            "round {}: selected {:.1f} %, accuracy {:.1f} %, recall {:.1f} %, NL error {:.2f} %".format(
+                i + 1, *vals
+            )
+        )
+    return "; ".join(cells)
+
+
+def diagnostics_table(runs, worlds, a: str, b: str) -> str:
+    cols = [
+        ("true_share", "true share"),
+        ("pl_share", "selected share"),
+        ("pl_recall_per_class", "recall"),
+        ("pl_accuracy_per_class", "accuracy"),
+        ("nl_error_per_class", "NL error"),
+        ("iou", "final IoU"),
+    ]
+    data = {(k, m): _class_means(runs, worlds, m, k) for k, _ in cols for m in (a, b)}
+    classes = list(data[("iou", a)])
+    head = "| class | " + " | ".join(f"{t} {a} / {b}" for _, t in cols) + " |"
+    lines = [head, "|---|" + "---:|" * len(cols)]
+    for c in classes:
+        cells = []
+        for k, _ in cols:
+            x, y = data[(k, a)].get(c, float("nan")), data[(k, b)].get(c, float("nan"))
+            cells.append(f"{x:.2f} / {y:.2f}" if k != "iou" else f"{x:.1f} / {y:.1f}")
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("root", type=Path, help="the --out of the ablation's sfseg bench command")
+    ap.add_argument("--explain", type=int, default=2, help="how many of the largest effects to explain")
+    args = ap.parse_args(argv)
+    runs = load(args.root)
+    recipes = sorted(set.intersection(*(set(r) for r in runs.values())))
+    worlds = [w for w in runs if all(m in runs[w] for m in recipes)]
+    seeds = sorted({r["seed"] for w in worlds for m in recipes for r in runs[w][m]})
+    print(f"Worlds: {', '.join(worlds)}; seeds {seeds}; target-val mIoU (%), mean ± std over seeds.\n")
+    print(score_table(runs, worlds, recipes), "\n")
+    table, sizes = effect_table(runs, worlds)
+    print("Marginal effects (mIoU points): on = recipe with the behaviour switched on from `ld` minus `ld`; ")
+    print("off = `ld_refcode` minus the recipe with it switched off (the behaviour's contribution there).\n")
+    print(table, "\n")
+    for _, name in sizes[: args.explain]:
+        _, on, off = BEHAVIOURS[name]
+        for a, b in ((on, "ld"), ("ld_refcode", off)):
+            print(f"Diagnostics, {name}: `{a}` vs `{b}`, last round, mean over worlds and seeds (%)")
+            print(diagnostics_table(runs, worlds, a, b), "\n")
+            for m in (a, b):
+                print(f"- `{m}`: {round_summary(runs, worlds, m)}")
+            print()
+
+
+if __name__ == "__main__":
+    main()
