@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sfseg.data.classes import TOYCITY
+
 # behaviour: (description, recipe with it switched on from ld, recipe with it switched off from ld_refcode)
 BEHAVIOURS = {
     "released entropy-style term": ("-Σp·log_softmax(p) on all pixels", "on_refterm", "off_refterm_paper"),
@@ -47,13 +49,26 @@ def miou(runs: list[dict]) -> np.ndarray:
     return np.array([r["final"]["miou"] for r in runs])
 
 
+def std(x: np.ndarray) -> float:
+    """Sample standard deviation (0 for one seed)."""
+    return float(x.std(ddof=1)) if len(x) > 1 else 0.0
+
+
+def minority_miou(runs: list[dict]) -> float:
+    """Seed-mean IoU over ToyCity's minority classes."""
+    names = [TOYCITY.names[i] for i in TOYCITY.minority]
+    return float(np.mean([np.mean([r["final"]["per_class"][n] for n in names]) for r in runs]))
+
+
 def ranks(runs, worlds, recipes) -> dict[str, float]:
-    """Mean rank over worlds (1 = best seed-mean mIoU of ``recipes`` in a world)."""
+    """Mean rank over worlds (1 = best seed-mean mIoU of ``recipes`` in a world; ties share the mean rank)."""
     out = {m: [] for m in recipes}
     for w in worlds:
-        order = sorted(recipes, key=lambda m: -miou(runs[w][m]).mean())
-        for i, m in enumerate(order):
-            out[m].append(i + 1)
+        score = {m: round(float(miou(runs[w][m]).mean()), 6) for m in recipes}
+        for m in recipes:
+            better = sum(v > score[m] for v in score.values())
+            tied = sum(v == score[m] for v in score.values()) - 1
+            out[m].append(1 + better + tied / 2)
     return {m: float(np.mean(v)) for m, v in out.items()}
 
 
@@ -64,9 +79,24 @@ def score_table(runs, worlds, recipes) -> str:
         "|---|" + "---:|" * (len(worlds) + 2),
     ]
     for m in sorted(recipes, key=lambda m: rk[m]):
-        cells = [f"{miou(runs[w][m]).mean():.1f} ± {miou(runs[w][m]).std():.1f}" for w in worlds]
+        cells = [f"{miou(runs[w][m]).mean():.1f} ± {std(miou(runs[w][m])):.1f}" for w in worlds]
         mean = np.mean([miou(runs[w][m]).mean() for w in worlds])
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean:.1f} | {rk[m]:.1f} |")
+    return "\n".join(lines)
+
+
+def decision_table(runs, worlds, candidates) -> str:
+    """The candidates ranked among themselves: mean rank over worlds, mean and minority mIoU."""
+    rk = ranks(runs, worlds, candidates)
+    lines = [
+        "| candidate | " + " | ".join(worlds) + " | mean | minority mIoU | mean rank |",
+        "|---|" + "---:|" * (len(worlds) + 3),
+    ]
+    for m in sorted(candidates, key=lambda m: (rk[m], -np.mean([miou(runs[w][m]).mean() for w in worlds]))):
+        cells = [f"{miou(runs[w][m]).mean():.1f}" for w in worlds]
+        mean = np.mean([miou(runs[w][m]).mean() for w in worlds])
+        mino = np.mean([minority_miou(runs[w][m]) for w in worlds])
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean:.1f} | {mino:.1f} | {rk[m]:.1f} |")
     return "\n".join(lines)
 
 
@@ -149,6 +179,9 @@ def diagnostics_table(runs, worlds, a: str, b: str) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("root", type=Path, help="the --out of the ablation's sfseg bench command")
+    ap.add_argument(
+        "--candidates", nargs="+", default=[], help="recipes to rank among themselves (the decision)"
+    )
     ap.add_argument("--explain", type=int, default=2, help="how many of the largest effects to explain")
     args = ap.parse_args(argv)
     runs = load(args.root)
@@ -157,6 +190,13 @@ def main(argv=None) -> None:
     seeds = sorted({r["seed"] for w in worlds for m in recipes for r in runs[w][m]})
     print(f"Worlds: {', '.join(worlds)}; seeds {seeds}; target-val mIoU (%), mean ± std over seeds.\n")
     print(score_table(runs, worlds, recipes), "\n")
+    if args.candidates:
+        print("Decision candidates ranked among themselves (target-val mIoU, seed means):\n")
+        print(decision_table(runs, worlds, args.candidates), "\n")
+    needed = {"ld", "ld_refcode"} | {r for _, on, off in BEHAVIOURS.values() for r in (on, off)}
+    if not needed <= set(recipes):
+        print(f"(no marginal effects: {', '.join(sorted(needed - set(recipes)))} not run on every world)")
+        return
     table, sizes = effect_table(runs, worlds)
     print("Marginal effects (mIoU points): on = recipe with the behaviour switched on from `ld` minus `ld`; ")
     print("off = `ld_refcode` minus the recipe with it switched off (the behaviour's contribution there).\n")

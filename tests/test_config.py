@@ -61,3 +61,13 @@ def test_every_shipped_recipe_is_valid():
             from sfseg.engine.training.recipe import recipe_path
 
             load_config(AdaptConfig, recipe_path(cfg.init_from))  # the first stage exists
+
+
+def test_bench_matches_a_first_stage_named_by_its_path():
+    from sfseg.engine.experiments.bench import _first_stage_in
+
+    toycity = config_dir(None)
+    assert _first_stage_in("ld", ["source_only", "ld", "ldbe"], toycity) == "ld"
+    assert _first_stage_in("toycity/mit/ld", ["ld", "ldbe"], toycity / "mit") == "ld"
+    assert _first_stage_in("toycity/mit/ld", ["ld", "ldbe"], toycity) == ""  # another recipe named ld
+    assert _first_stage_in("", ["ld"], toycity) == ""

@@ -123,7 +123,7 @@ class MethodConfig:
     trainable: Literal["all", "norm_affine"] = "all"
     bn_affine: Literal["frozen", "downsample", "train"] = "frozen"
     pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
-    losses: list[str] = field(default_factory=lambda: ["positive", "negative", "entropy_unselected"])
+    losses: list[str] = field(default_factory=lambda: ["positive", "negative", "reference_code"])
     loss_weights: dict[str, float] = field(default_factory=dict)
     negative_width: int = 3
     balance_power: float = 0.2

@@ -4,7 +4,7 @@ A method is a pseudo-labeller plus a weighted list of loss parts, named in the c
 
     method:
       pseudo_labels: {kind: class_balanced}
-      losses: [positive, negative, entropy_unselected]
+      losses: [positive, negative, reference_code]
 
 Each loss part declares what it consumes (``needs_pseudo_labels``), so a composition that cannot work is
 rejected when the method is built, before any data is read. New parts register in the registry

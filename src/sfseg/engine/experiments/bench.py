@@ -107,8 +107,10 @@ def world_jobs(
     source_overrides: list[str],
     resume: bool,
     progress: bool,
+    method_overrides: dict[str, list[str]] | None = None,
 ) -> tuple[list[Job], dict[tuple[str, int], str]]:
-    """The source and adaptation jobs of one world; returns them and ``{(method, seed): job key}``."""
+    """The source and adaptation jobs of one world; returns them and ``{(method, seed): job key}``.
+    ``method_overrides`` adds overrides to some methods only (after ``overrides``)."""
     jobs, keys = [], {}
     for seed in seeds:
         scfg = source_config(world.data_root, world.source_dir, seed, configs, source_overrides)
@@ -124,11 +126,12 @@ def world_jobs(
                     f"seed={seed}",
                     f"out={world.out / m / f'seed{seed}'}",
                     *overrides,
+                    *(method_overrides or {}).get(m, []),
                 ],
             )
             after = [skey]
-            first = cfg.init_from
-            if first in methods:
+            first = _first_stage_in(cfg.init_from, methods, configs)
+            if first:
                 # A two-stage method (LDBE) starts from this seed's run of its first stage, not a rerun.
                 cfg = replace(
                     cfg, checkpoint=str(RunDir(world.out / first / f"seed{seed}").final), init_from=""
@@ -138,6 +141,15 @@ def world_jobs(
             jobs.append(Job(key, adapt_or_reuse, (cfg, progress, resume), after))
             keys[(m, seed)] = key
     return jobs, keys
+
+
+def _first_stage_in(init_from: str, methods: list[str], configs: Path) -> str:
+    """The method of ``methods`` whose recipe is the first stage ``init_from`` names (``ld``, or
+    ``toycity/mit/ld`` for a recipe of another directory), or ``""``."""
+    if not init_from:
+        return ""
+    first = recipe_path(init_from, configs).resolve()
+    return next((m for m in methods if recipe_path(m, configs).resolve() == first), "")
 
 
 def write_world_report(out: Path, runs: dict[str, list[dict]], seeds: list[int], title: str) -> dict:
@@ -175,9 +187,11 @@ def run_bench(
     source_dir: str | Path | None = None,
     resume: bool = False,
     jobs: int = 1,
+    method_overrides: dict[str, list[str]] | None = None,
 ) -> dict:
     """Run ``methods`` x ``seeds`` on one ToyCity world; write results.json, results.md and
-    per_class_iou.png to ``out``.
+    per_class_iou.png to ``out``. ``method_overrides`` (``{method: [key=value, ...]}``) changes some
+    methods only, after ``overrides``.
 
     Source models are cached as ``source_seed<s>.pt`` in ``source_dir`` (default ``out``) and reused when
     their recipe matches, so several benches can share them. Each run directory is cleared and run again,
@@ -203,6 +217,7 @@ def run_bench(
         list(source_overrides or []),
         resume,
         progress and jobs == 1,
+        method_overrides,
     )
     done = run_jobs(job_list, jobs, log=lambda s: print(s, flush=True))
     runs = {m: [done[keys[(m, s)]] for s in seeds] for m in methods}
