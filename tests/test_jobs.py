@@ -1,5 +1,12 @@
 """The job runner: dependencies, results, the critical path first, errors."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from sfseg.engine.experiments.jobs import Job, _dependents, run_jobs
@@ -36,3 +43,51 @@ def test_the_critical_path_is_counted_and_errors_surface():
         run_jobs([Job("bad", fail)], 2, log=lambda s: None)
     with pytest.raises(ValueError, match="unknown jobs"):
         run_jobs([Job("a", add, (1, 1), ["nope"])], 1)
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_workers_die_with_a_killed_bench():
+    # A bench killed with SIGKILL must not leave workers training on (and holding run locks).
+    code = (
+        "import time\n"
+        "from sfseg.engine.experiments.jobs import Job, run_jobs\n"
+        "run_jobs([Job('a', time.sleep, (120,)), Job('b', time.sleep, (120,))], workers=2)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.time() + 60
+        while len(workers := [c for c in _children(parent.pid) if _alive(c)]) < 3 and time.time() < deadline:
+            time.sleep(0.2)  # two workers and the resource tracker
+        assert len(workers) >= 2
+        time.sleep(2)  # the workers' initialiser has run
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.time() + 20
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    survivors = [w for w in workers if _alive(w)]
+    for w in survivors:
+        os.kill(w, signal.SIGKILL)
+    assert not survivors

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,8 +31,24 @@ class Job:
     after: list[str] = field(default_factory=list)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
     torch.set_num_threads(threads)
+    _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM when the process that started it dies (Linux), so that a
+    killed ``sfseg bench`` leaves no worker training on, holding its run directory's lock. A worker
+    stopped this way leaves its run resumable (``--resume``) from its last finished round."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: workers end when their parent's pipe closes
+        return
+    if os.getppid() != parent:  # the parent died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _with_threads(threads: int, fn: Callable[..., Any], *args) -> Any:
@@ -69,7 +86,7 @@ def run_jobs(jobs: list[Job], workers: int = 1, log: Callable[[str], None] = pri
     running: dict[cf.Future, str] = {}
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, os.getpid())
     ) as pool:
         while pending or running:
             ready = [j for j in pending.values() if all(a in results for a in j.after)]
