@@ -335,7 +335,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from sfseg.engine.experiments.demo import run_demo
 
-    run_demo(data_root=args.data, out=args.out, seed=args.seed, jobs=args.jobs)
+    run_demo(data_root=args.data, out=args.out, seed=args.seed, jobs=args.jobs, methods=args.methods)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -511,6 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--jobs", type=JOBS, default=None, help="runs at a time (default: 2 on a CPU, 1 on a GPU)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--seed", type=SEED, default=0)
+    d.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="ToyCity recipes to compare (default: source_only adabn naive_st ld; add ldbe for LDBE)",
+    )
     d.set_defaults(func=cmd_demo)
     return p
 

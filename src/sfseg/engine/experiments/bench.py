@@ -107,10 +107,8 @@ def world_jobs(
     source_overrides: list[str],
     resume: bool,
     progress: bool,
-    method_overrides: dict[str, list[str]] | None = None,
 ) -> tuple[list[Job], dict[tuple[str, int], str]]:
-    """The source and adaptation jobs of one world; returns them and ``{(method, seed): job key}``.
-    ``method_overrides`` adds overrides to some methods only (after ``overrides``)."""
+    """The source and adaptation jobs of one world; returns them and ``{(method, seed): job key}``."""
     jobs, keys = [], {}
     for seed in seeds:
         scfg = source_config(world.data_root, world.source_dir, seed, configs, source_overrides)
@@ -126,7 +124,6 @@ def world_jobs(
                     f"seed={seed}",
                     f"out={world.out / m / f'seed{seed}'}",
                     *overrides,
-                    *(method_overrides or {}).get(m, []),
                 ],
             )
             after = [skey]
@@ -169,7 +166,7 @@ def write_world_report(out: Path, runs: dict[str, list[dict]], seeds: list[int],
     return results
 
 
-def _check_recipes(methods: list[str], configs: Path, overrides: list[str]) -> None:
+def check_recipes(methods: list[str], configs: Path, overrides: list[str]) -> None:
     for m in methods:
         # Fail before any training if a recipe is missing or an override does not fit it.
         load_config(AdaptConfig, recipe_path(m, configs), overrides)
@@ -187,11 +184,9 @@ def run_bench(
     source_dir: str | Path | None = None,
     resume: bool = False,
     jobs: int = 1,
-    method_overrides: dict[str, list[str]] | None = None,
 ) -> dict:
     """Run ``methods`` x ``seeds`` on one ToyCity world; write results.json, results.md and
-    per_class_iou.png to ``out``. ``method_overrides`` (``{method: [key=value, ...]}``) changes some
-    methods only, after ``overrides``.
+    per_class_iou.png to ``out``.
 
     Source models are cached as ``source_seed<s>.pt`` in ``source_dir`` (default ``out``) and reused when
     their recipe matches, so several benches can share them. Each run directory is cleared and run again,
@@ -204,7 +199,7 @@ def run_bench(
     configs = config_dir(recipes)
     out = Path(out)
     overrides = list(overrides or [])
-    _check_recipes(methods, configs, overrides)
+    check_recipes(methods, configs, overrides)
     out.mkdir(parents=True, exist_ok=True)
     world = World("toycity", Path(data_root), out, Path(source_dir or out))
     t0 = time.time()
@@ -217,7 +212,6 @@ def run_bench(
         list(source_overrides or []),
         resume,
         progress and jobs == 1,
-        method_overrides,
     )
     done = run_jobs(job_list, jobs, log=lambda s: print(s, flush=True))
     runs = {m: [done[keys[(m, s)]] for s in seeds] for m in methods}
@@ -263,7 +257,7 @@ def run_suite(
     configs = config_dir(recipes)
     out = Path(out)
     overrides = list(overrides or [])
-    _check_recipes(methods, configs, overrides)
+    check_recipes(methods, configs, overrides)
     t0 = time.time()
     all_jobs, keys = [], {}
     for v in variants:
