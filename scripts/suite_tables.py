@@ -1,0 +1,80 @@
+"""Tables of a ToyCity test over several ``sfseg bench`` outputs: target-val mIoU per world with the mean
+rank over worlds (ties share their rank) and wins, then minority and majority mIoU.
+
+Reads ``ROOT/<variant>-w<world>/<method>/seed<s>/summary.json`` under every ROOT and keeps the worlds
+where every method finished (seed means when there are several seeds)::
+
+    python scripts/suite_tables.py runs/test-w2 runs/test-w0 --methods source_only adabn ld ldbe
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sfseg.data.classes import TOYCITY
+
+VARIANTS = ("materials", "small_objects", "fog")
+
+
+def load(roots: list[Path]) -> dict[str, dict[str, list[dict]]]:
+    runs: dict[str, dict[str, list[dict]]] = {}
+    for root in roots:
+        for f in sorted(root.glob("*-w*/*/seed*/summary.json")):
+            runs.setdefault(f.parts[-4], {}).setdefault(f.parts[-3], []).append(json.loads(f.read_text()))
+    return runs
+
+
+def score(runs, world: str, method: str, classes: list[str] | None = None) -> float:
+    rs = runs[world][method]
+    if classes is None:
+        return float(np.mean([r["final"]["miou"] for r in rs]))
+    return float(np.mean([np.mean([r["final"]["per_class"][c] for c in classes]) for r in rs]))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("roots", nargs="+", type=Path, help="--out folders of sfseg bench toycity")
+    ap.add_argument("--methods", nargs="+", required=True)
+    args = ap.parse_args(argv)
+    runs, methods = load(args.roots), args.methods
+    worlds = sorted(
+        (w for w in runs if all(m in runs[w] for m in methods)),
+        key=lambda w: (VARIANTS.index(w.rsplit("-w", 1)[0]), w),
+    )
+    if not worlds:
+        raise SystemExit("no world where every method finished")
+    ranks = {m: [] for m in methods}
+    wins = dict.fromkeys(methods, 0)
+    for w in worlds:
+        s = {m: round(score(runs, w, m), 6) for m in methods}
+        for m in methods:
+            tied = sum(v == s[m] for v in s.values()) - 1
+            ranks[m].append(1 + sum(v > s[m] for v in s.values()) + tied / 2)
+            wins[m] += s[m] == max(s.values())
+    print("Target-val mIoU (rank 1 = best per world; bold = best):\n")
+    print("| method | " + " | ".join(worlds) + " | mean | mean rank | wins |")
+    print("|---|" + "---:|" * (len(worlds) + 3))
+    for m in methods:
+        cells = []
+        for w in worlds:
+            x, best = score(runs, w, m), max(score(runs, w, k) for k in methods)
+            cells.append(f"**{x:.1f}**" if x == best else f"{x:.1f}")
+        mean = np.mean([score(runs, w, m) for w in worlds])
+        print(f"| {m} | " + " | ".join(cells) + f" | {mean:.1f} | {np.mean(ranks[m]):.1f} | {wins[m]} |")
+    minority = [TOYCITY.names[i] for i in TOYCITY.minority]
+    majority = [n for n in TOYCITY.names if n not in minority]
+    for classes, title in ((minority, "Minority"), (majority, "Majority")):
+        print(f"\n{title} mIoU ({', '.join(classes)}):\n")
+        print("| method | " + " | ".join(worlds) + " | mean |")
+        print("|---|" + "---:|" * (len(worlds) + 1))
+        for m in methods:
+            vals = [score(runs, w, m, classes) for w in worlds]
+            print(f"| {m} | " + " | ".join(f"{v:.1f}" for v in vals) + f" | {np.mean(vals):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
