@@ -10,21 +10,22 @@ where every method finished (seed means when there are several seeds)::
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
+from ablation_table import load, ranks  # the same reading of bench outputs, the same tied ranks
 
 from sfseg.data.classes import TOYCITY
 
 VARIANTS = ("materials", "small_objects", "fog")
 
 
-def load(roots: list[Path]) -> dict[str, dict[str, list[dict]]]:
+def load_all(roots: list[Path]) -> dict[str, dict[str, list[dict]]]:
     runs: dict[str, dict[str, list[dict]]] = {}
     for root in roots:
-        for f in sorted(root.glob("*-w*/*/seed*/summary.json")):
-            runs.setdefault(f.parts[-4], {}).setdefault(f.parts[-3], []).append(json.loads(f.read_text()))
+        for world, recipes in load(root).items():
+            for method, rs in recipes.items():
+                runs.setdefault(world, {}).setdefault(method, []).extend(rs)
     return runs
 
 
@@ -40,21 +41,17 @@ def main(argv=None) -> None:
     ap.add_argument("roots", nargs="+", type=Path, help="--out folders of sfseg bench toycity")
     ap.add_argument("--methods", nargs="+", required=True)
     args = ap.parse_args(argv)
-    runs, methods = load(args.roots), args.methods
+    runs, methods = load_all(args.roots), args.methods
     worlds = sorted(
         (w for w in runs if all(m in runs[w] for m in methods)),
         key=lambda w: (VARIANTS.index(w.rsplit("-w", 1)[0]), w),
     )
     if not worlds:
         raise SystemExit("no world where every method finished")
-    ranks = {m: [] for m in methods}
-    wins = dict.fromkeys(methods, 0)
-    for w in worlds:
-        s = {m: round(score(runs, w, m), 6) for m in methods}
-        for m in methods:
-            tied = sum(v == s[m] for v in s.values()) - 1
-            ranks[m].append(1 + sum(v > s[m] for v in s.values()) + tied / 2)
-            wins[m] += s[m] == max(s.values())
+    rank = ranks(runs, worlds, methods)
+    wins = {
+        m: sum(score(runs, w, m) == max(score(runs, w, k) for k in methods) for w in worlds) for m in methods
+    }
     print("Target-val mIoU (rank 1 = best per world; bold = best):\n")
     print("| method | " + " | ".join(worlds) + " | mean | mean rank | wins |")
     print("|---|" + "---:|" * (len(worlds) + 3))
@@ -64,7 +61,7 @@ def main(argv=None) -> None:
             x, best = score(runs, w, m), max(score(runs, w, k) for k in methods)
             cells.append(f"**{x:.1f}**" if x == best else f"{x:.1f}")
         mean = np.mean([score(runs, w, m) for w in worlds])
-        print(f"| {m} | " + " | ".join(cells) + f" | {mean:.1f} | {np.mean(ranks[m]):.1f} | {wins[m]} |")
+        print(f"| {m} | " + " | ".join(cells) + f" | {mean:.1f} | {rank[m]:.1f} | {wins[m]} |")
     minority = [TOYCITY.names[i] for i in TOYCITY.minority]
     majority = [n for n in TOYCITY.names if n not in minority]
     for classes, title in ((minority, "Minority"), (majority, "Majority")):

@@ -35,7 +35,7 @@ from sfseg.data.normalization import CAFFE_BGR, IMAGENET, Normalization
 from sfseg.errors import CheckpointError
 from sfseg.models.checkpoint import Checkpoint, CheckpointFormatError
 from sfseg.models.deeplab_v2 import DeepLabV2
-from sfseg.models.foreign import IMPORTERS, Importer, class_names_for
+from sfseg.models.foreign import IMPORTERS, Importer, class_names_for, fitting_weights
 
 ARCH = "deeplabv2_r101"
 CRST_BGR = Normalization("BGR", 1.0, (0.406, 0.456, 0.485), (0.225, 0.224, 0.229))
@@ -157,14 +157,7 @@ def import_family(
         )
     extra = sorted(set(weights) - set(reference))
     unused += extra
-    weights = {k: v for k, v in weights.items() if k in reference}
-    bad = [k for k, v in weights.items() if v.shape != reference[k].shape]
-    if bad:
-        raise CheckpointFormatError(
-            f"{where}: shape mismatch for {bad[:8]}, e.g. {bad[0]} {tuple(weights[bad[0]].shape)} vs "
-            f"{tuple(reference[bad[0]].shape)}"
-        )
-    model.load_state_dict(weights, strict=True)
+    model.load_state_dict(fitting_weights(weights, reference, where), strict=True)
     return Checkpoint(
         arch=ARCH,
         arch_kwargs={"backbone": fam.backbone, "branches": fam.branches},

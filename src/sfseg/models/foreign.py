@@ -51,6 +51,20 @@ IMPORTERS: Registry[Importer] = Registry("checkpoint importer", _builtin)
 _NESTED = ("state_dict", "model_state", "model", "ResNet101")
 
 
+def fitting_weights(
+    weights: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], where: str
+) -> dict[str, torch.Tensor]:
+    """``weights`` restricted to the keys of ``reference`` (a model's state dict), every shape checked."""
+    weights = {k: v for k, v in weights.items() if k in reference}
+    bad = [k for k, v in weights.items() if v.shape != reference[k].shape]
+    if bad:
+        raise CheckpointFormatError(
+            f"{where}: shape mismatch for {bad[:8]}, e.g. {bad[0]} {tuple(weights[bad[0]].shape)} vs "
+            f"{tuple(reference[bad[0]].shape)}"
+        )
+    return weights
+
+
 def unwrap_payload(payload, path: Path) -> dict[str, torch.Tensor]:
     """The state dict inside a checkpoint file's payload (``state_dict``, ``model_state``, ...)."""
     if isinstance(payload, dict):
@@ -135,14 +149,7 @@ def load_converted(
             f"e.g. {missing[:8]}"
         )
     unused = sorted(set(unused) | {k for k in weights if k not in reference})
-    weights = {k: v for k, v in weights.items() if k in reference}
-    bad = [k for k, v in weights.items() if v.shape != reference[k].shape]
-    if bad:
-        raise CheckpointFormatError(
-            f"{where}: shape mismatch for {bad[:8]}, e.g. {bad[0]} {tuple(weights[bad[0]].shape)} vs "
-            f"{tuple(reference[bad[0]].shape)}"
-        )
-    model.load_state_dict(weights, strict=True)
+    model.load_state_dict(fitting_weights(weights, reference, where), strict=True)
     return Checkpoint.of(
         model,
         class_names,
