@@ -1,5 +1,6 @@
 """Tables of a ToyCity test over several ``sfseg bench`` outputs: target-val mIoU per world with the mean
-rank over worlds (ties share their rank) and wins, then minority and majority mIoU.
+rank over worlds (ties share their rank) and wins, then minority and majority mIoU. With several seeds
+a cell is the seed mean ± the sample standard deviation over seeds (ranks and wins use the means).
 
 Reads ``ROOT/<variant>-w<world>/<method>/seed<s>/summary.json`` under every ROOT and keeps the worlds
 where every method finished (seed means when there are several seeds)::
@@ -13,7 +14,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from ablation_table import load, ranks  # the same reading of bench outputs, the same tied ranks
+from ablation_table import load, miou, ranks, std  # the same reading of bench outputs, the same tied ranks
 
 from sfseg.data.classes import TOYCITY
 
@@ -52,14 +53,19 @@ def main(argv=None) -> None:
     wins = {
         m: sum(score(runs, w, m) == max(score(runs, w, k) for k in methods) for w in worlds) for m in methods
     }
-    print("Target-val mIoU (rank 1 = best per world; bold = best):\n")
+    seeds = sorted({len(runs[w][m]) for w in worlds for m in methods})
+    spread = seeds != [1]
+    print(f"Target-val mIoU, {'/'.join(map(str, seeds))} training seed(s) per cell", end="")
+    print(" (mean ± std over seeds; " if spread else " (", end="")
+    print("rank 1 = best per world; bold = best):\n")
     print("| method | " + " | ".join(worlds) + " | mean | mean rank | wins |")
     print("|---|" + "---:|" * (len(worlds) + 3))
     for m in methods:
         cells = []
         for w in worlds:
             x, best = score(runs, w, m), max(score(runs, w, k) for k in methods)
-            cells.append(f"**{x:.1f}**" if x == best else f"{x:.1f}")
+            cell = f"{x:.1f} ± {std(miou(runs[w][m])):.1f}" if spread else f"{x:.1f}"
+            cells.append(f"**{cell}**" if x == best else cell)
         mean = np.mean([score(runs, w, m) for w in worlds])
         print(f"| {m} | " + " | ".join(cells) + f" | {mean:.1f} | {rank[m]:.1f} | {wins[m]} |")
     minority = [TOYCITY.names[i] for i in TOYCITY.minority]

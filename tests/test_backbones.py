@@ -51,9 +51,8 @@ def _fake(keys: dict[str, list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
 def test_every_published_format_imports_with_exactly_the_expected_ignored_keys(name, tmp_path):
     fmt = FORMATS[name]
     path = tmp_path / f"{name}.pth"
-    payload = (
-        {"state_dict": _fake(fmt["keys"])} if name.startswith(("daformer", "hrda")) else _fake(fmt["keys"])
-    )
+    nested = name.startswith(("daformer", "hrda", "segformer_mmseg"))  # files saved by mmcv's runner
+    payload = {"meta": {}, "state_dict": _fake(fmt["keys"])} if nested else _fake(fmt["keys"])
     torch.save(payload, path)
     family = fmt["family"] if fmt["family"].endswith("_ema") else ""  # detected, except the opt-in teacher
     ckpt = import_checkpoint(path, family, CITYSCAPES19)
@@ -130,6 +129,48 @@ def test_nvlabs_and_daformer_segformer_heads_give_equal_logits():
     other = import_state_dict(daf).build().eval()
     with torch.no_grad():
         torch.testing.assert_close(other.decode_head.forward_with_features(features)[0], got)
+
+
+def _bn_eval(x: torch.Tensor, head: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    return F.batch_norm(x, head[f"{name}.bn.running_mean"], head[f"{name}.bn.running_var"],
+                        head[f"{name}.bn.weight"], head[f"{name}.bn.bias"], eps=1e-5)  # fmt: skip
+
+
+def _mmseg_head_reference(head: dict[str, torch.Tensor], features: list[torch.Tensor]) -> torch.Tensor:
+    """mmsegmentation's SegformerHead written out (eval mode): per level a 1x1 conv without bias, BN and
+    ReLU, upsampled and concatenated c1..c4; the same fusion; the classifier ``conv_seg``."""
+    size = features[0].shape[-2:]
+    parts = [
+        F.interpolate(
+            _bn_eval(F.conv2d(f, head[f"convs.{i}.conv.weight"]), head, f"convs.{i}").relu(),
+            size=size,
+            mode="bilinear",
+            align_corners=False,
+        )
+        for i, f in enumerate(features)
+    ]
+    x = _bn_eval(F.conv2d(torch.cat(parts, 1), head["fusion_conv.conv.weight"]), head, "fusion_conv").relu()
+    return F.conv2d(x, head["conv_seg.weight"], head["conv_seg.bias"])
+
+
+def test_mmsegmentation_segformer_imports_with_its_head():
+    sd = _fake(FORMATS["segformer_mmseg_b0"]["keys"], seed=2)
+    ckpt = import_state_dict(dict(sd))
+    assert ckpt.arch == "segformer_mit" and ckpt.arch_kwargs["embed"] == "conv"
+    assert ckpt.arch_kwargs["aux_eps"] == 1e-6  # mmsegmentation's LayerNorms all use eps 1e-6
+    model = ckpt.build().eval()
+    head = {k[len("decode_head.") :]: v for k, v in sd.items() if k.startswith("decode_head.")}
+    with torch.no_grad():
+        features = model.backbone(torch.randn(2, 3, 64, 96))
+        got = model.decode_head.forward_with_features(features)[0]
+    torch.testing.assert_close(got, _mmseg_head_reference(head, features), rtol=1e-5, atol=1e-5)
+    # Its encoder is the mmsegmentation MiT: the same weights imported alone give the same features.
+    encoder = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+    alone = import_state_dict(encoder, protocol=CITYSCAPES19).build().eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(alone.backbone(x), model.backbone(x), strict=True):
+            torch.testing.assert_close(a, b)
 
 
 def test_fused_and_eager_attention_agree():

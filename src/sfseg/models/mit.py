@@ -316,11 +316,25 @@ class SegFormerHead(nn.Module):
     """The SegFormer all-MLP decoder: per-level linear embeddings (``linear_c``), upsampled to stride 4 and
     concatenated in the order c1..c4 (DAFormer's; NVlabs' own code concatenates c4..c1, which the importer
     turns into this order by permuting ``linear_fuse``'s input blocks), a 1x1 fusion with BN and ReLU
-    (``linear_fuse``), dropout and a 1x1 classifier (``linear_pred``)."""
+    (``linear_fuse``), dropout and a 1x1 classifier (``linear_pred``).
 
-    def __init__(self, in_dims: tuple[int, ...], num_classes: int, dim: int = 256, dropout: float = 0.1):
+    ``embed="conv"`` is mmsegmentation's version of the head (its model zoo's SegFormer files): each level
+    is embedded by a 1x1 convolution without bias, BN and ReLU instead of a linear layer."""
+
+    def __init__(
+        self,
+        in_dims: tuple[int, ...],
+        num_classes: int,
+        dim: int = 256,
+        dropout: float = 0.1,
+        embed: str = "linear",
+    ):
         super().__init__()
-        self.linear_c = nn.ModuleList(Embed(c, dim) for c in in_dims)
+        if embed not in ("linear", "conv"):
+            raise ValueError(f"SegFormer head embed must be 'linear' or 'conv', got {embed!r}")
+        self.linear_c = nn.ModuleList(
+            Embed(c, dim) if embed == "linear" else ConvBNReLU(c, dim) for c in in_dims
+        )
         self.linear_fuse = ConvBNReLU(len(in_dims) * dim, dim, 1)
         self.dropout = nn.Dropout2d(dropout)
         self.linear_pred = nn.Conv2d(dim, num_classes, 1)
@@ -379,9 +393,10 @@ def segformer_mit(
     drop_path_rate: float = 0.1,
     eps: float = 1e-6,
     aux_eps: float = 1e-5,
+    embed: str = "linear",
 ) -> SegmentationModel:
     """SegFormer: a MiT encoder with the all-MLP decoder (``head_dim`` 0: 256 for B0/B1 and tiny, 768 for
-    B2-B5, as published)."""
+    B2-B5, as published; ``embed="conv"``: mmsegmentation's head, see :class:`SegFormerHead`)."""
     dim = head_dim or (256 if variant in ("b0", "b1", "tiny") else 768)
     backbone = MixVisionTransformer(variant, drop_path_rate, eps, aux_eps)
-    return MiTSegmentor(backbone, SegFormerHead(_variant(variant).dims, num_classes, dim))
+    return MiTSegmentor(backbone, SegFormerHead(_variant(variant).dims, num_classes, dim, embed=embed))

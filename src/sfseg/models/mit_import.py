@@ -21,6 +21,10 @@ family                   what it is, and its keys                               
                                                                                         new head
 ``mit_mmseg``            mmsegmentation's MiT (``layers.{s}.1.{j}.attn.attn.in_proj_       ``daformer_mit``,
                          weight``; 1x1-convolution MLPs, LayerNorm eps 1e-6)            new head
+``segformer_mmseg``      mmsegmentation's SegFormer (its model zoo): that encoder under     ``segformer_mit``
+                         ``backbone.`` with its head (``decode_head.convs.{0-3}``,          (``embed: conv``)
+                         ``fusion_conv``, ``conv_seg``; c1..c4, each level a 1x1 conv,
+                         BN and ReLU)
 =======================  =============================================================  ==================
 
 Every key that is not loaded is listed in the imported checkpoint's provenance (``unused_keys``).
@@ -46,6 +50,7 @@ FAMILIES = {
     "segformer_hf": "Hugging Face SegFormer",
     "mit_imagenet": "an ImageNet MiT encoder (NVlabs mit_b*.pth)",
     "mit_mmseg": "mmsegmentation's MiT",
+    "segformer_mmseg": "mmsegmentation's SegFormer",
 }
 
 
@@ -176,12 +181,32 @@ def _head_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+_MMSEG_HEAD = {"convs": "linear_c", "fusion_conv": "linear_fuse", "conv_seg": "linear_pred"}
+
+
+def _head_mmseg(head: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """mmsegmentation's SegFormer head -> sfseg's ``SegFormerHead(embed="conv")`` (same order, c1..c4)."""
+    out = {}
+    for k, v in head.items():
+        first, _, rest = k.partition(".")
+        if first in _MMSEG_HEAD:
+            out[f"{_MMSEG_HEAD[first]}.{rest}"] = v
+    return out
+
+
+def _mmseg_used(key: str, head: dict[str, torch.Tensor]) -> bool:
+    first = key.removeprefix("decode_head.").partition(".")[0]
+    return bool(head) and key.startswith("decode_head.") and first in _MMSEG_HEAD
+
+
 # -------------------------------------------------------------------------------------------- import
 def detect(sd: dict[str, torch.Tensor]) -> str | None:
     keys = set(sd)
     if any(k.startswith(("segformer.encoder.", "segformer.stages.")) for k in keys):
         return "segformer_hf"
     if any(re.match(r"(backbone\.)?layers\.0\.0\.projection\.weight$", k) for k in keys):
+        if {"decode_head.convs.0.conv.weight", "decode_head.fusion_conv.conv.weight"} <= keys:
+            return "segformer_mmseg"
         return "mit_mmseg"
     if (
         "model.backbone.patch_embed1.proj.weight" in keys
@@ -252,11 +277,19 @@ def convert(
     elif family == "mit_imagenet":
         encoder = {k: v for k, v in sd.items() if not k.startswith("head.")}
         head, unused, arch, head_key = {}, [k for k in sd if k.startswith("head.")], "daformer_mit", ""
-    elif family == "mit_mmseg":
+    elif family in ("mit_mmseg", "segformer_mmseg"):
         inside = {k.removeprefix("backbone."): v for k, v in sd.items()}
         encoder = _encoder_mmseg(inside)
         head, arch, head_key = {}, "daformer_mit", ""
-        unused = [k for k in sd if not k.removeprefix("backbone.").startswith("layers.")]
+        if family == "segformer_mmseg":
+            head = _head_mmseg(_split(sd, "decode_head.")[0])
+            arch, head_key = "segformer_mit", "linear_pred.weight"
+            extra["head_dim"], extra["embed"] = int(head["linear_fuse.conv.weight"].shape[0]), "conv"
+        unused = [
+            k
+            for k in sd
+            if not k.removeprefix("backbone.").startswith("layers.") and not _mmseg_used(k, head)
+        ]
         extra["aux_eps"] = 1e-6  # mmsegmentation builds every MiT LayerNorm with eps 1e-6
     else:
         raise CheckpointFormatError(f"{where}: not a MiT family: {family!r}")
