@@ -139,18 +139,22 @@ def _class_means(runs, worlds, recipe, key, stat_round=-1) -> dict[str, float]:
 
 
 def round_summary(runs, worlds, recipe) -> str:
-    keys = ("selected_fraction", "pl_accuracy", "pl_recall", "nl_error")
+    keys = {
+        "selected_fraction": "selected",
+        "pl_accuracy": "accuracy",
+        "pl_recall": "recall",
+        "nl_error": "NL error",
+    }
     n = min(len(r["round_stats"]) for w in worlds for r in runs[w][recipe])
     cells = []
     for i in range(n):
+        stats = [r["round_stats"][i] for w in worlds for r in runs[w][recipe]]
         vals = [
-            np.mean([100 * r["round_stats"][i][k] for w in worlds for r in runs[w][recipe]]) for k in keys
+            f"{name} {np.mean([100 * st[k] for st in stats]):.{2 if k == 'nl_error' else 1}f} %"
+            for k, name in keys.items()
+            if all(st.get(k) is not None for st in stats)  # methods without negative labels have no NL error
         ]
-        cells.append(
-            "round {}: selected {:.1f} %, accuracy {:.1f} %, recall {:.1f} %, NL error {:.2f} %".format(
-                i + 1, *vals
-            )
-        )
+        cells.append(f"round {i + 1}: " + ", ".join(vals))
     return "; ".join(cells)
 
 

@@ -6,6 +6,9 @@ Reads ``ROOT/<variant>-w<world>/<method>/seed<s>/summary.json`` under every ROOT
 where every method finished (seed means when there are several seeds)::
 
     python scripts/suite_tables.py runs/test-w2 runs/test-w0 --methods source_only adabn ld ldbe
+
+``--explain A B`` adds, for two self-training methods, the target-val mIoU after each round and the
+pseudo-label diagnostics of the last round per class (means over the worlds and seeds).
 """
 
 from __future__ import annotations
@@ -14,7 +17,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from ablation_table import load, miou, ranks, std  # the same reading of bench outputs, the same tied ranks
+from ablation_table import (
+    diagnostics_table,
+    load,
+    miou,
+    ranks,
+    round_summary,
+    std,
+)  # the same reading of bench outputs, the same tied ranks
 
 from sfseg.data.classes import TOYCITY
 
@@ -41,6 +51,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("roots", nargs="+", type=Path, help="--out folders of sfseg bench toycity")
     ap.add_argument("--methods", nargs="+", required=True)
+    ap.add_argument("--explain", nargs=2, metavar=("A", "B"), help="two methods to explain by diagnostics")
     args = ap.parse_args(argv)
     runs, methods = load_all(args.roots), args.methods
     worlds = sorted(
@@ -77,6 +88,20 @@ def main(argv=None) -> None:
         for m in methods:
             vals = [score(runs, w, m, classes) for w in worlds]
             print(f"| {m} | " + " | ".join(f"{v:.1f}" for v in vals) + f" | {np.mean(vals):.1f} |")
+    if args.explain:
+        explain(runs, worlds, *args.explain)
+
+
+def explain(runs, worlds: list[str], a: str, b: str) -> None:
+    print("\nTarget-val mIoU after each round (mean over worlds and seeds; round 0 = the start):\n")
+    for m in (a, b):
+        curves = np.array([r["val_miou_per_round"] for w in worlds for r in runs[w][m]])
+        print(f"- `{m}`: " + " -> ".join(f"{v:.1f}" for v in curves.mean(0)))
+    print(f"\nPseudo-labels, last round, `{a}` / `{b}` (%):\n")
+    print(diagnostics_table(runs, worlds, a, b))
+    print()
+    for m in (a, b):
+        print(f"- `{m}`: {round_summary(runs, worlds, m)}")
 
 
 if __name__ == "__main__":
