@@ -162,8 +162,12 @@ def test_suite_runs_every_variant_and_writes_the_summary(tmp_path):
         overrides=["epochs_per_round=1", "batch_size=4"],
         source_overrides=["epochs=1", SMALL_MODEL],
         base=TINY,
+        source_dir=tmp_path / "shared",
     )
     assert set(per_world) == {"materials-w1", "fog-w1"}
+    # One source model per (world, seed), shared by the variants, where --source-dir says.
+    assert (tmp_path / "shared" / "sources-w1" / "source_seed0.pt").is_file()
+    assert not (tmp_path / "suite" / "sources-w1").exists()
     text = (tmp_path / "suite" / "suite.md").read_text()
     assert "mean rank" in text and "Winner-takes-all view: fog-w1" in text and "| ld |" in text
     assert (tmp_path / "suite" / "fog-w1" / "results.md").is_file()

@@ -317,6 +317,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             overrides=args.overrides,
             resume=args.resume,
             jobs=args.jobs,
+            source_dir=args.source_dir,
         )
         return
     run_bench(
@@ -486,7 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=["source_only", "adabn", "naive_st", "conf_st", "ld_pl", "ld_nl", "ld"],
     )
     b.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1, 2])
-    b.add_argument("--source-dir", help="where source models are cached (default: --out)")
+    b.add_argument(
+        "--source-dir",
+        help="where source models are cached (default: --out; with --variants, <dir>/sources-w<world>)",
+    )
     b.add_argument("--resume", action="store_true", help="reuse finished runs, resume unfinished ones")
     b.add_argument("--jobs", type=JOBS, default=1, help="trainings at a time (processes)")
     b.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="run the ToyCity suite's variants")

@@ -249,9 +249,12 @@ def run_suite(
     resume: bool = False,
     jobs: int = 1,
     base: ToyCitySpec | None = None,
+    source_dir: str | Path | None = None,
 ) -> dict:
     """Every method x seed on every (variant, world) of the ToyCity suite, then per-world reports in
-    ``<out>/<variant>-w<world>/`` and the suite summary (``<out>/suite.md``, ``suite.json``)."""
+    ``<out>/<variant>-w<world>/`` and the suite summary (``<out>/suite.md``, ``suite.json``). Source
+    models are cached in ``<source_dir>/sources-w<world>/`` (default ``source_dir``: ``out``), so several
+    suites can share them."""
     from sfseg.engine.reporting.report import suite_tables
 
     configs = config_dir(recipes)
@@ -265,7 +268,7 @@ def run_suite(
             root = ensure_world(data_dir, v, w, base)
             name = f"{v}-w{w}"
             # The variants share one source domain: one source model per (world, seed) serves them all.
-            world = World(name, root, out / name, out / f"sources-w{w}")
+            world = World(name, root, out / name, Path(source_dir or out) / f"sources-w{w}")
             job_list, k = world_jobs(
                 world, methods, seeds, configs, overrides, list(source_overrides or []), resume, False
             )
