@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from ablation_table import load, minority_miou, miou
-
-VARIANTS = ("materials", "small_objects", "fog")
+from suite_tables import world_order
 
 
 def main(argv=None) -> None:
@@ -31,7 +30,7 @@ def main(argv=None) -> None:
     needed = [args.baseline, *args.methods]
     worlds = sorted(
         set.intersection(*(set(w for w in r if all(m in r[w] for m in needed)) for r in runs.values())),
-        key=lambda w: (VARIANTS.index(w.rsplit("-w", 1)[0]), w),
+        key=world_order,
     )
     if not worlds:
         raise SystemExit("no world where every root finished every method")

@@ -31,6 +31,11 @@ from sfseg.data.classes import TOYCITY
 VARIANTS = ("materials", "small_objects", "fog")
 
 
+def world_order(world: str) -> tuple[int, str]:
+    """Sort key of ``<variant>-w<world>`` names: the suite's variant order, then the world."""
+    return VARIANTS.index(world.rsplit("-w", 1)[0]), world
+
+
 def load_all(roots: list[Path]) -> dict[str, dict[str, list[dict]]]:
     runs: dict[str, dict[str, list[dict]]] = {}
     for root in roots:
@@ -54,10 +59,7 @@ def main(argv=None) -> None:
     ap.add_argument("--explain", nargs=2, metavar=("A", "B"), help="two methods to explain by diagnostics")
     args = ap.parse_args(argv)
     runs, methods = load_all(args.roots), args.methods
-    worlds = sorted(
-        (w for w in runs if all(m in runs[w] for m in methods)),
-        key=lambda w: (VARIANTS.index(w.rsplit("-w", 1)[0]), w),
-    )
+    worlds = sorted((w for w in runs if all(m in runs[w] for m in methods)), key=world_order)
     if not worlds:
         raise SystemExit("no world where every method finished")
     rank = ranks(runs, worlds, methods)

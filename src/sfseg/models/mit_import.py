@@ -194,11 +194,6 @@ def _head_mmseg(head: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _mmseg_used(key: str, head: dict[str, torch.Tensor]) -> bool:
-    first = key.removeprefix("decode_head.").partition(".")[0]
-    return bool(head) and key.startswith("decode_head.") and first in _MMSEG_HEAD
-
-
 # -------------------------------------------------------------------------------------------- import
 def detect(sd: dict[str, torch.Tensor]) -> str | None:
     keys = set(sd)
@@ -281,15 +276,13 @@ def convert(
         inside = {k.removeprefix("backbone."): v for k, v in sd.items()}
         encoder = _encoder_mmseg(inside)
         head, arch, head_key = {}, "daformer_mit", ""
+        unused = [k for k in sd if not k.removeprefix("backbone.").startswith("layers.")]
         if family == "segformer_mmseg":
             head = _head_mmseg(_split(sd, "decode_head.")[0])
             arch, head_key = "segformer_mit", "linear_pred.weight"
             extra["head_dim"], extra["embed"] = int(head["linear_fuse.conv.weight"].shape[0]), "conv"
-        unused = [
-            k
-            for k in sd
-            if not k.removeprefix("backbone.").startswith("layers.") and not _mmseg_used(k, head)
-        ]
+            loaded = tuple(f"decode_head.{n}." for n in _MMSEG_HEAD)
+            unused = [k for k in unused if not k.startswith(loaded)]
         extra["aux_eps"] = 1e-6  # mmsegmentation builds every MiT LayerNorm with eps 1e-6
     else:
         raise CheckpointFormatError(f"{where}: not a MiT family: {family!r}")
