@@ -1,4 +1,4 @@
-"""The job runner: dependencies, results, the critical path first, errors."""
+"""The job runner: dependencies, results, the critical path first, errors; the bench's reuse of runs."""
 
 import os
 import signal
@@ -91,3 +91,41 @@ def test_workers_die_with_a_killed_bench():
     for w in survivors:
         os.kill(w, signal.SIGKILL)
     assert not survivors
+
+
+def test_bench_resume_reuses_only_runs_of_the_same_recipe(tmp_path, monkeypatch):
+    """``bench --resume``: a finished run of the same recipe is reused (also after its folder moved), an
+    unfinished one resumed, and one of another recipe run again with a line naming the keys that differ."""
+    import json
+
+    import torch
+
+    from sfseg.config import load_config, to_dict
+    from sfseg.engine.experiments import bench
+    from sfseg.engine.runtime.rundir import RunDir
+    from sfseg.engine.training.recipe import AdaptConfig
+    from sfseg.engine.training.resume import STATE_FORMAT
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(AdaptConfig, repo / "configs/toycity/ld.yaml", [f"out={tmp_path / 'run'}"])
+    calls, lines = [], []
+    monkeypatch.setattr(
+        bench, "run_adaptation", lambda c, progress, mode: calls.append(mode) or {"ran": mode}
+    )
+
+    def saved(phase, **changes):
+        run = RunDir(cfg.out)
+        run.path.mkdir(exist_ok=True)
+        recipe = to_dict(cfg) | changes
+        torch.save({"format": STATE_FORMAT, "phase": phase, "config": recipe}, run.state)
+        run.summary.write_text(json.dumps({"reused": True}))
+        return bench.adapt_or_reuse(cfg, resume=True, log=lines.append)
+
+    assert saved("done") == {"reused": True}
+    assert saved("done", out=str(tmp_path / "before-the-move")) == {"reused": True}
+    assert calls == [] and lines == []
+    assert saved("round") == {"ran": "resume"}
+    assert saved("done", seed=cfg.seed + 1) == {"ran": "overwrite"}
+    assert len(lines) == 1 and "differs in seed" in lines[0] and str(cfg.out) in lines[0]
+    assert bench.adapt_or_reuse(cfg, resume=False, log=lines.append) == {"ran": "overwrite"}
+    assert calls == ["resume", "overwrite", "overwrite"]

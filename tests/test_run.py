@@ -69,20 +69,25 @@ def test_final_checkpoint_is_the_reported_model(tiny_toycity, tiny_source, tmp_p
 
 
 @pytest.mark.parametrize(
-    "recipe, fault",
+    "recipe, fault, moved",
     [
-        ("ld", "ld:step:5"),  # mid-round, between two saved states (saved at step 3)
-        ("ld", "ld:round:0"),  # between rounds
-        ("ldbe", "ldbe:step:6"),  # LDBE: mid-round in BE (the teacher's state must be restored)
+        ("ld", "ld:step:5", False),  # mid-round, between two saved states (saved at step 3)
+        ("ld", "ld:round:0", True),  # between rounds; the folder moved elsewhere before resuming
+        ("ldbe", "ldbe:step:6", False),  # LDBE: mid-round in BE (the teacher's state must be restored)
     ],
 )
-def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_toycity, tiny_source, tmp_path, recipe, fault):
+def test_resume_after_sigkill_equals_an_uninterrupted_run(
+    tiny_toycity, tiny_source, tmp_path, recipe, fault, moved
+):
     ref, run = tmp_path / "ref", tmp_path / "run"
     done = sfseg_cli(*adapt_args(tiny_toycity, tiny_source, ref, recipe))
     assert done.returncode == 0, done.stderr
     killed = sfseg_cli(*adapt_args(tiny_toycity, tiny_source, run, recipe), env={"SFSEG_FAULT_KILL": fault})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (run / "final.pt").exists()
+    if moved:  # where a run lives is not part of its recipe: a moved run resumes in its new place
+        (tmp_path / "moved").mkdir()
+        run = run.rename(tmp_path / "moved" / "run")
     resumed = sfseg_cli("adapt", "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
     assert_same_weights(ref / "final.pt", run / "final.pt")

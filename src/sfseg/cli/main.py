@@ -491,7 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--source-dir",
         help="where source models are cached (default: --out; with --variants, <dir>/sources-w<world>)",
     )
-    b.add_argument("--resume", action="store_true", help="reuse finished runs, resume unfinished ones")
+    b.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse finished runs of the same recipe, resume unfinished ones (others run again)",
+    )
     b.add_argument("--jobs", type=JOBS, default=1, help="trainings at a time (processes)")
     b.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="run the ToyCity suite's variants")
     b.add_argument("--worlds", type=SEED, nargs="+", default=[0], help="suite worlds (0 test, 1 development)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -76,15 +77,24 @@ def source_checkpoint(
     return Path(cfg.out)
 
 
-def adapt_or_reuse(cfg: AdaptConfig, progress: bool = False, resume: bool = False) -> dict:
-    """Run ``cfg``; with ``resume``, reuse a finished run of the same recipe and resume an unfinished one."""
+def adapt_or_reuse(
+    cfg: AdaptConfig, progress: bool = False, resume: bool = False, log: Callable[[str], None] = print
+) -> dict:
+    """Run ``cfg``; with ``resume``, reuse a finished run of the same recipe and resume an unfinished one.
+
+    A run of another recipe in ``cfg.out`` is run again (its directory replaced, as without ``resume``),
+    and ``log`` says which keys differ, so that a changed flag is not mistaken for a reused result.
+    """
     out = RunDir(cfg.out)
     if resume and out.state.is_file():
         state = read_state(out.path)
-        if recipe_differences(state["config"], to_dict(cfg)) == []:
+        diff = recipe_differences(state["config"], to_dict(cfg))
+        if not diff:
             if state.get("phase") == "done" and out.summary.is_file():
                 return json.loads(out.summary.read_text())
             return run_adaptation(cfg, progress=progress, mode="resume")
+        keys = ", ".join(diff[:5]) + (" ..." if len(diff) > 5 else "")
+        log(f"{out}: its saved run is of another recipe (differs in {keys}); running it again")
     return run_adaptation(cfg, progress=progress, mode="overwrite")
 
 

@@ -16,8 +16,15 @@ from sfseg.engine.training.recipe import AdaptConfig
 from sfseg.errors import ConfigError, ResumeError
 
 STATE_FORMAT = "sfseg-run-state-v1"
-# Keys of the recipe a resumed run may change: where and how fast it runs, not what it computes.
-RESUMABLE_CHANGES = ("runtime.device", "runtime.num_workers", "runtime.save_every", "runtime.tensorboard")
+# Keys of the recipe a resumed run may change: where and how fast it runs, not what it computes. ``out``
+# is where the run lives: a run directory moved or copied elsewhere resumes (or is reused) in its new place.
+RESUMABLE_CHANGES = (
+    "out",
+    "runtime.device",
+    "runtime.num_workers",
+    "runtime.save_every",
+    "runtime.tensorboard",
+)
 _LEAVES = ("loss_weights", "arch_kwargs", "options")  # mappings compared as one value
 
 
