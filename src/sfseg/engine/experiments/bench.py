@@ -24,7 +24,7 @@ from sfseg.engine.experiments.jobs import Job, run_jobs
 from sfseg.engine.reporting.report import per_class_table, plot_per_class, share_table, trajectory_table
 from sfseg.engine.runtime.rundir import RunDir
 from sfseg.engine.training.recipe import AdaptConfig, SourceConfig, config_dir, recipe_path
-from sfseg.engine.training.resume import read_state, recipe_differences
+from sfseg.engine.training.resume import describe_differences, read_state
 from sfseg.engine.training.source import same_training, train_source
 from sfseg.engine.training.stages import run_adaptation
 from sfseg.models import load_checkpoint
@@ -88,13 +88,12 @@ def adapt_or_reuse(
     out = RunDir(cfg.out)
     if resume and out.state.is_file():
         state = read_state(out.path)
-        diff = recipe_differences(state["config"], to_dict(cfg))
-        if not diff:
+        shown = describe_differences(state["config"], to_dict(cfg))
+        if not shown:
             if state.get("phase") == "done" and out.summary.is_file():
                 return json.loads(out.summary.read_text())
             return run_adaptation(cfg, progress=progress, mode="resume")
-        keys = ", ".join(diff[:5]) + (" ..." if len(diff) > 5 else "")
-        log(f"{out}: its saved run is of another recipe (differs in {keys}); running it again")
+        log(f"{out}: its saved run is of another recipe (differs in {shown}); running it again")
     return run_adaptation(cfg, progress=progress, mode="overwrite")
 
 

@@ -52,14 +52,20 @@ def recipe_differences(a: dict, b: dict, ignore: tuple[str, ...] = RESUMABLE_CHA
     return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k) and k not in ignore)
 
 
+def describe_differences(saved: dict, given: dict) -> str:
+    """The keys (at most five) in which two recipes differ, each with its two values; "" when they agree."""
+    diff = recipe_differences(saved, given)
+    fs, fg = _flat(_normalised(saved)), _flat(_normalised(given))
+    shown = ", ".join(f"{k} ({fs.get(k)!r} -> {fg.get(k)!r})" for k in diff[:5])
+    return shown + (" ..." if len(diff) > 5 else "")
+
+
 def check_same_recipe(saved: dict, given: dict, out: Path) -> None:
     """Refuse to resume ``out`` with a recipe that computes something other than the one it started with."""
-    diff = recipe_differences(saved, given)
-    if diff:
-        fs, fg = _flat(_normalised(saved)), _flat(_normalised(given))
-        shown = ", ".join(f"{k} ({fs.get(k)!r} -> {fg.get(k)!r})" for k in diff[:5])
+    shown = describe_differences(saved, given)
+    if shown:
         raise ResumeError(
-            f"{out} holds a run of another recipe; it differs in {shown}{' ...' if len(diff) > 5 else ''}. "
+            f"{out} holds a run of another recipe; it differs in {shown}. "
             "Resume with the run's own recipe (omit --config) or start a new run elsewhere"
         )
 
