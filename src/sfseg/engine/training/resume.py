@@ -45,17 +45,13 @@ def _normalised(recipe: dict) -> dict:
         return recipe
 
 
-def recipe_differences(a: dict, b: dict, ignore: tuple[str, ...] = RESUMABLE_CHANGES) -> list[str]:
-    """Dotted keys whose values differ between two recipe dicts (``ignore`` excepted). Both are read
-    through the schema first, so a key a recipe written by an older sfseg lacks counts as its default."""
-    fa, fb = _flat(_normalised(a)), _flat(_normalised(b))
-    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k) and k not in ignore)
-
-
 def describe_differences(saved: dict, given: dict) -> str:
-    """The keys (at most five) in which two recipes differ, each with its two values; "" when they agree."""
-    diff = recipe_differences(saved, given)
+    """The keys (at most five) in which two recipes differ, each with its two values; "" when they agree.
+
+    Keys in ``RESUMABLE_CHANGES`` do not count. Both recipes are read through the schema first, so a key
+    that a recipe written by an older sfseg lacks counts as its default."""
     fs, fg = _flat(_normalised(saved)), _flat(_normalised(given))
+    diff = sorted(k for k in set(fs) | set(fg) if fs.get(k) != fg.get(k) and k not in RESUMABLE_CHANGES)
     shown = ", ".join(f"{k} ({fs.get(k)!r} -> {fg.get(k)!r})" for k in diff[:5])
     return shown + (" ..." if len(diff) > 5 else "")
 
