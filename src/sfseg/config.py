@@ -9,9 +9,13 @@
 * A YAML file may start from another with ``_base_: other.yaml`` (relative to the file) and state only
   its deltas, so a leaf recipe reads like a row of an ablation table.
 * Command-line overrides are ``dotted.key=value`` with ``value`` parsed as YAML (``losses=[negative]``,
-  ``schedule.rounds=3``). A key whose first part is not a top-level key may be shortened to a field name
-  that is unique in the schema: ``rounds=3`` means ``schedule.rounds=3``, ``optim.lr=1e-4`` means
-  ``schedule.optim.lr=1e-4``.
+  ``schedule.rounds=3``), except for a string key, which takes the text as it is (``out=010`` is the
+  directory ``010``, not the octal number 8). A key whose first part is not a top-level key may be
+  shortened to a field name that is unique in the schema: ``rounds=3`` means ``schedule.rounds=3``,
+  ``optim.lr=1e-4`` means ``schedule.optim.lr=1e-4``.
+* YAML is read strictly: a key given twice in one mapping is an error (YAML would let the second replace
+  the first silently), a string key written as a number keeps its text (``out: 010``), and a recipe file
+  is at most :data:`MAX_CONFIG_BYTES`.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ _BRIEF.maxstring, _BRIEF.maxother, _BRIEF.maxlong = 80, 80, 40
 MAX_NODES = 100_000
 """The most values a config (file or override) may hold once YAML aliases are expanded."""
 MAX_DEPTH = 32
+MAX_CONFIG_BYTES = 2**20
+"""The largest recipe or mapping file sfseg reads (1 MiB; a recipe is a few hundred bytes)."""
+MAX_OVERRIDE_CHARS = 65536
 
 
 def brief(value: Any) -> str:
@@ -71,11 +78,81 @@ def check_size(data: Any, where: str) -> None:
             stack += [(v, depth + 1) for v in node]
 
 
+class _Int(int):
+    """A YAML integer that remembers how it was written (``010``), for keys that take strings."""
+
+    text: str
+
+
+class _Float(float):
+    """A YAML float that remembers how it was written (``1.10``), for keys that take strings."""
+
+    text: str
+
+
+class _DuplicateKey(yaml.YAMLError):
+    """A key given twice in one YAML mapping."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping and keeps the text of numbers."""
+
+
+def _no_duplicate_keys(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # ``<<: *base`` merges are overridden by the mapping's own keys, by design
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            repeated = key in seen
+        except TypeError:
+            continue  # an unhashable key: the safe constructor reports it
+        if repeated:
+            raise _DuplicateKey(
+                f"key {brief(key)} is given twice in one mapping (lines {seen[key] + 1} and "
+                f"{key_node.start_mark.line + 1}); keep one (YAML would silently use the last)"
+            )
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+def _number(kind: type, base: str):
+    def construct(loader: _StrictLoader, node: yaml.ScalarNode):
+        value = kind(getattr(yaml.SafeLoader, base)(loader, node))
+        value.text = node.value
+        return value
+
+    return construct
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _number(_Int, "construct_yaml_int"))
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _number(_Float, "construct_yaml_float"))
+
+
+def plain(value: Any) -> Any:
+    """``value`` with the loader's number types turned back into ``int`` and ``float`` (recursively)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
 def safe_yaml(text: str, where: str) -> Any:
-    """``yaml.safe_load`` (no Python objects are ever built) with the size check of :func:`check_size`;
-    errors name ``where``."""
+    """YAML without Python objects (the safe loader), strict about repeated keys, with the size check of
+    :func:`check_size`; errors name ``where``."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+    except _DuplicateKey as e:
+        raise ConfigError(f"{where}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: not valid YAML: {brief(' '.join(str(e).split()))}") from None
     except RecursionError:
@@ -97,7 +174,7 @@ def _check(tp: Any, value: Any, where: str) -> Any:
         tp = dict[str, Any] if tp is dict else list[Any]
     origin, args = get_origin(tp), get_args(tp)
     if tp is Any:
-        return value
+        return plain(value)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -109,7 +186,7 @@ def _check(tp: Any, value: Any, where: str) -> Any:
             return "on" if value else "off"  # YAML 1.1 reads on/off/yes/no as booleans
         if not isinstance(value, str | int | float) or value not in args:
             raise ConfigError(f"{where}: {brief(value)} is not a valid choice; choose one of {list(args)}")
-        return value
+        return plain(value)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -154,7 +231,7 @@ def _check(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {brief(value)}")
         if abs(value) > 2**63 - 1:
             raise ConfigError(f"{where}: {brief(value)} is out of range")
-        return value
+        return int(value)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {brief(value)}")
@@ -164,7 +241,8 @@ def _check(tp: Any, value: Any, where: str) -> Any:
             return ""
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected a string, got {brief(value)}")
-        return str(value)
+        # A number written where a string is expected keeps its text: ``out: 010`` is "010", not "8".
+        return str(getattr(value, "text", value))
     raise ConfigError(f"{where}: unsupported config type {tp!r}")
 
 
@@ -265,6 +343,9 @@ def _deep_merge(base: dict, delta: dict) -> dict:
 def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     """Read a config file, resolving ``_base_`` chains; errors name the file."""
     path = Path(path)
+    from sfseg.errors import RunDirError
+    from sfseg.fileio import read_bytes
+
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: _base_ chain loops back to itself")
     if not path.exists():
@@ -272,7 +353,9 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: is not a file (a config file is expected)")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bytes(path, MAX_CONFIG_BYTES, what="recipe").decode("utf-8")
+    except RunDirError as e:
+        raise ConfigError(str(e)) from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config file as UTF-8") from None
     except OSError as e:
@@ -311,15 +394,34 @@ def parse_override(cls: type, item: str) -> tuple[str, Any]:
     """``key=value`` -> (full dotted key, YAML-parsed value)."""
     if "=" not in item:
         raise ConfigError(f"command-line override {brief(item)} must look like key=value (e.g. rounds=3)")
+    if len(item) > MAX_OVERRIDE_CHARS:
+        raise ConfigError(
+            f"command-line override {brief(item)} is longer than {MAX_OVERRIDE_CHARS} characters"
+        )
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key:
         raise ConfigError(f"command-line override {brief(item)} has no key")
-    value = safe_yaml(raw, f"command-line override {brief(item)}") if raw else ""
     try:
-        return resolve_key(cls, key), value
+        full = resolve_key(cls, key)
     except ConfigError as e:
         raise ConfigError(f"command-line override {brief(item)}: {e}") from None
+    if _takes_string(cls, full) and not raw.strip().startswith(("'", '"')):
+        return full, raw  # the text as it is: ``out=010`` is the directory "010"
+    return full, safe_yaml(raw, f"command-line override {brief(item)}") if raw else ""
+
+
+def _takes_string(cls: type, dotted: str) -> bool:
+    """Whether the schema's field at ``dotted`` is a plain string (not a mapping value, list or choice)."""
+    tp: Any = cls
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return False
+        hints = get_type_hints(tp)
+        if part not in hints:
+            return False
+        tp = hints[part]
+    return tp is str
 
 
 def _covers(prefix: str, key: str) -> bool:
@@ -398,7 +500,7 @@ def in_range(value: float, low: float, high: float, key: str) -> None:
         raise ValueCheck(key, f"must be in [{show(low)}, {show(high)}], got {brief(value)}")
 
 
-def save_config(cfg: Any, path: str | Path) -> None:
+def save_config(cfg: Any, path: str | Path, root: str | Path | None = None) -> None:
     from sfseg.fileio import atomic_write_text
 
-    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False), root)

@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 
 from sfseg.config import MAX_BATCH, MAX_SEED, MAX_SIDE, MAX_WORKERS, ConfigError, load_config
+from sfseg.engine.runtime.rundir import RunDir
 from sfseg.errors import SfsegError
+from sfseg.fileio import Place, atomic_write_text, check_outputs, check_writable_dir, check_writable_file
 
 
 def int_in(low: int, high: int):
@@ -50,11 +52,22 @@ WORKERS = int_in(0, MAX_WORKERS)
 
 
 def _threads() -> None:
-    # Intra-op threads = available cores (shared among the processes torchrun starts on this machine);
-    # PyTorch's default can oversubscribe shared machines.
+    """Intra-op threads: the user's ``OMP_NUM_THREADS`` when set (PyTorch reads it), else the available
+    cores shared among the processes ``torchrun`` starts on this machine (PyTorch's own default counts
+    every core of the machine, and oversubscribes shared machines)."""
     import os
 
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    from sfseg.engine.runtime.distributed import local_world_size
+
+    local = local_world_size()  # validates the torchrun variables first, with one line naming a bad one
+    explicit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if explicit:
+        if not explicit.isdigit() or int(explicit) < 1:
+            raise ConfigError(
+                f"environment variable OMP_NUM_THREADS is {explicit!r}; it must be an integer >= 1"
+            )
+        torch.set_num_threads(int(explicit))
+        return
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
 
 
@@ -62,7 +75,6 @@ def cmd_toycity_generate(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from sfseg.data.toycity import ToyCitySpec, generate, is_generated
-    from sfseg.fileio import check_writable_dir
 
     check_writable_dir(Path(args.out), "--out")
 
@@ -183,9 +195,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from sfseg.engine.reporting.report import per_class_table
 
     if args.json:
-        from sfseg.fileio import check_writable_file
-
         check_writable_file(Path(args.json), "--json")
+        check_outputs(
+            [Place("--json", Path(args.json))],
+            [
+                Place("--checkpoint", args.checkpoint),
+                Place("--data", args.data, tree=True),
+                Place("--predictions", args.predictions, tree=True),
+            ],
+        )
     if args.predictions:
         from sfseg.engine.evaluation.evaluate import evaluate_files
 
@@ -210,13 +228,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
         res["inference"] = inference
     print(per_class_table({name: res}, protocol))
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+        atomic_write_text(Path(args.json), json.dumps(res, indent=2))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from sfseg.engine.evaluation.predict import predict
-    from sfseg.fileio import check_writable_dir
 
+    check_outputs(
+        [Place("--out", Path(args.out))],
+        [Place("--checkpoint", args.checkpoint), Place("--data", args.data, tree=True)],
+    )
     ckpt, data, protocol = _data_and_checkpoint(args, labels=False)
     check_writable_dir(Path(args.out), "--out")
     paths = predict(
@@ -260,6 +281,11 @@ def cmd_select(args: argparse.Namespace) -> None:
     for r in runs:
         if not (r / "config.yaml").is_file():
             raise ConfigError(f"{r} is not a run directory (no config.yaml)")
+    if args.json:
+        check_outputs(
+            [Place("--json", Path(args.json))],
+            [Place(f"run {r}", p) for r in runs for p in RunDir(r).input_files()],
+        )
     records = []
     for r in runs:
         records += score_run(r, names, max_images=args.max_images, progress=True)
@@ -272,7 +298,7 @@ def cmd_select(args: argparse.Namespace) -> None:
         result["study"] = study
         print("\n" + study_table(study))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        atomic_write_text(Path(args.json), json.dumps(result, indent=1))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -290,6 +316,7 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> None:
     from sfseg.models.foreign import import_checkpoint
 
     check_writable_file(Path(args.output), "output")
+    check_outputs([Place("output", Path(args.output))], [Place("input", Path(args.input))])
     ckpt = import_checkpoint(args.input, args.family, get_protocol(args.classes) if args.classes else None)
     ckpt.build()  # the weights load into the architecture (strictly) before anything is written
     ckpt.save(args.output)
@@ -480,7 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("benchmark", choices=["toycity"])
     b.add_argument("--data", default="data/toycity")
     b.add_argument("--out", default="runs/bench")
-    b.add_argument("--configs", default="configs/toycity", help="directory of <method>.yaml recipes")
+    b.add_argument(
+        "--configs",
+        default=None,
+        help="directory of <method>.yaml recipes (default: the shipped ToyCity ones)",
+    )
     b.add_argument(
         "--methods",
         nargs="+",
@@ -531,8 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _threads()
     try:
+        _threads()
         from sfseg.plugins import load_plugins
 
         load_plugins()

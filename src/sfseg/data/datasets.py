@@ -13,6 +13,8 @@ silently dropped.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,8 @@ from tqdm import tqdm
 
 from sfseg import IGNORE_INDEX
 from sfseg.data.classes import TOYCITY
-from sfseg.errors import DatasetError
+from sfseg.errors import DatasetError, RunDirError
+from sfseg.fileio import open_file, read_bytes
 
 __all__ = ["DatasetError", "ListDataset", "check_toycity_root", "read_image", "read_label", "toycity_split"]
 
@@ -36,6 +39,8 @@ Create it with:  sfseg toycity generate --out <root>"""
 
 
 UNREADABLE_FIX = "re-extract or re-download it, or leave it out of the split"
+MAX_LIST_BYTES = 64 * 2**20
+"""The largest split list file sfseg reads (64 MiB: millions of names)."""
 
 
 def _unreadable(path: Path, e: Exception) -> DatasetError:
@@ -43,6 +48,40 @@ def _unreadable(path: Path, e: Exception) -> DatasetError:
     if isinstance(e, UnidentifiedImageError):
         reason = "not an image file"
     return DatasetError(f"{path}: cannot be read as an image ({reason}); {UNREADABLE_FIX}")
+
+
+MAX_IMAGE_PIXELS = 2**26
+"""The most pixels an image may hold (67 megapixels, e.g. 8192 x 8192; Cityscapes frames hold 2.1):
+checked from the file's header, before any pixel is decoded, so a file claiming 40000 x 40000 is refused
+without allocating its memory."""
+MAX_IMAGE_BYTES = 2**30
+"""The largest image or label file sfseg reads (1 GiB)."""
+
+
+@contextlib.contextmanager
+def open_image(path: Path) -> Iterator[Image.Image]:
+    """Pillow's lazy ``Image.open`` of a regular file (a FIFO or device is refused at once, never read
+    from), with the size from the header checked against :data:`MAX_IMAGE_PIXELS` before any decoding.
+    Every failure is a :class:`DatasetError` naming the file."""
+    path = Path(path)
+    try:
+        with open_file(path, "rb") as f, Image.open(f) as im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise DatasetError(
+                    f"{path}: its header claims {w}x{h} pixels, more than sfseg reads ({MAX_IMAGE_PIXELS:,} "
+                    "pixels); a damaged or hostile file? Resize real images of that size first"
+                )
+            yield im
+    except (DatasetError, RunDirError) as e:
+        raise DatasetError(str(e)) from None
+    except Image.DecompressionBombError:
+        raise DatasetError(
+            f"{path}: its header claims more pixels than sfseg reads ({MAX_IMAGE_PIXELS:,}); a damaged or "
+            "hostile file?"
+        ) from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise _unreadable(path, e) from None
 
 
 IMAGE_MODES = ("L", "P", "RGB", "RGBA", "LA", "PA")
@@ -63,34 +102,27 @@ def check_image_mode(im: Image.Image, path: Path) -> None:
 
 def png_depth(path: Path) -> int:
     """The bit depth in a PNG's header (8 for a file too short to tell)."""
-    with open(path, "rb") as f:
-        head = f.read(26)
+    try:
+        with open_file(path, "rb") as f:
+            head = f.read(26)
+    except RunDirError as e:
+        raise DatasetError(str(e)) from None
     return head[24] if len(head) == 26 and head[12:16] == b"IHDR" else 8
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read an image as (H, W, 3) uint8 RGB; an unreadable, truncated, non-image or not-8-bit file is a
-    :class:`DatasetError` naming it."""
-    try:
-        with Image.open(path) as im:
-            check_image_mode(im, Path(path))
-            return np.asarray(im.convert("RGB"))
-    except DatasetError:
-        raise
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise _unreadable(Path(path), e) from None
+    """Read an image as (H, W, 3) uint8 RGB; an unreadable, truncated, non-image, not-8-bit, oversized or
+    non-regular file is a :class:`DatasetError` naming it."""
+    with open_image(path) as im:
+        check_image_mode(im, Path(path))
+        return np.asarray(im.convert("RGB"))
 
 
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the file header, without decoding pixels; a not-8-bit image is refused."""
-    try:
-        with Image.open(path) as im:
-            check_image_mode(im, Path(path))
-            return im.size
-    except DatasetError:
-        raise
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise _unreadable(Path(path), e) from None
+    with open_image(path) as im:
+        check_image_mode(im, Path(path))
+        return im.size
 
 
 def list_entries(list_file: Path, columns: int = 2) -> list[tuple[int, list[str]]]:
@@ -108,7 +140,9 @@ def list_entries(list_file: Path, columns: int = 2) -> list[tuple[int, list[str]
     if not list_file.is_file():
         raise DatasetError(f"list file not found: {list_file}")
     try:
-        text = list_file.read_text(encoding="utf-8")
+        text = read_bytes(list_file, MAX_LIST_BYTES, what="list file").decode("utf-8")
+    except RunDirError as e:
+        raise DatasetError(str(e)) from None
     except UnicodeDecodeError as e:
         raise DatasetError(
             f"{list_file}: not UTF-8 text (byte {e.start}); save the list file as UTF-8"
@@ -149,17 +183,15 @@ def check_relative(entry: str, where: str) -> str:
 
 def read_label(path: Path, num_classes: int) -> np.ndarray:
     """Read a trainId label PNG (grayscale or palette; the stored index is the id) and validate it."""
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P"):
-                raise DatasetError(
-                    f"{path}: label PNG has mode {im.mode!r}; expected 8-bit trainIds (mode L or P)"
-                )
+    with open_image(path) as im:
+        if im.mode not in ("L", "P"):
+            raise DatasetError(
+                f"{path}: label PNG has mode {im.mode!r}; expected 8-bit trainIds (mode L or P)"
+            )
+        try:
             label = np.asarray(im)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        if isinstance(e, DatasetError):
-            raise
-        raise _unreadable(Path(path), e) from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise _unreadable(Path(path), e) from None
     counts = np.bincount(label.ravel(), minlength=256)
     bad = [int(v) for v in np.flatnonzero(counts) if v >= num_classes and v != IGNORE_INDEX]
     if bad:

@@ -16,18 +16,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from sfseg.data.classes import ClassProtocol
 from sfseg.data.datasets import (
+    MAX_IMAGE_PIXELS,
     UNREADABLE_FIX,
     DatasetError,
     image_size,
     list_entries,
+    open_image,
     problems_error,
     read_image,
 )
+from sfseg.errors import RunDirError
+from sfseg.fileio import open_file
 
 
 @dataclass(frozen=True)
@@ -79,13 +83,20 @@ class LabelCodec:
 def png_header(path: Path) -> tuple[int, int, int, int]:
     """(width, height, bit depth, colour type) from a PNG's IHDR chunk, without decoding pixels."""
     try:
-        with open(path, "rb") as f:
+        with open_file(path, "rb") as f:
             head = f.read(26)
+    except RunDirError as e:
+        raise DatasetError(str(e)) from None
     except OSError as e:
         raise DatasetError(f"{path}: cannot be read ({e.strerror})") from None
     if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         raise DatasetError(f"{path}: not a PNG file")
     width, height = struct.unpack(">II", head[16:24])
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DatasetError(
+            f"{path}: its header claims {width}x{height} pixels, more than sfseg reads ({MAX_IMAGE_PIXELS:,} "
+            "pixels); a damaged or hostile file? Resize real images of that size first"
+        )
     return width, height, head[24], head[25]
 
 
@@ -99,7 +110,7 @@ def header_size(path: Path, image: bool = False) -> tuple[int, int]:
     if path.suffix.lower() == ".png":
         try:
             w, h, depth, _ = png_header(path)
-        except (DatasetError, OSError, struct.error):
+        except (OSError, struct.error):
             return image_size(path)  # Pillow's error names the file
         if image and depth > 8:
             return image_size(path)  # refused there, with the reason
@@ -119,18 +130,16 @@ def read_pil_ids(path: Path) -> np.ndarray:
                 f"{path}: {depth}-bit PNG; Pillow would decode it wrongly. SYNTHIA labels must be read with "
                 "dataset 'synthia' (OpenCV decoding)."
             )
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P"):
-                raise DatasetError(
-                    f"{path}: label image has mode {im.mode!r}; expected 8-bit ids (mode L or P)"
-                )
+    with open_image(path) as im:
+        if im.mode not in ("L", "P"):
+            raise DatasetError(f"{path}: label image has mode {im.mode!r}; expected 8-bit ids (mode L or P)")
+        try:
             return np.asarray(im)
-    except DatasetError:
-        raise
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        reason = "not an image file" if isinstance(e, UnidentifiedImageError) else " ".join(str(e).split())
-        raise DatasetError(f"{path}: cannot be read as a label image ({reason}); {UNREADABLE_FIX}") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            reason = " ".join(str(e).split())
+            raise DatasetError(
+                f"{path}: cannot be read as a label image ({reason}); {UNREADABLE_FIX}"
+            ) from None
 
 
 def lut_codec(id_to_class: np.ndarray, known_ids, what: str, read=read_pil_ids) -> LabelCodec:

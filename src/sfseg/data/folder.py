@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from sfseg import IGNORE_INDEX
-from sfseg.config import brief, safe_yaml
+from sfseg.config import MAX_CONFIG_BYTES, brief, safe_yaml
 from sfseg.data.classes import CITYSCAPES19, ClassProtocol
 from sfseg.data.datasets import DatasetError
 from sfseg.data.files import FileListDataset, Sample, layout_error, lut_codec, missing_error
 from sfseg.data.registry import register_dataset
-from sfseg.errors import ConfigError
+from sfseg.errors import ConfigError, RunDirError
+from sfseg.fileio import read_bytes
 
 LAYOUT = """\
   <root>/images/**/<name>.{png,jpg,jpeg}
@@ -36,22 +37,25 @@ def load_mapping(path: str | Path, protocol: ClassProtocol) -> np.ndarray:
     if not path.is_file():
         raise DatasetError(f"mapping file not found: {path}")
     try:
-        table = safe_yaml(path.read_text(encoding="utf-8"), str(path))
-    except (ConfigError, UnicodeDecodeError, OSError) as e:
+        table = safe_yaml(read_bytes(path, MAX_CONFIG_BYTES, what="mapping file").decode("utf-8"), str(path))
+    except (ConfigError, RunDirError, UnicodeDecodeError, OSError) as e:
         raise DatasetError(f"{path}: cannot be read as a mapping file ({brief(str(e))})") from None
     if not isinstance(table, dict) or not table:
         raise DatasetError(f"{path}: expected a mapping 'raw id: class name' (or 'ignore')")
     index = {n: i for i, n in enumerate(protocol.names)}
     lut = np.full(256, -1, dtype=np.int16)
     for raw, name in table.items():
-        if not str(raw).isdigit() or int(raw) > 255:
-            raise DatasetError(f"{path}: key {raw!r} is not a label value 0..255")
-        if name != "ignore" and name not in index:
+        value = raw if isinstance(raw, int) and not isinstance(raw, bool) else None
+        if isinstance(raw, str) and raw.isdigit():
+            value = int(raw)
+        if value is None or not 0 <= value <= 255:
+            raise DatasetError(f"{path}: key {brief(raw)} is not a label value (an integer 0..255)")
+        if not isinstance(name, str) or (name != "ignore" and name not in index):
             raise DatasetError(
-                f"{path}: {raw}: {name!r} is not a class of {protocol.name}; use one of "
+                f"{path}: {value}: {brief(name)} is not a class of {protocol.name}; use one of "
                 f"{list(protocol.names)} or 'ignore'"
             )
-        lut[int(raw)] = IGNORE_INDEX if name == "ignore" else index[name]
+        lut[value] = IGNORE_INDEX if name == "ignore" else index[name]
     return lut
 
 

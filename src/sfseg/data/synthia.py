@@ -14,9 +14,11 @@ import cv2
 import numpy as np
 
 from sfseg.data.classes import SYNTHIA16, SYNTHIA_IDS, ClassProtocol, id_lut
-from sfseg.data.datasets import DatasetError
-from sfseg.data.files import FileListDataset, Sample, lut_codec, paired_files
+from sfseg.data.datasets import MAX_IMAGE_BYTES, DatasetError
+from sfseg.data.files import FileListDataset, Sample, lut_codec, paired_files, png_header
 from sfseg.data.registry import register_dataset
+from sfseg.errors import RunDirError
+from sfseg.fileio import read_bytes
 
 LAYOUT = """\
   <root>/RGB/0000000.png ... 0009399.png         (RGB 1280x760)
@@ -29,7 +31,12 @@ def read_synthia_label(path: Path) -> np.ndarray:
     Shape:
         (H, W) uint16.
     """
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    png_header(path)  # a regular PNG file of a sane size, before OpenCV decodes anything
+    try:
+        data = read_bytes(path, MAX_IMAGE_BYTES, what="label file")
+    except RunDirError as e:
+        raise DatasetError(str(e)) from None
+    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise DatasetError(f"{path}: OpenCV cannot read this file")
     if raw.dtype != np.uint16 or raw.ndim != 3:

@@ -8,6 +8,7 @@ the research codes is that this information is lost.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import pickle
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -17,10 +18,10 @@ import torch
 from torch import nn
 
 import sfseg
-from sfseg.config import brief
+from sfseg.config import MAX_SIDE, brief
 from sfseg.data.normalization import Normalization
-from sfseg.errors import CheckpointError
-from sfseg.fileio import atomic_torch_save
+from sfseg.errors import CheckpointError, RunDirError
+from sfseg.fileio import atomic_torch_save, open_file
 from sfseg.models.registry import MODELS, create_model, model_hooks
 
 FORMAT = "sfseg-checkpoint-v1"
@@ -57,10 +58,18 @@ class InferenceSettings:
         if unknown:
             raise ValueError(f"unknown inference settings {unknown}")
         if "input_size" in d:
-            d["input_size"] = tuple(int(v) for v in d["input_size"] or ())
+            size = d["input_size"] or ()
+            if not isinstance(size, list | tuple) or len(size) not in (0, 2):
+                raise ValueError(f"input_size {brief(size)} is not [width, height]")
+            if any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIDE for v in size):
+                raise ValueError(f"input_size {brief(size)}: sides must be integers in 1..{MAX_SIDE}")
+            d["input_size"] = tuple(size)
+        for key in ("align_corners", "channels_last", "amp"):
+            if key in d and not isinstance(d[key], bool):
+                raise ValueError(f"{key} {brief(d[key])} is not true or false")
         settings = cls(**d)
         if settings.resize not in ("torch", "pil") or settings.upsample not in ("direct", "two_step"):
-            raise ValueError(f"inference settings {d} hold an unknown resize or upsample mode")
+            raise ValueError(f"inference settings {brief(d)} hold an unknown resize or upsample mode")
         return settings
 
 
@@ -110,9 +119,10 @@ class Checkpoint:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, root: str | Path | None = None) -> Path:
         """Write the checkpoint atomically (the one way sfseg writes one); its provenance gains the code
-        version and the time. Weights holding NaN or infinite values are refused."""
+        version and the time. Weights holding NaN or infinite values are refused. ``root``: the run
+        directory the file belongs to (no link is followed below it)."""
         check_finite(self.state_dict, str(path))
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +142,7 @@ class Checkpoint:
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict.items()},
         }
         # An interrupted or failed save never leaves a truncated checkpoint (nor a temporary file).
-        atomic_torch_save(payload, path)
+        atomic_torch_save(payload, path, root)
         return path
 
     def build(self) -> nn.Module:
@@ -143,6 +153,7 @@ class Checkpoint:
         """
         where = self.provenance.get("path", "checkpoint")
         model = create_model(self.arch, self.num_classes, **self.arch_kwargs)
+        check_dtypes(self.state_dict, model.state_dict(), where)
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as e:
@@ -173,6 +184,24 @@ class CheckpointFormatError(CheckpointError):
     """A file whose format is not one of the known checkpoint families."""
 
 
+def check_dtypes(weights: dict, reference: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse a tensor whose kind (floating point or integer) differs from the network's at that key:
+    loading integer weights would silently round them into the network's floats (and the reverse would
+    truncate BatchNorm counters)."""
+    for k, r in reference.items():
+        v = weights.get(k)
+        if v is None:
+            continue
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{where}: {k!r} holds a {type(v).__name__}, not a tensor")
+        if v.is_floating_point() != r.is_floating_point() or v.is_complex():
+            want = "floating-point" if r.is_floating_point() else "integer"
+            raise CheckpointError(
+                f"{where}: tensor {k!r} is {str(v.dtype).removeprefix('torch.')}, but the network holds "
+                f"{want} values there: the file is damaged or was written by other code"
+            )
+
+
 def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
     """The name of the first floating-point tensor holding a NaN or an infinity, or None."""
     for name, t in tensors.items():
@@ -200,33 +229,53 @@ def head_classes(arch: str, sd: dict) -> int | None:
     return int(t.shape[0]) if isinstance(t, torch.Tensor) and t.ndim else None
 
 
-def read_tensors(path: str | Path):
-    """``torch.load`` with ``weights_only=True`` (never unpickles code), with errors that say what is wrong.
+MAX_TENSOR_ELEMENTS = 2**32
+"""The most elements one tensor of a file may have (16 GiB of float32): more is a damaged or hostile file."""
+
+
+def read_tensors(path: str | Path, root: str | Path | None = None):
+    """``torch.load`` with ``weights_only=True`` (never unpickles code), with errors that say what is wrong,
+    and every tensor's size checked against the memory the file actually holds (:func:`check_sizes`)
+    before anything computes with it. The file is opened as a regular file (a FIFO is refused, never read
+    from); ``root``: the run directory it belongs to (no link is followed below it).
 
     Raises:
-        CheckpointError: the file is missing, empty, truncated or corrupt, not a PyTorch file, or holds
-            Python objects other than tensors (which sfseg never unpickles).
+        CheckpointError: the file is missing, empty, truncated or corrupt, not a PyTorch file, holds
+            Python objects other than tensors (which sfseg never unpickles), or tensors whose shapes claim
+            more memory than the file holds.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} is not a file")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{path}: the checkpoint file is empty (an interrupted copy or download?)")
-    with open(path, "rb") as f:
+    try:
+        f = open_file(path, "rb", root)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except RunDirError as e:
+        raise CheckpointError(f"checkpoint {e}") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise CheckpointError(f"{path}: the checkpoint file is empty (an interrupted copy or download?)")
         head = f.read(4)
+        payload = _load(f, path, head)
+    check_sizes(payload, str(path))
+    return payload
+
+
+def _load(f, path: Path, head: bytes):
     try:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            f.seek(0)
+            return torch.load(f, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             if "numpy" not in str(e):
                 raise
             # NumPy scalars and dtypes (ProDA stores an iteration counter as one) are plain data; allowing
             # them keeps the load weights-only: nothing else is unpickled.
+            f.seek(0)
             with torch.serialization.safe_globals(_numpy_scalar_globals()):
-                return torch.load(path, map_location="cpu", weights_only=True)
+                return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
         if "Weights only load failed" in text or "weights_only" in text:
@@ -247,6 +296,28 @@ def read_tensors(path: str | Path):
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_kind(head)})") from None
 
 
+def check_sizes(payload, where: str) -> None:
+    """Refuse tensors whose shape claims more elements than their storage holds (zero strides, a view
+    beyond its data) or more than :data:`MAX_TENSOR_ELEMENTS`: such a tensor costs nothing to load but
+    any computation on it (a finiteness check, a copy) would allocate its full claimed size."""
+    stack = [("", payload)]
+    while stack:
+        name, x = stack.pop()
+        if isinstance(x, dict):
+            stack += [(f"{name}.{k}" if name else str(k), v) for k, v in x.items()]
+        elif isinstance(x, list | tuple):
+            stack += [(f"{name}[{i}]", v) for i, v in enumerate(x)]
+        elif isinstance(x, torch.Tensor):
+            stored = x.untyped_storage().nbytes() // max(x.element_size(), 1)
+            needed = x.storage_offset() + sum((s - 1) * st for s, st in zip(x.shape, x.stride())) + 1
+            n = x.numel()
+            if n and (n > MAX_TENSOR_ELEMENTS or n > stored or needed > stored):
+                raise CheckpointError(
+                    f"{where}: tensor {name!r} claims shape {tuple(x.shape)} ({n:,} elements) over "
+                    f"{stored:,} stored elements: a damaged or hostile file; sfseg will not compute with it"
+                )
+
+
 def _numpy_scalar_globals() -> list:
     import numpy as np
 
@@ -265,16 +336,19 @@ def _kind(head: bytes) -> str:
     return "unknown binary contents"
 
 
-def load_checkpoint(path: str | Path, family: str = "", classes: str = "") -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, family: str = "", classes: str = "", root: str | Path | None = None
+) -> Checkpoint:
     """Load an sfseg checkpoint, or import a community DeepLab-v2 checkpoint transparently.
 
     Args:
         path: the file.
         family: for a foreign file, its family when the keys cannot tell (see :mod:`sfseg.models.foreign`).
         classes: for a foreign file, the class protocol name (needed when it has no head, else checked).
+        root: the run directory the file belongs to (no link is followed below it).
     """
     path = Path(path)
-    payload = read_tensors(path)
+    payload = read_tensors(path, root)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         # A cycle (foreign builds Checkpoint objects) makes this import local.
         from sfseg.data.classes import get_protocol

@@ -15,10 +15,18 @@ from pathlib import Path
 
 import torch
 
+from sfseg.config import brief
 from sfseg.data.classes import PROTOCOLS, ClassProtocol
 from sfseg.data.normalization import Normalization
 from sfseg.errors import CheckpointError
-from sfseg.models.checkpoint import Checkpoint, CheckpointFormatError, check_finite, read_tensors
+from sfseg.models.checkpoint import (
+    FORMAT,
+    Checkpoint,
+    CheckpointFormatError,
+    check_dtypes,
+    check_finite,
+    read_tensors,
+)
 from sfseg.models.registry import MODELS, create_model, model_hooks
 from sfseg.registry import Registry
 
@@ -56,6 +64,7 @@ def fitting_weights(
 ) -> dict[str, torch.Tensor]:
     """``weights`` restricted to the keys of ``reference`` (a model's state dict), every shape checked."""
     weights = {k: v for k, v in weights.items() if k in reference}
+    check_dtypes(weights, reference, where)
     bad = [k for k, v in weights.items() if v.shape != reference[k].shape]
     if bad:
         raise CheckpointFormatError(
@@ -185,7 +194,14 @@ def import_state_dict(
         owner = next((imp for _, imp in IMPORTERS.items() if family in imp.families), None)
         if owner is None:
             raise CheckpointError(f"unknown checkpoint family {family!r}; known: {sorted(known_families())}")
-        return owner.convert(sd, family, protocol, where)
+        try:
+            return owner.convert(sd, family, protocol, where)
+        except (KeyError, IndexError, TypeError, AttributeError, RuntimeError) as e:
+            detail = f"key {e.args[0]!r} is missing" if isinstance(e, KeyError) else brief(str(e))
+            raise CheckpointFormatError(
+                f"{where}: read as family {family!r} ({owner.families[family]}), but {detail}: the file is "
+                f"not of that family. Omit the family for sfseg to detect it (keys: {sorted(sd)[:8]} ...)"
+            ) from None
     for _, imp in IMPORTERS.items():
         try:
             found = imp.detect(sd)
@@ -226,5 +242,16 @@ def import_payload(
 def import_checkpoint(
     path: str | Path, family: str = "", protocol: ClassProtocol | None = None
 ) -> Checkpoint:
-    """Read a foreign checkpoint file (tensors only; never unpickles code) and import it."""
-    return import_payload(read_tensors(path), path, family, protocol)
+    """Read a foreign checkpoint file (tensors only; never unpickles code) and import it.
+
+    Raises:
+        CheckpointError: the file is already an sfseg checkpoint (nothing to import), or not importable.
+    """
+    payload = read_tensors(path)
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        raise CheckpointError(
+            f"{path} is already an sfseg checkpoint ({payload.get('arch')}, "
+            f"{len(payload.get('class_names') or [])} classes): there is nothing to import; use it as it is "
+            "(eval, predict, adapt and export read it directly)"
+        )
+    return import_payload(payload, path, family, protocol)

@@ -24,7 +24,8 @@ def upsample_logits(
 
 def argmax_classes(logits: torch.Tensor, zmax: torch.Tensor | None = None) -> torch.Tensor:
     """``logits.argmax(1)`` (the first class on ties), computed from ``amax``: on CPUs PyTorch's
-    ``argmax``/``max(dim)`` over the channel dimension of NCHW is 5-20x slower than ``amax``.
+    ``argmax``/``max(dim)`` over the channel dimension of NCHW is 5-20x slower than ``amax``. A pixel
+    holding a NaN gets what ``torch.argmax`` gives it (the first NaN): always a class index.
 
     Shape:
         logits (B, C, H, W) -> (B, H, W) int64; ``zmax`` (B, 1, H, W) if already computed.
@@ -38,7 +39,11 @@ def argmax_classes(logits: torch.Tensor, zmax: torch.Tensor | None = None) -> to
         return logits.argmax(1)
     # Weight each channel that reaches the maximum by C - c: the largest weight is the first such channel.
     weights = torch.arange(c, 0, -1, dtype=torch.uint8, device=logits.device).view(1, c, 1, 1)
-    return c - ((logits == zmax).to(torch.uint8) * weights).amax(1).long()
+    out = c - ((logits == zmax).to(torch.uint8) * weights).amax(1).long()
+    nan = zmax.isnan().squeeze(1)  # NaN equals nothing, so such a pixel matched no channel (out == c)
+    if bool(nan.any()):
+        out = torch.where(nan, logits.argmax(1), out)
+    return out
 
 
 def count_into(counts: torch.Tensor, values: torch.Tensor) -> None:

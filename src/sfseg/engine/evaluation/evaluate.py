@@ -9,12 +9,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from sfseg.data.classes import ClassProtocol
-from sfseg.data.datasets import png_depth
+from sfseg.data.datasets import open_image, png_depth
 from sfseg.engine.evaluation.inference import Inference, batch_size_hw
 from sfseg.engine.evaluation.metrics import ConfusionMatrix
 from sfseg.engine.runtime import distributed
@@ -53,6 +53,7 @@ def evaluate(
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         logits = inference.logits(batch["image"], batch_size_hw(batch))
         cm.update(batch["label"], argmax_classes(logits).to(torch.uint8))
+    inference.check_finite(desc, distributed.all_reduce_sum)
     cm.reduce_from_all_processes(distributed.all_reduce_sum)
     model.train(was_training)
     return cm.summary(protocol.names, protocol.majority, protocol.subsets)
@@ -110,11 +111,13 @@ def read_prediction(path: Path, fmt: str) -> np.ndarray:
     try:
         if path.stat().st_size == 0:
             raise DatasetError(f"{path}: the prediction file is empty; {fix}")
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if im.mode not in ("L", "P") or (im.format == "PNG" and png_depth(path) > 8):
                 raise DatasetError(f"{path}: the prediction image has mode {im.mode!r}, not 8-bit ids; {fix}")
             return np.asarray(im)
-    except DatasetError:
+    except DatasetError as e:
+        if "cannot be read as an image" in str(e):
+            raise DatasetError(f"{path}: cannot be read as a prediction image; {fix}") from None
         raise
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         raise DatasetError(

@@ -28,6 +28,7 @@ from sfseg.data.config import DataConfig
 from sfseg.data.normalization import Normalization
 from sfseg.data.transforms import resize_image
 from sfseg.engine.runtime.config import RuntimeConfig, use_channels_last
+from sfseg.engine.runtime.guard import NonFiniteOutput
 from sfseg.errors import DatasetError
 from sfseg.models.checkpoint import InferenceSettings
 from sfseg.models.ops import upsample_logits
@@ -120,6 +121,7 @@ class Inference:
         self.resize, self.align_corners, self.upsample = resize, align_corners, upsample
         self.amp, self.channels_last = amp, channels_last
         self.device = next(model.parameters()).device
+        self._finite: torch.Tensor | None = None
 
     @classmethod
     def from_settings(
@@ -170,10 +172,29 @@ class Inference:
 
     @torch.no_grad()
     def raw(self, images: torch.Tensor) -> torch.Tensor:
-        """The network's own output (its stride, its dtype) for uint8 images."""
+        """The network's own output (its stride, its dtype) for uint8 images. Whether every value is
+        finite is recorded on the device (no host synchronisation); :meth:`check_finite` reads it."""
         x = self.network_input(images)
         with self.autocast():
-            return self.model(x)
+            out = self.model(x)
+        # The sum is finite exactly when every value is (or overflows, for logits no sane model has).
+        finite = torch.isfinite(out.sum(dtype=torch.float32))
+        self._finite = finite if self._finite is None else self._finite & finite
+        return out
+
+    def check_finite(self, what: str, all_reduce_sum=None) -> None:
+        """Raise :class:`~sfseg.engine.runtime.guard.NonFiniteOutput` if any output since the last check
+        held a NaN or an infinity (one host synchronisation); callers check before they write or score
+        anything computed from the outputs. With ``all_reduce_sum`` (a sharded pass), every process
+        raises when any process saw one, so none waits for the others forever."""
+        finite, self._finite = self._finite, None
+        bad = torch.zeros(1, dtype=torch.int64, device=self.device)
+        if finite is not None:
+            bad += (~finite).long()
+        if all_reduce_sum is not None:
+            all_reduce_sum(bad)
+        if int(bad.item()):
+            raise NonFiniteOutput(what)
 
     def input_hw(self, raw: torch.Tensor, size: tuple[int, int]) -> tuple[int, int]:
         """The network input's (H, W) for images of label size ``size``."""

@@ -20,6 +20,7 @@ from sfseg.data.classes import ClassProtocol
 from sfseg.data.datasets import check_relative
 from sfseg.engine.evaluation.inference import Inference, batch_size_hw
 from sfseg.engine.runtime.loading import sharded_loader
+from sfseg.models.ops import argmax_classes
 
 FORMATS = ("cityscapes", "trainid")
 
@@ -74,13 +75,12 @@ def predict(
     for batch in tqdm(
         sharded_loader(inference.view(dataset), batch_size, workers), desc="predict", disable=not progress
     ):
-        pred = (
-            inference.logits(batch["image"], batch_size_hw(batch))
-            .max(1)
-            .indices.to(torch.uint8)
-            .cpu()
-            .numpy()
+        logits = inference.logits(batch["image"], batch_size_hw(batch))
+        names = [dataset.names[i] for i in batch["index"].tolist()]
+        inference.check_finite(
+            f"image {names[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else "")
         )
+        pred = argmax_classes(logits).to(torch.uint8).cpu().numpy()
         for i, p in zip(batch["index"].tolist(), pred):
             written.append(export_prediction(p, output_path(out, dataset.names[i], fmt), protocol, fmt))
     return written

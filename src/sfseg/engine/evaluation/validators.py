@@ -40,6 +40,7 @@ from tqdm import tqdm
 from sfseg.adapt.norm import set_bn_mode
 from sfseg.data.classes import ClassProtocol
 from sfseg.engine.evaluation.inference import Inference, batch_size_hw
+from sfseg.engine.runtime.guard import NonFiniteOutput
 from sfseg.engine.runtime.loading import derived_seed, sharded_loader
 from sfseg.models.checkpoint import InferenceSettings
 from sfseg.models.ops import argmax_classes
@@ -260,6 +261,8 @@ def score_model(
                 else:
                     raw, feats = model(x), None
             logits = inf.label_logits(raw, size)
+            if not bool(torch.isfinite(logits).all()):
+                raise NonFiniteOutput("label-free validator scoring")
             if keep_predictions:
                 kept.append(argmax_classes(logits).to(torch.uint8).cpu())
             hw = size[0] * size[1]

@@ -26,7 +26,9 @@ from sfseg.engine.runtime.rundir import RunDir
 from sfseg.engine.training.recipe import AdaptConfig, SourceConfig, config_dir, recipe_path
 from sfseg.engine.training.resume import describe_differences, read_state
 from sfseg.engine.training.source import same_training, train_source
-from sfseg.engine.training.stages import run_adaptation
+from sfseg.engine.training.stages import run_adaptation, stage_chain
+from sfseg.errors import ConfigError, SfsegError
+from sfseg.fileio import Place, atomic_write_text, check_outputs
 from sfseg.models import load_checkpoint
 
 
@@ -91,7 +93,7 @@ def adapt_or_reuse(
         shown = describe_differences(state["config"], to_dict(cfg))
         if not shown:
             if state.get("phase") == "done" and out.summary.is_file():
-                return json.loads(out.summary.read_text())
+                return out.read_json(out.summary)
             return run_adaptation(cfg, progress=progress, mode="resume")
         log(f"{out}: its saved run is of another recipe (differs in {shown}); running it again")
     return run_adaptation(cfg, progress=progress, mode="overwrite")
@@ -161,24 +163,44 @@ def _first_stage_in(init_from: str, methods: list[str], configs: Path) -> str:
 def write_world_report(out: Path, runs: dict[str, list[dict]], seeds: list[int], title: str) -> dict:
     results = {m: [r["final"] for r in rs] for m, rs in runs.items()}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"results": results, "runs": runs}, indent=1))
-    (out / "results.md").write_text(
+    atomic_write_text(out / "results.json", json.dumps({"results": results, "runs": runs}, indent=1))
+    atomic_write_text(
+        out / "results.md",
         f"{title}, target val, {len(seeds)} seed(s) {seeds}, mean ± std (IoU %)\n\n"
         f"{per_class_table(results, TOYCITY)}\n\n"
         "Target-val mIoU after each step (0 = source model; AdaBN adds a step; then one per round), "
         f"mean over seeds:\n\n{trajectory_table(runs)}\n\n"
         "Minority classes' share of the target-train predictions of the starting model and after "
         "adaptation:\n\n"
-        f"{share_table(runs, TOYCITY)}\n"
+        f"{share_table(runs, TOYCITY)}\n",
     )
     plot_per_class(results, out / "per_class_iou.png", title=f"{title}, per-class IoU ({len(seeds)} seed(s))")
     return results
 
 
-def check_recipes(methods: list[str], configs: Path, overrides: list[str]) -> None:
+def check_recipes(
+    methods: list[str],
+    configs: Path,
+    overrides: list[str],
+    seeds: list[int] | None = None,
+    source_overrides: list[str] | None = None,
+) -> None:
+    """Everything about a bench's recipes that can fail, before any training: a method or seed named
+    twice, a missing recipe, an override that does not fit some method's recipe, a composition (of any
+    stage of a chain) that cannot work, a source recipe override that does not fit."""
+    for what, values in (("--methods", methods), ("--seeds", seeds or [])):
+        repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if repeated:
+            raise ConfigError(f"{what} names {repeated} more than once; name each once")
+    if not methods:
+        raise ConfigError("--methods names no method")
     for m in methods:
-        # Fail before any training if a recipe is missing or an override does not fit it.
-        load_config(AdaptConfig, recipe_path(m, configs), overrides)
+        try:
+            stage_chain(load_config(AdaptConfig, recipe_path(m, configs), overrides))
+        except SfsegError as e:
+            raise type(e)(f"method {m}: {e}") from None
+    if source_overrides:
+        source_config(".", Path("."), 0, configs, source_overrides)
 
 
 def run_bench(
@@ -208,7 +230,8 @@ def run_bench(
     configs = config_dir(recipes)
     out = Path(out)
     overrides = list(overrides or [])
-    check_recipes(methods, configs, overrides)
+    check_recipes(methods, configs, overrides, seeds, source_overrides)
+    check_outputs([Place("--out", out)], [Place("--data", Path(data_root), tree=True)])
     out.mkdir(parents=True, exist_ok=True)
     world = World("toycity", Path(data_root), out, Path(source_dir or out))
     t0 = time.time()
@@ -269,7 +292,14 @@ def run_suite(
     configs = config_dir(recipes)
     out = Path(out)
     overrides = list(overrides or [])
-    check_recipes(methods, configs, overrides)
+    check_recipes(methods, configs, overrides, seeds, source_overrides)
+    for what, values in (("--variants", variants), ("--worlds", worlds)):
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{what} names {sorted({v for v in values if values.count(v) > 1})} twice")
+    check_outputs(
+        [Place("--out", out)],
+        [Place(f"world {v}-w{w}", world_root(data_dir, v, w), tree=True) for v in variants for w in worlds],
+    )
     t0 = time.time()
     all_jobs, keys = [], {}
     for v in variants:
@@ -291,8 +321,8 @@ def run_suite(
         write_world_report(out / name, runs, seeds, f"ToyCity {name}")
         per_world[name] = runs
     summary = suite_tables(per_world, methods, TOYCITY)
-    (out / "suite.json").write_text(json.dumps({"seeds": seeds, "worlds": per_world}, indent=1))
-    (out / "suite.md").write_text(summary)
+    atomic_write_text(out / "suite.json", json.dumps({"seeds": seeds, "worlds": per_world}, indent=1))
+    atomic_write_text(out / "suite.md", summary)
     print(summary)
     print(f"suite finished in {time.time() - t0:.0f} s; results in {out}")
     return per_world

@@ -28,6 +28,7 @@ from sfseg.engine.experiments.jobs import Job, run_jobs
 from sfseg.engine.runtime.loading import sharded_loader
 from sfseg.engine.training.labelling import class_shares
 from sfseg.engine.training.recipe import config_dir
+from sfseg.fileio import atomic_write_text
 from sfseg.models import load_checkpoint
 
 BIASED = {"small_objects": 3}  # variant -> minority classes that must get at most half their share
@@ -126,7 +127,7 @@ def calibrate(
         }
         numbers["worlds"][name] = w
     numbers["seconds"] = round(time.time() - t0)
-    (out / "calibration.json").write_text(json.dumps(numbers, indent=1))
+    atomic_write_text(out / "calibration.json", json.dumps(numbers, indent=1))
     table = calibration_tables(numbers)
     print(table)
     command = (
@@ -223,4 +224,4 @@ def _write_report(path: Path, table: str, command: str, numbers: dict) -> None:
     else:
         text = (text + "\n\n" if text else "# ToyCity calibration\n\n") + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    atomic_write_text(path, text)

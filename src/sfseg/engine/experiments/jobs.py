@@ -32,7 +32,7 @@ class Job:
 
 
 def _init_worker(threads: int, parent: int) -> None:
-    torch.set_num_threads(threads)
+    torch.set_num_threads(user_threads() or threads)
     _die_with_parent(parent)
 
 
@@ -52,9 +52,16 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _with_threads(threads: int, fn: Callable[..., Any], *args) -> Any:
-    """Run ``fn`` on ``threads`` intra-op threads (a job alone on the machine gets all the cores)."""
-    torch.set_num_threads(threads)
+    """Run ``fn`` on ``threads`` intra-op threads (a job alone on the machine gets all the cores), or on
+    the user's ``OMP_NUM_THREADS`` when it is set."""
+    torch.set_num_threads(user_threads() or threads)
     return fn(*args)
+
+
+def user_threads() -> int | None:
+    """The thread count the user asked for with ``OMP_NUM_THREADS`` (None when unset or unusable)."""
+    text = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
 
 
 def run_jobs(jobs: list[Job], workers: int = 1, log: Callable[[str], None] = print) -> dict[str, Any]:

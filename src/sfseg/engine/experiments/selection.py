@@ -6,7 +6,6 @@ The validators themselves are in :mod:`sfseg.engine.evaluation.validators`.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -19,19 +18,37 @@ from sfseg.data.registry import build_dataset, dataset_protocol
 from sfseg.engine.evaluation.inference import inference_settings
 from sfseg.engine.evaluation.validators import score_model
 from sfseg.engine.runtime.rundir import RunDir
+from sfseg.engine.runtime.runlog import read_records
 from sfseg.engine.training.recipe import AdaptConfig
+from sfseg.errors import RunDirError
 from sfseg.models import load_checkpoint
 
 
 def run_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """(round, path) of a run directory's models: the run's starting checkpoint as round -1, then every
-    ``round_<r>.pt``."""
+    ``round_<r>.pt`` the run wrote.
+
+    Raises:
+        SfsegError: a round the run logged as finished has no checkpoint any more (deleted?): scoring the
+            rest would let the starting model win by default, so sfseg says which are missing instead.
+    """
     run = RunDir(run_dir)
-    cfg = load_config(AdaptConfig, run.config)
+    cfg = load_config(AdaptConfig, run.check(run.config))
     start = Path(cfg.checkpoint)
     if cfg.init_from:
         start = run.stage(cfg.init_from.rsplit("/", 1)[-1]).final
-    return [(-1, start), *run.round_checkpoints()]
+    rounds = run.round_checkpoints()
+    finished = sorted({r["round"] for r in read_records(run.metrics, run.path) if r["phase"] == "round"})
+    missing = [r for r in finished if r not in dict(rounds)]
+    if missing:
+        names = ", ".join(run.round_checkpoint(r).name for r in missing)
+        have = ", ".join(p.name for _, p in rounds) or "none"
+        raise RunDirError(
+            f"{run_dir}: the run finished round(s) {missing} but their checkpoints are missing ({names}; "
+            f"present: {have}); without them the choice would be among the rest only. Restore them, or "
+            "run the recipe again"
+        )
+    return [(-1, start), *rounds]
 
 
 def score_run(
@@ -45,7 +62,7 @@ def score_run(
     split, without reading labels. Returns one record per checkpoint (with the run's logged target-val
     mIoU for it, where the run scored one, for studies of the validators)."""
     run_dir = Path(run_dir)
-    cfg = load_config(AdaptConfig, run_dir / "config.yaml")
+    cfg = load_config(AdaptConfig, RunDir(run_dir).check(RunDir(run_dir).config))
     protocol = dataset_protocol(cfg.data.dataset, cfg.data.protocol)
     data = build_dataset(cfg.data.dataset, cfg.data.root, cfg.data.train_split, protocol.name, labels=False)
     ckpts = run_checkpoints(run_dir)
@@ -56,7 +73,7 @@ def score_run(
     # Every checkpoint is seen the way the run saw it (its data pipeline and memory layout).
     settings = inference_settings(cfg.data, cfg.runtime, torch.device("cpu"))
     for r, path in ckpts:
-        ck = source if r == -1 else load_checkpoint(path)
+        ck = source if r == -1 else load_checkpoint(path, root=run_dir)
         # Each checkpoint runs once: the source model's and the previous round's predictions are kept.
         scores, preds = score_model(
             ck.build(),
@@ -95,11 +112,8 @@ def score_run(
 def _logged_miou(run_dir: Path) -> dict[int, float]:
     """The target-val mIoU the run logged after each round (round -1: its starting model)."""
     out = {}
-    path = RunDir(run_dir).metrics
-    if not path.is_file():
-        return out
-    for line in path.read_text().splitlines():
-        r = json.loads(line)
+    run = RunDir(run_dir)
+    for r in read_records(run.metrics, run.path):
         if r.get("phase") == "source_model":
             out[-1] = r["miou"]
         elif r.get("phase") == "round":

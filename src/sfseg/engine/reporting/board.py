@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from sfseg.data.classes import ClassProtocol
 from sfseg.engine.evaluation.inference import Inference
+from sfseg.engine.runtime.loading import read_label_png
 from sfseg.models.ops import argmax_classes
 
 
@@ -102,6 +103,7 @@ def prediction_grid(
     protocol: ClassProtocol,
     pseudo_paths: list[Path] | None = None,
     max_width: int = 384,
+    root: Path | None = None,
 ) -> np.ndarray:
     """One row per image: the image, its pseudo-label (when given), the model's prediction (eval mode),
     and its ground truth (when the split has labels). Returns (H, W, 3) uint8.
@@ -117,15 +119,12 @@ def prediction_grid(
         for i in indices:
             item = view[i]
             h, w = item["size"].tolist()
-            pred = (
-                argmax_classes(inference.logits(item["image"][None], (h, w)))[0]
-                .cpu()
-                .numpy()
-                .astype(np.uint8)
-            )
+            logits = inference.logits(item["image"][None], (h, w))
+            inference.check_finite("the prediction grid")
+            pred = argmax_classes(logits)[0].cpu().numpy().astype(np.uint8)
             cells = [dataset.image(i).permute(1, 2, 0).numpy()]
             if pseudo_paths:
-                cells.append(colorize(np.asarray(Image.open(pseudo_paths[i])), protocol))
+                cells.append(colorize(read_label_png(pseudo_paths[i], root), protocol))
             cells.append(colorize(pred, protocol))
             if getattr(dataset, "has_labels", False):
                 cells.append(colorize(dataset.label(i).numpy().astype(np.uint8), protocol))

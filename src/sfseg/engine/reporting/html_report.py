@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,11 @@ import numpy as np
 from sfseg.data.classes import PROTOCOLS, ClassProtocol
 from sfseg.engine.reporting.report import has_diagnostics, per_class_table, pl_diagnostics_figure
 from sfseg.engine.runtime.rundir import RunDir
+from sfseg.engine.runtime.runlog import read_records
 from sfseg.errors import RunDirError
-from sfseg.fileio import atomic_write_text
+from sfseg.fileio import Place, atomic_write_text, check_outputs
+
+MAX_FIGURE_BYTES = 64 * 2**20
 
 STYLE = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
@@ -50,8 +53,10 @@ def _img_tag(b64: str, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
 
 
-def _file_b64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
+def _file_b64(path: Path, run: Path) -> str:
+    """A figure of a run, embedded: a regular file that lives inside the run directory (no link followed,
+    none larger than a figure can be), never whatever a planted link points to."""
+    return base64.b64encode(RunDir(run).read_bytes(path, MAX_FIGURE_BYTES, "figure")).decode()
 
 
 def markdown_table_to_html(md: str) -> str:
@@ -74,34 +79,24 @@ def markdown_table_to_html(md: str) -> str:
     return "\n".join(out)
 
 
-def read_records(run: Path) -> list[dict]:
+def read_run_records(run: Path) -> list[dict]:
     """The records of a run's ``metrics.jsonl``; a folder that is not a run, or a damaged file, is one
     error naming it."""
-    path = RunDir(run).metrics
-    if not path.is_file():
+    rd = RunDir(run)
+    if not os.path.lexists(rd.metrics):
         raise RunDirError(
-            f"{run} is not an sfseg run directory (no {path.name}); give the directory of a run"
+            f"{run} is not an sfseg run directory (no {rd.METRICS}); give the directory of a run"
         )
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise RunDirError(f"{path}, line {number}: not a JSON record; the file is damaged") from None
-        if not isinstance(record, dict) or "phase" not in record:
-            raise RunDirError(f"{path}, line {number}: not an sfseg metrics record")
-        records.append(record)
-    return records
+    return read_records(rd.metrics, rd.path)
 
 
 def load_run(run: Path) -> dict:
-    """What the report needs from a run directory."""
-    records = read_records(run)
+    """What the report needs from a run directory (read without following links inside it)."""
+    rd = RunDir(run)
+    records = read_run_records(run)
     start = next((r for r in records if r["phase"] == "start"), {})
     cfg = start.get("config", {})
-    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else None
+    summary = rd.read_json(rd.summary) if os.path.lexists(rd.summary) else None
     evals = [r for r in records if r["phase"] in ("source_model", "adabn", "round")]
     pls = [r for r in records if r["phase"] == "pseudo_labels"]
     return {
@@ -137,6 +132,10 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "sfseg runs") -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    check_outputs(
+        [Place("--out", Path(out))],
+        [Place(f"run {r}", p) for r in run_dirs for p in RunDir(r).input_files()],
+    )
     runs = [load_run(r) for r in run_dirs]  # every run is read (and checked) before anything is written
     labels = _labels(runs)
     protocol = _protocol(runs[0])
@@ -252,7 +251,7 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "sfseg runs") -> 
         for f in r["figures"]:
             parts.append(
                 f"<figure><figcaption>{html.escape(f.stem.replace('_', ' '))}</figcaption>"
-                f"{_img_tag(_file_b64(f), f.stem)}</figure>"
+                f"{_img_tag(_file_b64(f, r['dir']), f.stem)}</figure>"
             )
         parts.append("</div>")
     page = (

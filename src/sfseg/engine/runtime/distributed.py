@@ -43,12 +43,69 @@ class Dist:
 SINGLE = Dist()
 
 
-def from_env() -> Dist:
-    """The rank layout ``torchrun`` describes in the environment (one process when it is absent)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+ENV_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+def from_env(environ: dict | None = None) -> Dist:
+    """The rank layout ``torchrun`` describes in the environment (one process when it is absent).
+
+    The variables are checked together, since a stray one (``WORLD_SIZE=2`` left in a shell,
+    ``LOCAL_WORLD_SIZE=0``) would otherwise fail deep inside PyTorch or divide by zero.
+
+    Raises:
+        ConfigError: naming the variable, its value and what it must be.
+    """
+    env = os.environ if environ is None else environ
+    values = {}
+    for name in ENV_VARIABLES:
+        text = env.get(name)
+        if text is None or text == "":
+            continue
+        try:
+            values[name] = int(text)
+        except ValueError:
+            raise _env_error(name, text, "an integer") from None
+    world = values.get("WORLD_SIZE", 1)
+    if not 1 <= world <= 65536:
+        raise _env_error("WORLD_SIZE", world, "at least 1")
+    local_world = values.get("LOCAL_WORLD_SIZE", world if world > 1 else 1)
+    if not 1 <= local_world <= world:
+        raise _env_error("LOCAL_WORLD_SIZE", local_world, f"in 1..WORLD_SIZE ({world})")
+    if world == 1:
+        for name in ("RANK", "LOCAL_RANK"):
+            if values.get(name, 0) != 0:
+                raise _env_error(name, values[name], "0 when WORLD_SIZE is 1 (or unset)")
         return SINGLE
-    return Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if "RANK" not in values:
+        raise _env_error("RANK", None, f"set with WORLD_SIZE={world} (launch with torchrun, which sets both)")
+    rank, local_rank = values["RANK"], values.get("LOCAL_RANK", 0)
+    if not 0 <= rank < world:
+        raise _env_error("RANK", rank, f"in 0..{world - 1} (WORLD_SIZE is {world})")
+    if not 0 <= local_rank < local_world:
+        raise _env_error(
+            "LOCAL_RANK", local_rank, f"in 0..{local_world - 1} (LOCAL_WORLD_SIZE {local_world})"
+        )
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not env.get(name):
+            raise _env_error(name, None, f"set with WORLD_SIZE={world} (torchrun sets it)")
+    return Dist(rank, world, local_rank)
+
+
+def local_world_size(environ: dict | None = None) -> int:
+    """How many processes of this run share this machine (``LOCAL_WORLD_SIZE``, checked; 1 alone)."""
+    env = os.environ if environ is None else environ
+    d = from_env(env)
+    return int(env.get("LOCAL_WORLD_SIZE") or d.world) if d.enabled else 1
+
+
+def _env_error(name: str, value, must: str):
+    from sfseg.errors import ConfigError
+
+    shown = "unset" if value is None else f"{value!r}"
+    return ConfigError(
+        f"environment variable {name} is {shown}; it must be {must}. Unset the torchrun variables "
+        f"({', '.join(ENV_VARIABLES)}) to run in one process"
+    )
 
 
 def init(device_name: str = "auto") -> tuple[Dist, torch.device]:

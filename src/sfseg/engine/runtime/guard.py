@@ -25,6 +25,17 @@ class DivergenceError(SfsegError):
     """Training produced non-finite or exploding values."""
 
 
+class NonFiniteOutput(DivergenceError):
+    """A network's outputs hold NaN or infinite values (a diverged model, or damaged weights)."""
+
+    def __init__(self, what: str):
+        super().__init__(
+            f"the network's outputs hold NaN or infinite values ({what}): the model diverged, or its weights "
+            "are damaged; nothing was written from them"
+        )
+        self.what = what
+
+
 def weight_norm(params: list[torch.Tensor]) -> float:
     """The L2 norm of a list of tensors (non-finite when any value is)."""
     if not params:
@@ -79,6 +90,11 @@ class DivergenceGuard:
                     step,
                     last_good,
                 )
+
+    def outputs(self, error: NonFiniteOutput, step: int, last_good: str) -> None:
+        """Re-raise a :class:`NonFiniteOutput` met while the run evaluated or labelled, as the run's
+        divergence (with the last good state named)."""
+        self._fail(f"the network's outputs hold NaN or infinite values ({error.what})", step, last_good)
 
     def weights(self, step: int, last_good: str) -> None:
         """Check the weights before they are written (a state, a checkpoint)."""

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from sfseg.data.transforms import AugmentConfig, apply_scale_crop, resize_crop, scale_crop_params
 from sfseg.engine.runtime.distributed import SINGLE, Dist
+from sfseg.errors import ResumeError
+from sfseg.fileio import open_file
 
 
 def derived_seed(*parts: int) -> int:
@@ -83,14 +85,29 @@ def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
 
 class PngTargets:
     """Per-pixel targets read from PNG files (a round's pseudo-labels), by sample index (picklable, for
-    loader workers)."""
+    loader workers); no link is followed below ``root`` (the run directory)."""
 
-    def __init__(self, paths: list[Path]):
+    def __init__(self, paths: list[Path], root: Path | None = None):
         self.paths = list(paths)
+        self.root = root
 
     def __call__(self, i: int) -> torch.Tensor:
-        with Image.open(self.paths[i]) as im:
-            return torch.from_numpy(np.asarray(im).copy())
+        return torch.from_numpy(read_label_png(self.paths[i], self.root))
+
+
+def read_label_png(path: Path, root: Path | None = None) -> np.ndarray:
+    """A pseudo-label PNG as (H, W) uint8; a damaged or foreign file is one error naming it."""
+    try:
+        with open_file(path, "rb", root=root) as f, Image.open(f) as im:
+            if im.mode not in ("L", "P"):
+                raise ValueError(f"mode {im.mode!r}, not 8-bit labels")
+            return np.asarray(im).copy()
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as e:
+        reason = " ".join(str(e).split())[:120] or type(e).__name__
+        raise ResumeError(
+            f"{path}: a pseudo-label file is damaged ({reason}); the round cannot continue from it. Start "
+            "the run again with --overwrite (or resume an earlier copy of the run directory)"
+        ) from None
 
 
 class LabelTargets:
@@ -136,8 +153,8 @@ class TrainView(Dataset):
         self.crop_on_device = crop_on_device and augment.kind == "scale_crop"
 
     @staticmethod
-    def pngs(paths: list[Path]) -> PngTargets:
-        return PngTargets(paths)
+    def pngs(paths: list[Path], root: Path | None = None) -> PngTargets:
+        return PngTargets(paths, root)
 
     def __len__(self) -> int:
         return len(self.base)

@@ -18,10 +18,15 @@ Layout of ``<out>/`` (one ``sfseg adapt`` run)::
 Safety rules, each tested:
 
 * sfseg deletes only what it can prove is its own: ``--overwrite`` clears a directory only when it carries
-  the marker, and then only the entries named above (anything else is kept and reported);
+  the marker, and then only the files it writes, by name (``round_<r>.pt``, ``figures/round_<r>.png``,
+  ``pseudo_labels/round_<r>/00000.png``, ...): anything else, inside its folders too, is kept and listed;
 * one process per run directory: :meth:`RunDir.lock` takes an advisory ``flock`` that the operating
   system releases when the process ends, however it ends; a second process gets an error naming the
-  holder's pid and host.
+  holder's pid and host. The lock is taken only in a directory known to be a run (or new and empty), so a
+  refused command leaves nothing behind in a folder of the user's;
+* no link is followed inside a run directory: files are opened with ``O_NOFOLLOW`` and the folders
+  between the run directory and a file are checked (:func:`sfseg.fileio.refuse_links`); a link where a
+  run file should be is one error naming it.
 """
 
 from __future__ import annotations
@@ -32,16 +37,39 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import socket
+import stat
 import uuid
 from pathlib import Path
 
 from sfseg.errors import RunDirError
+from sfseg.fileio import (
+    atomic_write_text,
+    check_writable_dir,
+    make_dirs,
+    open_fd,
+    read_bytes,
+    refuse_links,
+)
 
 MARKER_FORMAT = "sfseg-run-dir-v1"
 _ROUND = re.compile(r"^round_(\d{1,6})\.pt$")
 _HELD: dict[str, int] = {}  # lock files this process holds (resolved path -> fd): locking is idempotent
+_TMP = r"\..+\.tmp"  # an interrupted atomic write (fileio.atomic_write_bytes)
+# The files sfseg writes in the folders it makes in a run directory, by name, and the folders it makes in
+# them: ``--overwrite`` deletes these and nothing else.
+_OWN_TREE: dict[str, tuple[list[str], dict]] = {
+    "figures": ([r"source_model\.png", r"round_\d+\.png", r"pl_diagnostics\.png", _TMP], {}),
+    "pseudo_labels": ([], {r"round_\d+": ([r"\d{5,}\.png"], {})}),
+    "tensorboard": ([r"events\.out\.tfevents\..+"], {}),
+    ".cache": ([r"cache\d+\.bin"], {}),
+}
+MAX_JSON_BYTES = 256 * 2**20
+"""The largest run record (summary.json, metrics.jsonl) sfseg reads back."""
+
+
+def _matches(name: str, patterns) -> bool:
+    return any(re.fullmatch(p, name) for p in patterns)
 
 
 class RunDir:
@@ -60,7 +88,7 @@ class RunDir:
     FINAL = "final.pt"
     SELECTED = "selected.pt"
     OWN_FILES = (MARKER, CONFIG, METRICS, STATE, SUMMARY, FINAL, SELECTED)
-    OWN_DIRS = ("pseudo_labels", "tensorboard", "figures", ".cache")
+    OWN_DIRS = tuple(_OWN_TREE)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -118,10 +146,15 @@ class RunDir:
         return self.figures / ("source_model.png" if r < 0 else f"round_{r}.png")
 
     def prediction_grids(self) -> list[tuple[int, Path]]:
-        """``(round, path)`` of the prediction grids drawn so far, the starting model first."""
-        out = [(-1, self.prediction_grid(-1))] if self.prediction_grid(-1).is_file() else []
-        if self.figures.is_dir():
+        """``(round, path)`` of the prediction grids drawn so far, the starting model first: regular files
+        only (a link or anything else planted under ``figures/`` is not one)."""
+        out = []
+        if self.figures.is_dir() and not self.figures.is_symlink():
             for p in self.figures.iterdir():
+                if not _is_regular(p):
+                    continue
+                if p.name == "source_model.png":
+                    out.append((-1, p))
                 m = _ROUND.match(p.name.replace(".png", ".pt"))
                 if m and p.suffix == ".png":
                     out.append((int(m.group(1)), p))
@@ -132,13 +165,15 @@ class RunDir:
 
     def round_checkpoints(self) -> list[tuple[int, Path]]:
         """``(round, path)`` of every ``round_<r>.pt``, in round order. Files with other names (a user's
-        ``round_best.pt``, say) are not rounds and are ignored."""
+        ``round_best.pt``, say) are not rounds and are ignored; a link with a round's name is an error."""
         found = []
         if self.path.is_dir():
             for p in self.path.iterdir():
                 m = _ROUND.match(p.name)
-                if m and p.is_file():
-                    found.append((int(m.group(1)), p))
+                if m:
+                    refuse_links(p, self.path)
+                    if p.is_file():
+                        found.append((int(m.group(1)), p))
         return sorted(found)
 
     def pseudo_labels(self, r: int) -> Path:
@@ -148,48 +183,83 @@ class RunDir:
         """The run directory of a two-stage recipe's first stage (``<out>/<name>``)."""
         return RunDir(self.path / name)
 
+    # --------------------------------------------------------------------------------- safe file access
+    def check(self, path: Path) -> Path:
+        """``path`` (a file of this run), refused when it, or a folder between the run directory and it,
+        is a symbolic link."""
+        return refuse_links(path, self.path)
+
+    def mkdir(self, path: Path) -> Path:
+        """Make a folder of this run (``figures/``, ``pseudo_labels/round_0``), refusing links."""
+        return make_dirs(path, self.path)
+
+    def read_bytes(self, path: Path, limit: int | None = None, what: str = "file") -> bytes:
+        """A file of this run, read without following links, refused beyond ``limit`` bytes."""
+        return read_bytes(path, limit, root=self.path, what=what)
+
+    def read_json(self, path: Path) -> dict | list:
+        """A JSON file of this run (``summary.json``); a damaged one is one error naming it."""
+        try:
+            return json.loads(self.read_bytes(path, MAX_JSON_BYTES, "run record"))
+        except FileNotFoundError:
+            raise RunDirError(
+                f"{path} is missing; the run did not finish (resume it or run it again)"
+            ) from None
+        except (ValueError, UnicodeDecodeError):
+            raise RunDirError(
+                f"{path} is damaged (not complete JSON); run the run again (or resume it if it has not "
+                "finished), or delete the file"
+            ) from None
+
     # ------------------------------------------------------------------------------------------ marker
     @property
     def is_marked(self) -> bool:
-        return (self.path / self.MARKER).is_file()
+        return _is_regular(self.path / self.MARKER)
 
     def marker(self) -> dict | None:
         """The marker's record, or None when the directory carries none (or an unreadable one)."""
         try:
-            data = json.loads((self.path / self.MARKER).read_text())
-        except (OSError, ValueError):
+            data = json.loads(self.read_bytes(self.path / self.MARKER, 4096))
+        except (OSError, ValueError, RunDirError):
             return None
         return data if isinstance(data, dict) and data.get("format") == MARKER_FORMAT else None
 
     def write_marker(self) -> None:
-        from sfseg.fileio import atomic_write_text
-
         record = {
             "format": MARKER_FORMAT,
             "run_id": uuid.uuid4().hex,
             "created": _dt.datetime.now().isoformat(timespec="seconds"),
         }
-        atomic_write_text(self.path / self.MARKER, json.dumps(record) + "\n")
+        atomic_write_text(self.path / self.MARKER, json.dumps(record) + "\n", root=self.path)
 
     def is_run(self) -> bool:
         """Whether the directory holds an sfseg run: the marker, or (runs of sfseg before the marker) a
         resumable state."""
-        return self.is_marked or self.state.is_file()
+        return self.is_marked or _is_regular(self.state)
 
     # -------------------------------------------------------------------------------------------- lock
     def lock(self) -> None:
         """Take the directory's advisory lock for the life of this process (or until :meth:`unlock`).
 
+        Only in a directory known to be a run, or a new (empty) one: a command that refuses a folder of
+        the user's leaves nothing in it.
+
         Raises:
-            RunDirError: another process holds it (its pid and host are named).
+            RunDirError: another process holds it (its pid and host are named), or the directory holds
+                files but no run.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
         path = self.path / self.LOCK
         key = str(path.resolve())
         if key in _HELD:
             return
+        if self.path.is_dir() and not self.is_run() and self._entries():
+            raise RunDirError(
+                f"{self.path} holds files but no sfseg run ({_listing(self._entries())}); sfseg will not "
+                "take it over. Choose another out"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_fd(path, os.O_RDWR | os.O_CREAT, root=self.path)
         except OSError as e:
             raise RunDirError(
                 f"run directory {self.path}: cannot create its lock file ({e.strerror})"
@@ -219,10 +289,12 @@ class RunDir:
 
     # ------------------------------------------------------------------------------------------- claim
     def claim(self, mode: str) -> None:
-        """Make the directory this run's: lock it, then (``new``) check it is empty, (``overwrite``) clear
-        an earlier sfseg run from it, or (``resume``) check it holds a run; write the marker.
+        """Make the directory this run's: check it (``new``: empty; ``overwrite``: empty or an earlier
+        sfseg run, cleared; ``resume``: a run), then lock it and write the marker.
 
-        Nothing is deleted unless the directory carries sfseg's marker, and then only sfseg's own entries.
+        Every check that can refuse runs before anything is created, so a refused command leaves the
+        directory as it found it. Nothing is deleted unless the directory carries sfseg's marker, and then
+        only the files sfseg writes.
 
         Args:
             mode: ``new``, ``overwrite`` or ``resume``.
@@ -230,60 +302,64 @@ class RunDir:
         out = self.path
         if str(out).strip() in ("", "."):
             raise RunDirError("the run directory (out) is empty or '.'; give a directory such as runs/ld")
+        if out.is_symlink() and not out.exists():
+            raise RunDirError(f"run directory {out} is a link to nothing; remove it or choose another out")
         if out.exists() and not out.is_dir():
             raise RunDirError(f"run directory {out} exists and is not a directory; choose another out")
-        from sfseg.fileio import check_writable_dir
-
+        self._check_mode(mode)
         check_writable_dir(out, "run directory")
         self.lock()
-        entries = self._entries()
+        self._check_mode(mode)  # again, under the lock: another process may have written meanwhile
+        if mode == "overwrite" and self._entries():
+            kept = self.clear()
+            if kept:
+                print(f"{out}: kept {len(kept)} entries sfseg did not write: {_listing(kept)}")
+        if not self.is_marked:
+            self.write_marker()
+
+    def _check_mode(self, mode: str) -> None:
+        out, entries = self.path, self._entries()
         if mode == "new" and entries:
             what = "another run's files" if self.is_run() else "other files"
             raise RunDirError(
                 f"run directory {out} already holds {what} ({_listing(entries)}); use --resume to continue "
                 "that run, --overwrite to clear it first, or another out"
             )
-        if mode == "overwrite" and entries:
-            if not self.is_marked:
-                raise RunDirError(
-                    f"{out} does not carry sfseg's run marker ({self.MARKER}), so sfseg will not delete "
-                    f"anything in it ({_listing(entries)}). If it is an old run, delete it yourself; "
-                    "otherwise choose another out"
-                )
-            kept = self.clear()
-            if kept:
-                print(f"{out}: kept {len(kept)} entries sfseg did not write: {_listing(kept)}")
+        if mode == "overwrite" and entries and not self.is_marked:
+            raise RunDirError(
+                f"{out} does not carry sfseg's run marker ({self.MARKER}), so sfseg will not delete "
+                f"anything in it ({_listing(entries)}). If it is an old run, delete it yourself; "
+                "otherwise choose another out"
+            )
         if mode == "resume" and not self.is_run():
             raise RunDirError(f"{out} holds no sfseg run to resume (no {self.MARKER} or {self.STATE})")
-        if not self.is_marked:
-            self.write_marker()
 
     def _entries(self) -> list[str]:
         if not self.path.is_dir():
             return []
         return sorted(p.name for p in self.path.iterdir() if p.name != self.LOCK)
 
-    def _is_own(self, p: Path) -> bool:
+    def _is_own_file(self, p: Path) -> bool:
         name = p.name
-        if p.is_symlink():
-            return False
-        if p.is_dir():
-            return name in self.OWN_DIRS or RunDir(p).is_marked
-        return (
+        return _is_regular(p) and (
             name in self.OWN_FILES
             or bool(_ROUND.match(name))
-            or (name.startswith(".") and name.endswith(".tmp"))  # an interrupted atomic write
+            or bool(re.fullmatch(_TMP, name))
+            or name.startswith(".sfseg-write-test-")
         )
 
     def clear(self, keep_marker: bool = True) -> list[str]:
-        """Delete sfseg's own entries (a marked stage directory inside is cleared the same way and removed
-        when nothing else remains in it). Returns the names of the entries kept."""
+        """Delete the files sfseg writes here, by name, and the folders it made once they are empty (a
+        marked stage directory inside is cleared the same way). Links are never followed nor deleted.
+        Returns the paths (relative to the run directory) of everything kept."""
         kept = []
         for name in self._entries():
             p = self.path / name
-            if not self._is_own(p):
+            if p.is_symlink():
                 kept.append(name)
-            elif p.is_dir() and p.name not in self.OWN_DIRS:
+            elif p.is_dir() and name in _OWN_TREE:
+                kept += [f"{name}/{k}" for k in _clear_tree(p, *_OWN_TREE[name])]
+            elif p.is_dir() and RunDir(p).is_marked:
                 inner = RunDir(p)
                 rest = inner.clear(keep_marker=False)
                 if rest:
@@ -291,11 +367,45 @@ class RunDir:
                 else:
                     (p / self.LOCK).unlink(missing_ok=True)
                     p.rmdir()
-            elif p.is_dir():
-                shutil.rmtree(p)
-            elif name != self.MARKER or not keep_marker:
+            elif self._is_own_file(p) and (name != self.MARKER or not keep_marker):
                 p.unlink()
+            elif not (name == self.MARKER and keep_marker):
+                kept.append(name)
         return kept
+
+    def input_files(self) -> list[Path]:
+        """The files of this run a command reading it may read (for :func:`sfseg.fileio.check_outputs`)."""
+        names = [self.config, self.metrics, self.summary, self.state, self.final, self.selected]
+        return (
+            [p for p in names if p.exists()]
+            + [p for _, p in self.round_checkpoints()]
+            + [p for _, p in self.prediction_grids()]
+        )
+
+
+def _is_regular(p: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
+def _clear_tree(folder: Path, files: list[str], dirs: dict) -> list[str]:
+    """Delete, in ``folder``, the regular files whose names match ``files`` and (recursively) the folders
+    matching ``dirs``; remove ``folder`` when nothing else is left. Returns what was kept (relative)."""
+    kept = []
+    for p in sorted(folder.iterdir()):
+        st = os.lstat(p)
+        sub = next((spec for pattern, spec in dirs.items() if re.fullmatch(pattern, p.name)), None)
+        if stat.S_ISDIR(st.st_mode) and sub is not None:
+            kept += [f"{p.name}/{k}" for k in _clear_tree(p, *sub)]
+        elif stat.S_ISREG(st.st_mode) and _matches(p.name, files):
+            p.unlink()
+        else:
+            kept.append(p.name)
+    if not kept:
+        folder.rmdir()
+    return kept
 
 
 def _read_holder(fd: int) -> str:

@@ -30,6 +30,7 @@ from sfseg.data.classes import ClassProtocol
 from sfseg.engine.evaluation.inference import Inference, LabelsView, batch_size_hw
 from sfseg.engine.runtime import distributed
 from sfseg.engine.runtime.loading import sharded_batches, sharded_loader
+from sfseg.fileio import make_dirs, open_fd, open_file
 from sfseg.models.ops import argmax_classes, count_into
 
 
@@ -42,14 +43,17 @@ class LogitCache:
             tensors go to memory-mapped files in ``spill_dir`` (deleted by :meth:`close`).
         total_images: number of images this process will store (for the size estimate).
         spill_dir: where the files go.
+        root: the run directory holding ``spill_dir`` (no link is followed below it).
     """
 
-    def __init__(self, budget_gib: float, total_images: int, spill_dir: Path):
+    def __init__(self, budget_gib: float, total_images: int, spill_dir: Path, root: Path | None = None):
         self.budget = budget_gib * 2**30
         self.total = total_images
         self.spill_dir = Path(spill_dir)
+        self.root = Path(root) if root is not None else self.spill_dir.parent
         self.mem: dict[int, tuple[torch.Tensor, ...]] = {}
         self.files: list[np.memmap] = []
+        self.paths: list[Path] = []
         self.specs: list[tuple[tuple, torch.dtype]] = []
         self.slots: dict[int, tuple[int, int]] = {}
         self.next_row = 0
@@ -60,11 +64,13 @@ class LogitCache:
         need = sum(t[0].numel() * t.element_size() for t in tensors) * self.total
         if need > self.budget:
             self.where = "file"
-            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.spill_dir, self.root)
             for i, (shape, dtype) in enumerate(self.specs):
                 np_dtype = _np_storage(dtype)
                 path = self.spill_dir / f"cache{i}.bin"
-                self.files.append(np.memmap(path, dtype=np_dtype, mode="w+", shape=(self.total, *shape)))
+                self.paths.append(path)
+                with open_file(path, "w+b", root=self.root) as f:
+                    self.files.append(np.memmap(f, dtype=np_dtype, mode="w+", shape=(self.total, *shape)))
         elif tensors[0].device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(tensors[0].device)
             self.where = "device" if need < 0.25 * free else "host"
@@ -97,11 +103,10 @@ class LogitCache:
 
     def close(self) -> None:
         self.mem.clear()
-        for f in self.files:
-            path = Path(f.filename)
+        for f, path in zip(self.files, self.paths):
             f._mmap.close()
             path.unlink(missing_ok=True)
-        self.files = []
+        self.files, self.paths = [], []
 
 
 def _np_storage(dtype: torch.dtype):
@@ -148,9 +153,15 @@ class PseudoLabelWriter:
     so that PNG encoding overlaps the network's work: OpenCV encodes (in parallel: it releases Python's
     lock), the palette is added by :func:`palette_png`. :meth:`close` waits and re-raises any error."""
 
-    def __init__(self, out_dir: Path, palette: list[int], threads: int | None = None):
+    def __init__(
+        self, out_dir: Path, palette: list[int], threads: int | None = None, root: Path | None = None
+    ):
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.root = Path(root) if root is not None else self.out_dir
+        if root is not None:
+            make_dirs(self.out_dir, self.root)
+        else:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.palette = list(palette) + [0] * (768 - len(palette))
         self.pool = cf.ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1))
         self.pending: list[cf.Future] = []
@@ -164,7 +175,9 @@ class PseudoLabelWriter:
         ok, gray = cv2.imencode(".png", np.ascontiguousarray(label), [cv2.IMWRITE_PNG_COMPRESSION, 1])
         if not ok:
             raise OSError(f"could not encode pseudo-label {index}")
-        self.path(index).write_bytes(palette_png(gray.tobytes(), self.palette))
+        fd = open_fd(self.path(index), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, root=self.root)
+        with os.fdopen(fd, "wb") as f:
+            f.write(palette_png(gray.tobytes(), self.palette))
 
     def submit(self, index: int, label: np.ndarray) -> None:
         self.pending.append(self.pool.submit(self._write, index, label))
@@ -198,6 +211,8 @@ def label_round(
     progress: bool = False,
     forward_passes: int = 1,
     complementary_ranks: list[int] | None = None,
+    cache_dir: Path | None = None,
+    root: Path | None = None,
 ) -> tuple[list[Path], dict]:
     """Label the target train set with the current model (its mode is the caller's): one PNG per image.
 
@@ -205,6 +220,8 @@ def label_round(
         forward_passes: 1 (the network runs once per image; what the selection needs is cached) or 2 (it
             runs again for the selection pass: the former behaviour, kept for the equivalence test and
             the benchmark).
+        cache_dir, root: where the logit cache spills (default ``<out_dir>/../.cache``), and the run
+            directory holding it and ``out_dir`` (no link is followed below it).
         complementary_ranks: the 1-based ranks negative learning draws its complementary labels from;
             where the split has labels, how often each class is a wrong complementary label is measured
             (see :func:`complementary_counts`). None: not measured.
@@ -223,7 +240,8 @@ def label_round(
     if has_labels and complementary_ranks:
         nl_counts = torch.zeros(2, C + 1, dtype=torch.int64, device=device)
     labeller.start(alpha, device)
-    cache = LogitCache(cache_gib, sum(len(b) for b in batches), Path(out_dir).parent / ".cache")
+    spill = Path(cache_dir) if cache_dir is not None else Path(out_dir).parent / ".cache"
+    cache = LogitCache(cache_gib, sum(len(b) for b in batches), spill, root)
     # With direct upsampling, thresholds are measured on the very pixels that are selected: the scores of
     # the first pass serve the second. When the selection needs only (score, prediction) and those are
     # smaller than the network's output, they are what is cached.
@@ -256,13 +274,14 @@ def label_round(
                     score_bytes = raw.shape[0] * sizes[b][0] * sizes[b][1] * 12  # float32 + int64
                     keep_scores = same_pixels and not labeller.needs_logits and score_bytes < raw_bytes
                 cache.put(b, scores if keep_scores else (raw,))
+        inference.check_finite("pseudo-labelling", distributed.all_reduce_sum)
         labeller.reduce(distributed.all_reduce_sum)
 
         # predicted, selected, correct, ground truth (255 is counted beyond the classes)
         counts = torch.zeros(4, 256, dtype=torch.int64, device=device)
         total = torch.zeros(1, dtype=torch.int64, device=device)
         # Each rank writes the PNGs of its own batches (disjoint files).
-        writer = PseudoLabelWriter(out_dir, protocol.palette())
+        writer = PseudoLabelWriter(out_dir, protocol.palette(), root=root)
         copies: list[tuple[list[int], tuple]] = []
         if forward_passes == 2:
             source = sharded_loader(inference.view(dataset, labels=has_labels), batch_size, workers, dist)
@@ -441,6 +460,7 @@ def class_shares(
         leave=False,
     ):
         count_into(counts, argmax_classes(inference.logits(batch["image"], batch_size_hw(batch))))
+    inference.check_finite(desc, distributed.all_reduce_sum)
     distributed.all_reduce_sum(counts)
     counts = counts.cpu()
     total = max(int(counts.sum()), 1)

@@ -62,7 +62,10 @@ class RunMonitor:
 
     def open_board(self, enabled: bool, purge_step: int | None = None) -> None:
         """Start writing TensorBoard events (a resumed run purges those after its saved state)."""
-        self.board = Board(self.dir.tensorboard, enabled and self.dist.is_main, purge_step=purge_step)
+        enabled = enabled and self.dist.is_main
+        if enabled:
+            self.dir.mkdir(self.dir.tensorboard)
+        self.board = Board(self.dir.tensorboard, enabled, purge_step=purge_step)
 
     def warn(self, text: str) -> None:
         if self.dist.is_main:
@@ -108,13 +111,19 @@ class RunMonitor:
         pseudo-label diagnostics of every round so far (where the split has labels)."""
         if not self.dist.is_main:
             return
-        grid = prediction_grid(self.inference, self.train_set, self.grid_images, self.protocol, pseudo_paths)
-        self.dir.figures.mkdir(exist_ok=True)
-        atomic_write_bytes(self.dir.prediction_grid(r), lambda p: Image.fromarray(grid).save(p, "PNG"))
+        grid = prediction_grid(
+            self.inference, self.train_set, self.grid_images, self.protocol, pseudo_paths, root=self.dir.path
+        )
+        self.dir.mkdir(self.dir.figures)
+        atomic_write_bytes(
+            self.dir.prediction_grid(r), lambda p: Image.fromarray(grid).save(p, "PNG"), root=self.dir.path
+        )
         self.board.image("predictions", grid, step)
         if r >= 0 and has_diagnostics(round_stats):
             rgb = figure_rgb(pl_diagnostics_figure(round_stats, self.protocol, f"{self.name}: pseudo-labels"))
-            atomic_write_bytes(self.dir.diagnostics_figure, lambda p: Image.fromarray(rgb).save(p, "PNG"))
+            atomic_write_bytes(
+                self.dir.diagnostics_figure, lambda p: Image.fromarray(rgb).save(p, "PNG"), root=self.dir.path
+            )
             self.board.image("pl_diagnostics", rgb, step)
 
     def validator_score(

@@ -180,11 +180,15 @@ PACKAGE_CONFIGS = CONFIGS_ROOT / "toycity"
 
 
 def config_dir(path: str | Path | None) -> Path:
-    """The recipe directory: ``path`` if it exists, else the repository's ``configs/toycity``."""
-    for candidate in (Path(path) if path else None, PACKAGE_CONFIGS):
-        if candidate is not None and candidate.is_dir():
-            return candidate
-    raise ConfigError(f"recipe directory not found: {path} (nor {PACKAGE_CONFIGS})")
+    """The recipe directory: ``path`` when given (it must exist: never a silent fallback to other
+    recipes), else the shipped ``configs/toycity``."""
+    if path:
+        if not Path(path).is_dir():
+            raise ConfigError(f"recipe directory not found: {path} (--configs names a directory of recipes)")
+        return Path(path)
+    if not PACKAGE_CONFIGS.is_dir():
+        raise ConfigError(f"the shipped recipes are missing ({PACKAGE_CONFIGS}); reinstall sfseg")
+    return PACKAGE_CONFIGS
 
 
 def recipe_path(name: str, recipes: str | Path | None = None) -> Path:

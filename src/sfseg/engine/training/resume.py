@@ -4,6 +4,7 @@ and the random generators' state."""
 from __future__ import annotations
 
 import ast
+import os
 import random
 from pathlib import Path
 
@@ -13,9 +14,11 @@ import torch
 from sfseg.config import from_dict, to_dict
 from sfseg.engine.runtime.rundir import RunDir
 from sfseg.engine.training.recipe import AdaptConfig
-from sfseg.errors import ConfigError, ResumeError
+from sfseg.errors import CheckpointError, ConfigError, ResumeError
+from sfseg.models.checkpoint import read_tensors
 
 STATE_FORMAT = "sfseg-run-state-v1"
+_STATE_KEYS = ("config", "round", "labelled", "epoch", "batch", "step", "model", "optimizer", "rng")
 # Keys of the recipe a resumed run may change: where and how fast it runs, not what it computes. ``out``
 # is where the run lives: a run directory moved or copied elsewhere resumes (or is reused) in its new place.
 RESUMABLE_CHANGES = (
@@ -68,21 +71,24 @@ def check_same_recipe(saved: dict, given: dict, out: Path) -> None:
 
 def read_state(out: Path) -> dict:
     """The saved state of the run in ``out``; one clear error when it is missing or unreadable."""
-    path = RunDir(out).state
-    if not path.is_file():
+    run = RunDir(out)
+    path = run.check(run.state)
+    if not os.path.lexists(path):
         raise ResumeError(
             f"{path} not found: {out} has no resumable state (was it written by sfseg adapt, and did it "
             "get past the source-model evaluation?)"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (torch raises several types for a damaged file)
+        state = read_tensors(path, root=run.path)
+    except CheckpointError as e:
         raise ResumeError(
-            f"{path} is truncated or corrupt ({type(e).__name__}); it cannot be resumed. Start the run "
-            "again with --overwrite"
+            f"{str(e).removeprefix('checkpoint ')}; the state cannot be resumed. Start the run again with "
+            "--overwrite"
         ) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ResumeError(f"{path} is not an sfseg run state; it cannot be resumed")
+    if not isinstance(state.get("config"), dict):
+        raise ResumeError(f"{path} is an sfseg run state without its recipe: damaged. Run it again")
     return state
 
 
@@ -91,6 +97,12 @@ def resumable_state(out: Path, recipe: AdaptConfig) -> dict:
     state = read_state(out)
     if state.get("phase") == "done":
         raise ResumeError(f"the run in {out} has finished; nothing to resume (final.pt is its result)")
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if missing:
+        raise ResumeError(
+            f"{RunDir(out).state} is an sfseg run state without {missing}: damaged or from another version. "
+            "Start the run again with --overwrite"
+        )
     check_same_recipe(state["config"], to_dict(recipe), Path(out))
     return state
 

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import resource
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -46,12 +45,13 @@ from sfseg.data.registry import build_dataset, dataset_protocol
 from sfseg.engine.evaluation.inference import Inference, inference_settings
 from sfseg.engine.runtime import distributed
 from sfseg.engine.runtime.config import use_amp
-from sfseg.engine.runtime.guard import DivergenceError, DivergenceGuard
+from sfseg.engine.runtime.guard import DivergenceError, DivergenceGuard, NonFiniteOutput
 from sfseg.engine.runtime.loading import (
     TrainView,
     collate,
     epoch_batches,
     finish_crops,
+    read_label_png,
     sharded_loader,
     step_generator,
     steps_per_epoch,
@@ -120,7 +120,7 @@ class AdaptationRun:
         self._check_sizes()
         self.dir = RunDir(cfg.out)
         self.out = self.dir.path
-        self.log = MetricsLog(self.dir.metrics, enabled=self.dist.is_main)
+        self.log = MetricsLog(self.dir.metrics, enabled=self.dist.is_main, root=self.dir.path)
         self.norm = self.ckpt.normalization
         self.amp = use_amp(rt.amp, self.device)
         self.model = self.ckpt.build().to(self.device)
@@ -242,13 +242,20 @@ class AdaptationRun:
         self.selection = json.loads(state.get("selection", "[]"))
         self.elapsed = float(state["elapsed"])
         set_rng_state(state["rng"])
-        self.log.truncate(int(state["metrics_bytes"]))
+        saved = int(state["metrics_bytes"])
+        if self.dist.is_main and self.log.size() < saved:
+            raise ResumeError(
+                f"{self.dir.metrics} is shorter ({self.log.size():,} bytes) than when the state was saved "
+                f"({saved:,}): records were lost, so the run cannot be resumed with its history. Run it "
+                "again with --overwrite"
+            )
+        self.log.truncate(saved)
 
     def save_state(self) -> None:
         """Write the resumable state, once the weights are known to be sound (every rank checks its own)."""
         self.guard.weights(self.step, self._last_good())
         if self.dist.is_main:
-            atomic_torch_save(self.state_dict(), self.dir.state)
+            atomic_torch_save(self.state_dict(), self.dir.state, root=self.dir.path)
         self.saved_step = self.step
         distributed.barrier()
 
@@ -266,7 +273,7 @@ class AdaptationRun:
             provenance["parent"] = self.ckpt.provenance
             Checkpoint.of(
                 unwrap(self.model), self.ckpt.class_names, self.norm, self.inference.settings, provenance
-            ).save(path)
+            ).save(path, root=self.dir.path)
         distributed.barrier()
         return path
 
@@ -290,10 +297,13 @@ class AdaptationRun:
                 self.dir.claim(mode)
         distributed.barrier()
         try:
-            return self._run(mode, state)
+            try:
+                return self._run(mode, state)
+            except NonFiniteOutput as e:
+                self.guard.outputs(e, self.step, self._last_good())  # raises the run's divergence
         except DivergenceError as e:
             self.log.write({"phase": "diverged", "step": self.step, "round": self.round, "message": str(e)})
-            raise
+            raise e from None
         finally:
             if self.dist.is_main:
                 self.dir.unlock()
@@ -309,7 +319,7 @@ class AdaptationRun:
             self.log.write({"phase": "resume", "round": self.round, "step": self.step, "time": _now()})
         else:
             if self.dist.is_main:
-                save_config(self.recipe, self.dir.config)
+                save_config(self.recipe, self.dir.config, root=self.dir.path)
             distributed.barrier()
             self.monitor.open_board(cfg.runtime.tensorboard)
             seed_everything(cfg.seed)
@@ -319,6 +329,7 @@ class AdaptationRun:
                     "method": cfg.name,
                     "time": _now(),
                     "processes": self.dist.world,
+                    "threads": torch.get_num_threads(),
                     "device": str(self.device),
                     "config": to_dict(cfg),
                 }
@@ -342,6 +353,7 @@ class AdaptationRun:
             else:
                 pseudo_paths = None if self.method.labeller is None else self._existing_pseudo_labels(r)
             self._train_round(r, pseudo_paths)
+            self.guard.weights(self.step, self._last_good())  # before anything computes with them
             self._set_bn()
             self.history.append(self.monitor.evaluate(r, "round", self.step))
             self.save_model(self.dir.round_checkpoint(r), round=r)
@@ -379,6 +391,8 @@ class AdaptationRun:
                 self.dist,
                 self.progress,
                 complementary_ranks=self.method.complementary_ranks(),
+                cache_dir=self.dir.cache,
+                root=self.dir.path,
             )
             stats["alpha_capped"] = capped
             stats["seconds"] = round(time.time() - t0, 1)
@@ -417,7 +431,8 @@ class AdaptationRun:
         source = self.ckpt.build().to(self.device)
         previous = {-1: None, 0: source}.get(r)
         if r > 0:
-            previous = load_checkpoint(self.dir.round_checkpoint(r - 1)).build().to(self.device)
+            previous = load_checkpoint(self.dir.round_checkpoint(r - 1), root=self.out)
+            previous = previous.build().to(self.device)
         self.selection.append(
             self.monitor.validator_score(
                 name,
@@ -430,19 +445,33 @@ class AdaptationRun:
         )
 
     def _existing_pseudo_labels(self, r: int) -> list[Path]:
+        """The round's pseudo-labels on resume, each decoded and checked (present, readable, the size of
+        its image, class indices or 255), so that a damaged file is one error now, not a failure mid-round."""
         paths = [self.dir.pseudo_labels(r) / f"{i:05d}.png" for i in range(len(self.train_set))]
-        missing = [p for p in paths if not p.is_file()]
+        missing = [p for p in paths if not os.path.lexists(p)]
         if missing:
             raise ResumeError(
                 f"{len(missing)} pseudo-label file(s) of round {r} are missing (e.g. {missing[0]}); the run "
                 "cannot continue mid-round without them. Start it again with --overwrite"
             )
+        C = self.protocol.num_classes
+        sizes = getattr(self.train_set, "image_sizes", None)
+        for i, p in enumerate(paths):
+            label = read_label_png(p, self.dir.path)
+            bad = (label >= C) & (label != 255)
+            wrong_size = sizes is not None and (label.shape[1], label.shape[0]) != tuple(sizes[i])
+            if bad.any() or wrong_size:
+                what = "wrong size" if wrong_size else "values outside the classes"
+                raise ResumeError(
+                    f"{p}: a pseudo-label file is damaged ({what}); "
+                    "the round cannot continue from it. Start the run again with --overwrite"
+                )
         return paths
 
     def _train_round(self, r: int, pseudo_paths: list[Path] | None) -> None:
         cfg, sched, rt = self.cfg, self.cfg.schedule, self.cfg.runtime
         t0 = time.time()
-        targets = None if pseudo_paths is None else TrainView.pngs(pseudo_paths)
+        targets = None if pseudo_paths is None else TrainView.pngs(pseudo_paths, self.dir.path)
         crop_on_device = self.device.type == "cuda"
         view = TrainView(self.train_set, targets, cfg.data.augment, cfg.seed, r, crop_on_device)
         if self.optimizer is None:
@@ -565,10 +594,10 @@ class AdaptationRun:
             }
         )
         if self.dist.is_main:
-            atomic_write_text(self.dir.summary, json.dumps(summary, indent=1))
+            atomic_write_text(self.dir.summary, json.dumps(summary, indent=1), root=self.dir.path)
             self.monitor.close()
             done = {"format": STATE_FORMAT, "phase": "done", "config": to_dict(self.recipe)}
-            atomic_torch_save(done, self.dir.state)
+            atomic_torch_save(done, self.dir.state, root=self.dir.path)
         distributed.barrier()
         return summary
 
@@ -579,12 +608,12 @@ class AdaptationRun:
         best = max(self.selection, key=lambda s: s["score"] if math.isfinite(s["score"]) else -math.inf)
         if self.dist.is_main:
             if best["round"] >= 0:
-                src = self.dir.round_checkpoint(best["round"])
-                atomic_write_bytes(self.dir.selected, lambda p: shutil.copyfile(src, p))
+                data = self.dir.read_bytes(self.dir.round_checkpoint(best["round"]))
+                atomic_write_bytes(self.dir.selected, lambda p: p.write_bytes(data), root=self.dir.path)
             else:
                 source = self.ckpt
                 source.provenance = {**source.provenance, "selected_by": best["validator"]}
-                source.save(self.dir.selected)
+                source.save(self.dir.selected, root=self.dir.path)
         distributed.barrier()
         self.log.write({"phase": "selected", **best})
         return best

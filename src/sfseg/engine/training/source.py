@@ -50,7 +50,7 @@ from sfseg.engine.training.optim import build_optimizer, unwrap
 from sfseg.engine.training.recipe import SourceConfig
 from sfseg.engine.training.step import TrainStep, random_flip, wrap_for_training
 from sfseg.errors import ConfigError
-from sfseg.fileio import check_writable_file
+from sfseg.fileio import Place, check_outputs, check_writable_file
 from sfseg.models import Checkpoint, create_model, load_checkpoint
 from sfseg.models.ops import upsample_logits
 
@@ -134,6 +134,9 @@ def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | Non
     d, device = distributed.init(cfg.runtime.device)
     progress = progress and d.is_main
     check_writable_file(Path(cfg.out), "out")  # before any training: a bad path must not cost the run
+    check_outputs(
+        [Place("out", cfg.out)], [Place("init", cfg.init), Place("data.root", cfg.data.root, tree=True)]
+    )
     data = cfg.data
     protocol = dataset_protocol(data.dataset, data.protocol)
     if not data.train_split:
