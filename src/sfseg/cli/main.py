@@ -125,11 +125,17 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     if args.resume:
-        from sfseg.engine.runtime.rundir import RunDir
         from sfseg.errors import ResumeError
 
-        saved = RunDir(args.resume).config
-        if not saved.is_file():
+        run = RunDir(args.resume)
+        saved = run.check(run.config)
+        if not args.config and not saved.is_file():
+            if run.state.is_file():
+                raise ResumeError(
+                    f"{saved} is missing, but the run's state is there: restore config.yaml, or name the "
+                    f"run's recipe (sfseg adapt --resume {args.resume} --config <its recipe>); the state "
+                    "refuses any other"
+                )
             raise ResumeError(f"{args.resume} holds no run to resume (no {saved.name})")
         overrides = [*args.overrides, f"out={args.resume}"]
         cfg = load_config(AdaptConfig, args.config or saved, overrides)

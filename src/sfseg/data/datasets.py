@@ -14,6 +14,7 @@ silently dropped.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,14 +66,14 @@ def open_image(path: Path) -> Iterator[Image.Image]:
     Every failure is a :class:`DatasetError` naming the file."""
     path = Path(path)
     try:
-        with open_file(path, "rb") as f, Image.open(f) as im:
-            w, h = im.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise DatasetError(
-                    f"{path}: its header claims {w}x{h} pixels, more than sfseg reads ({MAX_IMAGE_PIXELS:,} "
-                    "pixels); a damaged or hostile file? Resize real images of that size first"
-                )
-            yield im
+        with open_file(path, "rb") as f:
+            head = f.read(24)
+            if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":  # before Pillow's own check
+                _check_pixels(path, int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"))
+            f.seek(0)
+            with Image.open(f) as im:
+                _check_pixels(path, *im.size)
+                yield im
     except (DatasetError, RunDirError) as e:
         raise DatasetError(str(e)) from None
     except Image.DecompressionBombError:
@@ -82,6 +83,14 @@ def open_image(path: Path) -> Iterator[Image.Image]:
         ) from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         raise _unreadable(path, e) from None
+
+
+def _check_pixels(path: Path, w: int, h: int) -> None:
+    if w * h > MAX_IMAGE_PIXELS:
+        raise DatasetError(
+            f"{path}: its header claims {w}x{h} pixels, more than sfseg reads ({MAX_IMAGE_PIXELS:,} pixels); "
+            "a damaged or hostile file? Resize real images of that size first"
+        )
 
 
 IMAGE_MODES = ("L", "P", "RGB", "RGBA", "LA", "PA")
@@ -229,7 +238,8 @@ class ListDataset(Dataset):
         entries = [fields for _, fields in list_entries(list_file)]
         if not entries:
             raise DatasetError(f"list file {list_file} is empty")
-        missing = [p for e in entries for p in e[: 2 if labels else 1] if not (self.root / p).is_file()]
+        # Anything at the path counts as present: a FIFO or a folder is then refused by name when read.
+        missing = [p for e in entries for p in e[: 2 if labels else 1] if not os.path.lexists(self.root / p)]
         if missing:
             shown = "\n  ".join(str(self.root / p) for p in missing[:10])
             raise DatasetError(f"{len(missing)} file(s) named in {list_file} are missing, e.g.:\n  {shown}")

@@ -39,7 +39,7 @@ def load_mapping(path: str | Path, protocol: ClassProtocol) -> np.ndarray:
     try:
         table = safe_yaml(read_bytes(path, MAX_CONFIG_BYTES, what="mapping file").decode("utf-8"), str(path))
     except (ConfigError, RunDirError, UnicodeDecodeError, OSError) as e:
-        raise DatasetError(f"{path}: cannot be read as a mapping file ({brief(str(e))})") from None
+        raise DatasetError(f"cannot be read as a mapping file: {str(e)[:400]}") from None
     if not isinstance(table, dict) or not table:
         raise DatasetError(f"{path}: expected a mapping 'raw id: class name' (or 'ignore')")
     index = {n: i for i, n in enumerate(protocol.names)}

@@ -23,12 +23,12 @@ from sfseg.data.toycity import ToyCitySpec
 from sfseg.data.toycity_dataset import toycity
 from sfseg.engine.evaluation.evaluate import evaluate
 from sfseg.engine.evaluation.inference import Inference
-from sfseg.engine.experiments.bench import ensure_world, source_config, train_or_reuse_source
+from sfseg.engine.experiments.bench import ensure_world, source_config, train_or_reuse_source, world_root
 from sfseg.engine.experiments.jobs import Job, run_jobs
 from sfseg.engine.runtime.loading import sharded_loader
 from sfseg.engine.training.labelling import class_shares
 from sfseg.engine.training.recipe import config_dir
-from sfseg.fileio import atomic_write_text
+from sfseg.fileio import Place, atomic_write_text, check_outputs
 from sfseg.models import load_checkpoint
 
 BIASED = {"small_objects": 3}  # variant -> minority classes that must get at most half their share
@@ -90,6 +90,12 @@ def calibrate(
     t0 = time.time()
     out = Path(out)
     configs = config_dir(None)
+    check_outputs(
+        [Place("--out", out), Place("--report", report)],
+        [Place(f"world {v}-w{w}", world_root(data_dir, v, w), tree=True) for v in variants for w in worlds],
+    )
+    if source_overrides:
+        source_config(".", out, 0, configs, source_overrides)  # a bad override, before any training
     job_list, roots, source_keys = [], {}, {}
     for v in variants:
         for w in worlds:

@@ -31,6 +31,7 @@ from sfseg.engine.experiments.bench import check_recipes, run_bench, source_conf
 from sfseg.engine.reporting.report import per_class_table, plot_pl_share
 from sfseg.engine.training.recipe import config_dir
 from sfseg.engine.training.source import same_training
+from sfseg.fileio import Place, check_outputs
 from sfseg.models import load_checkpoint
 
 # The shipped recipes, unchanged. LDBE (BE after LD) would add its BE stage to the critical path (about
@@ -73,6 +74,7 @@ def run_demo(
         jobs = 1 if torch.cuda.is_available() else min(2, len(os.sched_getaffinity(0)))
     methods = methods or DEMO_METHODS
     check_recipes(methods, config_dir(None), list(overrides or []))  # before any work
+    check_outputs([Place("--out", out)], [Place("--data", data_root, tree=True)])
     t = time.time()
     if not is_generated(data_root, spec):
         print(f"Generating ToyCity ({spec.variant}, world {spec.seed}) in {data_root} ...", flush=True)

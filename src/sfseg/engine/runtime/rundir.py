@@ -149,15 +149,22 @@ class RunDir:
         """``(round, path)`` of the prediction grids drawn so far, the starting model first: regular files
         only (a link or anything else planted under ``figures/`` is not one)."""
         out = []
-        if self.figures.is_dir() and not self.figures.is_symlink():
+        if self.figures.is_dir():
+            refuse_links(self.figures, self.path)
             for p in self.figures.iterdir():
-                if not _is_regular(p):
-                    continue
-                if p.name == "source_model.png":
-                    out.append((-1, p))
                 m = _ROUND.match(p.name.replace(".png", ".pt"))
-                if m and p.suffix == ".png":
-                    out.append((int(m.group(1)), p))
+                r = (
+                    -1
+                    if p.name == "source_model.png"
+                    else int(m.group(1))
+                    if m and p.suffix == ".png"
+                    else None
+                )
+                if r is None:
+                    continue
+                refuse_links(p, self.path)  # a link with a grid's name: an error, never embedded
+                if _is_regular(p):
+                    out.append((r, p))
         return sorted(out)
 
     def round_checkpoint(self, r: int) -> Path:
@@ -237,6 +244,29 @@ class RunDir:
         resumable state."""
         return self.is_marked or _is_regular(self.state)
 
+    def refuse_planted_links(self) -> None:
+        """Refuse a symbolic link anywhere sfseg keeps a file of its own in this run directory (its own
+        files and folders, the files in them, the lock, stage directories), before anything is read or
+        written: the run would otherwise stop midway at the first one it meets. Links under other names
+        (a user's own) are left alone."""
+        if not self.path.is_dir():
+            return
+        for p in self.path.iterdir():
+            name = p.name
+            own = (
+                name in self.OWN_FILES
+                or name == self.LOCK
+                or bool(_ROUND.match(name))
+                or name in _OWN_TREE
+                or (p.is_dir() and RunDir(p).is_marked)
+            )
+            if p.is_symlink() and own:
+                refuse_links(p)
+            elif name in _OWN_TREE and p.is_dir():
+                _refuse_links_in_tree(p, *_OWN_TREE[name])
+            elif p.is_dir() and RunDir(p).is_marked:
+                RunDir(p).refuse_planted_links()
+
     # -------------------------------------------------------------------------------------------- lock
     def lock(self) -> None:
         """Take the directory's advisory lock for the life of this process (or until :meth:`unlock`).
@@ -307,6 +337,7 @@ class RunDir:
         if out.exists() and not out.is_dir():
             raise RunDirError(f"run directory {out} exists and is not a directory; choose another out")
         self._check_mode(mode)
+        self.refuse_planted_links()
         check_writable_dir(out, "run directory")
         self.lock()
         self._check_mode(mode)  # again, under the lock: another process may have written meanwhile
@@ -388,6 +419,15 @@ def _is_regular(p: Path) -> bool:
         return stat.S_ISREG(os.lstat(p).st_mode)
     except OSError:
         return False
+
+
+def _refuse_links_in_tree(folder: Path, files: list[str], dirs: dict) -> None:
+    for p in folder.iterdir():
+        sub = next((spec for pattern, spec in dirs.items() if re.fullmatch(pattern, p.name)), None)
+        if p.is_symlink() and (sub is not None or _matches(p.name, files)):
+            refuse_links(p)
+        elif sub is not None and p.is_dir():
+            _refuse_links_in_tree(p, *sub)
 
 
 def _clear_tree(folder: Path, files: list[str], dirs: dict) -> list[str]:

@@ -311,10 +311,14 @@ class AdaptationRun:
     def _run(self, mode: str, state: dict | None) -> dict:
         cfg = self.cfg
         t_start = time.time()
+        pseudo_paths = None
         if mode == "resume":
             state = state if state is not None else resumable_state(self.out, self.recipe)
             self.load_state_dict(state)
             self.saved_step = self.step
+            if self.labelled and self.method.labeller is not None:
+                # Every file the round needs is checked before the resumed run writes anything.
+                pseudo_paths = self._existing_pseudo_labels(self.round)
             self.monitor.open_board(cfg.runtime.tensorboard, purge_step=self.step)
             self.log.write({"phase": "resume", "round": self.round, "step": self.step, "time": _now()})
         else:
@@ -350,8 +354,6 @@ class AdaptationRun:
                 self.labelled = True
                 self.save_state()
                 _fault(cfg.name, "labelled", r)
-            else:
-                pseudo_paths = None if self.method.labeller is None else self._existing_pseudo_labels(r)
             self._train_round(r, pseudo_paths)
             self.guard.weights(self.step, self._last_good())  # before anything computes with them
             self._set_bn()

@@ -85,6 +85,7 @@ def run_adaptation(cfg: AdaptConfig, progress: bool = True, mode: str = "new") -
             raise ResumeError(f"{out} does not exist: there is no run to resume")
         if not out.is_run():
             raise ResumeError(f"{out} holds no sfseg run to resume (no {out.MARKER} or {out.STATE})")
+        out.refuse_planted_links()
         if d.is_main:
             out.lock()  # before the state is read: no other process is writing it
     try:
