@@ -112,3 +112,10 @@ def test_the_run_directory_itself_may_be_a_link(env, capsys):
     assert run(env.adapt(out=out)) == 0
     assert (real / "final.pt").is_file() and (real / "metrics.jsonl").is_file()
     assert env.victim.read_text() == PRECIOUS
+
+
+def test_predict_never_writes_through_a_link_at_a_prediction_name(env, capsys):
+    out = env.scratch / "preds"
+    env.link(out / "target/images/val/00000_pred_labelIds.png")
+    args = ["predict", "--checkpoint", env.src, "--data", env.toy, "--out", out]
+    refused(capsys, env, args, "00000_pred_labelIds.png is a symbolic link", allow=("scratch/preds/target",))

@@ -20,6 +20,7 @@ from sfseg.data.classes import ClassProtocol
 from sfseg.data.datasets import check_relative
 from sfseg.engine.evaluation.inference import Inference, batch_size_hw
 from sfseg.engine.runtime.loading import sharded_loader
+from sfseg.fileio import atomic_write_bytes
 from sfseg.models.ops import argmax_classes
 
 FORMATS = ("cityscapes", "trainid")
@@ -30,14 +31,13 @@ def export_prediction(pred: np.ndarray, path: Path, protocol: ClassProtocol, fmt
     (palette PNG, the index is the class)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "cityscapes":
-        ids = np.asarray(protocol.label_ids(), dtype=np.uint8)[pred]
-        Image.fromarray(ids, mode="L").save(path)
+        im = Image.fromarray(np.asarray(protocol.label_ids(), dtype=np.uint8)[pred], mode="L")
     elif fmt == "trainid":
         im = Image.fromarray(pred.astype(np.uint8), mode="P")
         im.putpalette(protocol.palette())
-        im.save(path)
     else:
         raise ValueError(f"unknown prediction format {fmt!r}; formats: {list(FORMATS)}")
+    atomic_write_bytes(path, lambda p: im.save(p, "PNG"))  # never through a link planted at its name
     return path
 
 

@@ -31,7 +31,7 @@ from sfseg.engine.experiments.bench import check_recipes, run_bench, source_conf
 from sfseg.engine.reporting.report import per_class_table, plot_pl_share
 from sfseg.engine.training.recipe import config_dir
 from sfseg.engine.training.source import same_training
-from sfseg.fileio import Place, check_outputs
+from sfseg.fileio import Place, atomic_write_bytes, check_outputs
 from sfseg.models import load_checkpoint
 
 # The shipped recipes, unchanged. LDBE (BE after LD) would add its BE stage to the critical path (about
@@ -45,10 +45,10 @@ def _source_model(data_root: Path, out: Path, seed: int, overrides: list[str] | 
     """The demo's source checkpoint: the shipped one copied when it is current, else trained."""
     cfg = source_config(data_root, out, seed, config_dir(None), overrides)
     path = Path(cfg.out)
-    if SHIPPED_SOURCE.is_file() and not path.exists():
+    if SHIPPED_SOURCE.is_file() and not os.path.lexists(path):
         if same_training(load_checkpoint(SHIPPED_SOURCE).provenance, cfg):
             path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(SHIPPED_SOURCE, path)
+            atomic_write_bytes(path, lambda p: shutil.copyfile(SHIPPED_SOURCE, p))
             return path, f"shipped checkpoint ({SHIPPED_SOURCE.name}, current with the recipe and data)"
     res = train_or_reuse_source(cfg, progress=True)
     return path, "reused from an earlier demo" if res["reused"] else "trained (the shipped one is stale)"
