@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 from sfseg.adapt.config import PseudoLabelConfig
 from sfseg.adapt.pseudo_labels import build_pseudo_labeller
 from sfseg.data.classes import CITYSCAPES19
-from sfseg.data.files import FileListDataset
+from sfseg.data.file_dataset import FileListDataset
 from sfseg.data.normalization import CAFFE_BGR
 from sfseg.data.registry import build_dataset
 from sfseg.engine.evaluation.evaluate import evaluate

@@ -146,7 +146,7 @@ def train_step_benchmark(amp: bool, images: list[torch.Tensor], repeats: int) ->
 
 def bf16_label_difference(data_root: Path, n: int, workers: int) -> dict:
     """Pixels whose round-0 pseudo-label differs between float32 and bfloat16 inference."""
-    from sfseg.data.files import FileListDataset
+    from sfseg.data.file_dataset import FileListDataset
     from sfseg.data.registry import build_dataset
 
     ds = build_dataset("cityscapes", data_root, "train", labels=False)

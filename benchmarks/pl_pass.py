@@ -22,7 +22,7 @@ from sfseg.adapt.config import PseudoLabelConfig
 from sfseg.adapt.pseudo_labels import build_pseudo_labeller
 from sfseg.data.classes import TOYCITY
 from sfseg.data.toycity import ToyCitySpec, generate, is_generated
-from sfseg.data.toycity_dataset import toycity
+from sfseg.data.toycity.dataset import toycity
 from sfseg.engine.evaluation.inference import Inference
 from sfseg.engine.runtime.loading import sharded_loader
 from sfseg.engine.training.labelling import label_round

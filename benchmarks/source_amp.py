@@ -21,7 +21,7 @@ from common import interleaved, machine, median
 from sfseg.data.classes import TOYCITY
 from sfseg.data.normalization import Normalization
 from sfseg.data.toycity import ToyCitySpec, generate, is_generated
-from sfseg.data.toycity_dataset import toycity
+from sfseg.data.toycity.dataset import toycity
 from sfseg.engine.runtime.config import cpu_has_amx
 from sfseg.engine.training.optim import OptimConfig, build_optimizer
 from sfseg.models import create_model

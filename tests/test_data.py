@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sfseg.data.datasets import DatasetError, ListDataset, toycity_split
+from sfseg.data.toycity.dataset import ToyCitySplit, toycity_split
+from sfseg.errors import DatasetError
 
 
 def test_missing_data_directory_names_the_path_and_the_layout(tmp_path):
@@ -23,7 +24,7 @@ def test_incomplete_tree_lists_what_is_missing(tmp_path):
 def test_missing_files_are_listed_before_loading(tmp_path):
     (tmp_path / "l.txt").write_text("a.png a_lbl.png\n")
     with pytest.raises(DatasetError, match=r"2 file\(s\)(.|\n)*a.png(.|\n)*a_lbl.png"):
-        ListDataset(tmp_path, tmp_path / "l.txt", num_classes=3)
+        ToyCitySplit(tmp_path, tmp_path / "l.txt", num_classes=3)
 
 
 def test_unmapped_label_value_names_the_file(tmp_path):
@@ -34,7 +35,7 @@ def test_unmapped_label_value_names_the_file(tmp_path):
     Image.fromarray(lbl).save(tmp_path / "l.png")
     (tmp_path / "list.txt").write_text("i.png l.png\n")
     with pytest.raises(DatasetError, match=r"l.png.*\[26\]"):
-        ListDataset(tmp_path, tmp_path / "list.txt", num_classes=19)
+        ToyCitySplit(tmp_path, tmp_path / "list.txt", num_classes=19)
 
 
 def test_toycity_split_loads(tiny_toycity):

@@ -179,9 +179,9 @@ def test_the_shipped_demo_source_model_is_current():
     import copy
 
     from sfseg.config import load_config, to_dict
+    from sfseg.data.toycity import toycity_signature
     from sfseg.engine.experiments.demo import DEMO_SPEC, SHIPPED_SOURCE
     from sfseg.engine.training.recipe import SourceConfig
-    from sfseg.engine.training.source import toycity_signature
     from sfseg.models import load_checkpoint
 
     prov = load_checkpoint(SHIPPED_SOURCE).provenance

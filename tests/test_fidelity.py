@@ -26,7 +26,7 @@ from sfseg.adapt.pseudo_labels import (
 )
 from sfseg.data.classes import TOYCITY
 from sfseg.data.toycity import ToyCitySpec, generate
-from sfseg.data.toycity_dataset import toycity
+from sfseg.data.toycity.dataset import toycity
 from sfseg.engine.evaluation.inference import Inference
 from sfseg.engine.training.labelling import label_round
 from sfseg.models import create_model

@@ -3,8 +3,9 @@ import torch
 
 from sfseg.adapt import losses as L
 from sfseg.adapt.config import MethodConfig, PseudoLabelConfig, TeacherConfig
-from sfseg.adapt.parts import LOSS_PARTS, StepInputs, build_loss_parts, total_loss
+from sfseg.adapt.parts import StepInputs, build_loss_parts, total_loss
 from sfseg.errors import ConfigError, MethodError
+from sfseg.registry import LOSS_PARTS
 
 
 def test_composition_checks_declared_inputs():

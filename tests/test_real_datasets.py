@@ -13,9 +13,9 @@ from sfseg.data.classes import (
     SYNTHIA16,
     cityscapes_lut,
 )
-from sfseg.data.datasets import DatasetError
 from sfseg.data.fake_trees import write_cityscapes, write_gta5, write_synthia
 from sfseg.data.registry import build_dataset, list_datasets
+from sfseg.errors import DatasetError
 
 # labelId -> trainId, written out from the facts file (not derived from our table).
 CS_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,

@@ -117,9 +117,9 @@ def test_list_entries_that_leave_the_root_are_refused_everywhere(toy, tiny_sourc
 
 
 def test_list_files_of_real_datasets_stay_inside_the_root(tmp_path):
-    from sfseg.data.datasets import DatasetError
     from sfseg.data.fake_trees import write_gta5
     from sfseg.data.registry import build_dataset
+    from sfseg.errors import DatasetError
 
     root = tmp_path / "gta5"
     write_gta5(root, n=3)

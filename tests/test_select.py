@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sfseg.cli.main import main
-from sfseg.engine.evaluation.validators import VALIDATORS
 from sfseg.engine.experiments.selection import validator_study
+from sfseg.registry import VALIDATORS
 
 C = 4
 

@@ -31,7 +31,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
-from sfseg.errors import ConfigError
+from sfseg.errors import ConfigError, ValueCheck
 
 T = TypeVar("T")
 
@@ -159,14 +159,6 @@ def safe_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{where}: nests too deeply to be read") from None
     check_size(data, where)
     return data
-
-
-class ValueCheck(Exception):
-    """Raised by a config's ``check()``: ``key`` (dotted, relative to that config) holds a bad value."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key, self.message = key, message
 
 
 def _check(tp: Any, value: Any, where: str) -> Any:

@@ -30,3 +30,12 @@ class RunDirError(SfsegError):
 
 class ResumeError(SfsegError):
     """A run directory that cannot be resumed."""
+
+
+class ValueCheck(Exception):
+    """Raised by a config's ``check()``: ``key`` (dotted, relative to that config) holds a bad value. The
+    loader turns it into a :class:`ConfigError` naming the file or override that gave the value."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message

@@ -3,7 +3,8 @@
 sfseg never imports code named by a recipe (a recipe is data). Extensions are loaded from the environment
 the user controls: installed packages that declare an ``sfseg.plugins`` entry point, and the modules named
 in the ``SFSEG_PLUGINS`` environment variable (comma-separated, importable from ``PYTHONPATH``). Each
-module registers its entries on import (``@register_model``, ``@METHODS.register(...)``, ...). The command
+module registers its entries on import (``@MODELS.register(...)``, ``@METHODS.register(...)``, ... of
+:mod:`sfseg.registry`). The command
 line loads them once, before it reads any recipe.
 """
 

@@ -1,27 +1,45 @@
-"""One registry helper for every pluggable kind of thing: models, datasets, pseudo-labellers, loss parts,
-mixings, methods and validators (after mmengine's ``Registry`` and timm's model registry, without their
-string-typed configs).
+"""Every registry of sfseg, in one place, and the one helper they share (after mmengine's ``Registry`` with
+lazy ``locations`` and timm's model registry, without their string-typed configs).
 
-A registry maps names to objects (classes or entry functions) and, optionally, per-entry metadata
-(a dataset's default class protocol, a model's checkpoint hooks). Registering is a decorator::
+A registry maps names to objects (classes, entry functions, importers) and, optionally, per-entry metadata
+(a dataset's default class protocol, a model's checkpoint hooks). There is one way to register, the
+registry's :meth:`~Registry.register`, used as a decorator (or called with the object, for an instance)::
 
-    MIXINGS = Registry("mixing")
+    @LOSS_PARTS.register("negative")
+    class NegativeLearning(LossPart): ...
 
-    @MIXINGS.register("classmix")
-    class ClassMix: ...
+    IMPORTERS.register("mit", Importer(...))
 
-Recipes name entries by string; :meth:`Registry.check` turns an unknown name into one error with the
-registered names and a "did you mean". A registry may name a function that imports the modules holding
-its built-in entries, so looking something up never depends on import order.
+Each registry names the modules that hold its built-in entries (``locations``); they are imported the
+first time the registry is read, by name, so this module imports nothing of sfseg's above it and
+looking something up never depends on import order. Recipes name entries by string;
+:meth:`Registry.check` turns an unknown name into one error with the registered names and a "did you
+mean". Plug-ins register their own entries the same way (:mod:`sfseg.plugins`).
+
+=================  ==========================================  =========================================
+registry           what it holds                               built-ins
+=================  ==========================================  =========================================
+MODELS             ``fn(num_classes, **kwargs) -> model``       sfseg.models (deeplab_small, deeplab_v2,
+                   (metadata: ``hooks``, a ModelHooks)          mit/daformer/segformer, dinov2 ViTs)
+IMPORTERS          other projects' checkpoint formats           sfseg.models (*_import.py)
+DATASETS           ``fn(root, split, protocol, labels, ...)``   sfseg.data (toycity, cityscapes, gta5,
+                   (metadata: ``protocol``, the default)        synthia, folder)
+PSEUDO_LABELLERS   pseudo-label selection rules                 sfseg.adapt.pseudo_labels
+LOSS_PARTS         loss terms of a method                       sfseg.adapt.parts
+MIXINGS            batch mixings (ClassMix)                     sfseg.adapt.mixing
+METHODS            method classes (``method.kind``)             sfseg.adapt.method
+VALIDATORS         label-free model-selection scores            sfseg.engine.evaluation.validators
+=================  ==========================================  =========================================
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from sfseg.errors import ConfigError
+from sfseg.errors import ConfigError, ValueCheck
 
 T = TypeVar("T")
 
@@ -31,34 +49,34 @@ class Registry(Generic[T]):
 
     Args:
         kind: what the entries are, for messages ("model", "loss part").
-        builtins: imports the modules that register the built-in entries (called once, on first lookup).
+        locations: modules that register the built-in entries, imported on the first lookup.
     """
 
-    def __init__(self, kind: str, builtins: Callable[[], object] | None = None):
+    def __init__(self, kind: str, locations: tuple[str, ...] = ()):
         self.kind = kind
         self._entries: dict[str, T] = {}
         self._meta: dict[str, dict[str, Any]] = {}
-        self._builtins = builtins
+        self._locations = tuple(locations)
 
     def _load(self) -> None:
-        if self._builtins is not None:
-            load, self._builtins = self._builtins, None
-            load()
+        if self._locations:
+            locations, self._locations = self._locations, ()
+            for module in locations:
+                importlib.import_module(module)
 
-    def register(self, name: str | None = None, **meta: Any) -> Callable[[T], T]:
-        """Decorator registering an object under ``name`` (default: its ``__name__``), with metadata."""
+    def register(self, name: str | None = None, obj: T | None = None, **meta: Any) -> Any:
+        """Register ``obj`` under ``name`` (default: its ``name`` attribute, else its ``__name__``) with
+        metadata; without ``obj``, a decorator that does so."""
 
-        def add(obj: T) -> T:
-            self.add(name or obj.__name__, obj, **meta)
-            return obj
+        def add(o: T) -> T:
+            key = name or getattr(o, "name", "") or o.__name__
+            if key in self._entries:
+                raise ValueError(f"{self.kind} {key!r} is registered twice")
+            self._entries[key] = o
+            self._meta[key] = meta
+            return o
 
-        return add
-
-    def add(self, name: str, obj: T, **meta: Any) -> None:
-        if name in self._entries:
-            raise ValueError(f"{self.kind} {name!r} is registered twice")
-        self._entries[name] = obj
-        self._meta[name] = meta
+        return add(obj) if obj is not None else add
 
     def remove(self, name: str) -> None:
         """Forget an entry (for tests that register a throwaway one)."""
@@ -76,10 +94,8 @@ class Registry(Generic[T]):
             raise ConfigError(f"{where + ': ' if where else ''}{self._unknown(name)}")
 
     def validate(self, name: str, key: str) -> None:
-        """For a config's ``check()``: :class:`~sfseg.config.ValueCheck` for ``key`` unless ``name`` is
+        """For a config's ``check()``: :class:`~sfseg.errors.ValueCheck` for ``key`` unless ``name`` is
         registered (the loader then names the file or override that gave it)."""
-        from sfseg.config import ValueCheck
-
         if name not in self:
             raise ValueCheck(key, self._unknown(name))
 
@@ -109,3 +125,30 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         self._load()
         return len(self._entries)
+
+
+_MODEL_MODULES = (
+    "sfseg.models.deeplab_small",
+    "sfseg.models.deeplab_v2",
+    "sfseg.models.mit",
+    "sfseg.models.vit",
+)
+_IMPORTER_MODULES = ("sfseg.models.deeplab_v2_import", "sfseg.models.vit_import", "sfseg.models.mit_import")
+
+MODELS: Registry[Callable[..., Any]] = Registry("model", _MODEL_MODULES)
+IMPORTERS: Registry[Any] = Registry("checkpoint importer", _IMPORTER_MODULES)
+DATASETS: Registry[Callable[..., Any]] = Registry(
+    "dataset",
+    (
+        "sfseg.data.toycity.dataset",
+        "sfseg.data.cityscapes",
+        "sfseg.data.gta5",
+        "sfseg.data.synthia",
+        "sfseg.data.folder",
+    ),
+)
+PSEUDO_LABELLERS: Registry[type] = Registry("pseudo-labeller", ("sfseg.adapt.pseudo_labels",))
+LOSS_PARTS: Registry[type] = Registry("loss part", ("sfseg.adapt.parts",))
+MIXINGS: Registry[Any] = Registry("mixing", ("sfseg.adapt.mixing",))
+METHODS: Registry[type] = Registry("method", ("sfseg.adapt.method",))
+VALIDATORS: Registry[type] = Registry("validator", ("sfseg.engine.evaluation.validators",))

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from sfseg.config import in_range, require
 from sfseg.errors import ConfigError
+from sfseg.registry import LOSS_PARTS, METHODS, MIXINGS, PSEUDO_LABELLERS
 
 
 @dataclass
@@ -17,7 +18,7 @@ class PseudoLabelConfig:
 
     Attributes:
         kind: ``none`` (no pseudo-labels) or a registered pseudo-labeller
-            (``sfseg.adapt.pseudo_labels.PSEUDO_LABELLERS``): ``argmax`` (naive self-training: every
+            (``sfseg.registry.PSEUDO_LABELLERS``): ``argmax`` (naive self-training: every
             pixel), ``global_threshold`` (one confidence threshold), ``class_balanced`` (LD: intra-class
             thresholds fused with per-image top-alpha).
         alpha: the selection fraction in round 0 (class_balanced).
@@ -44,8 +45,6 @@ class PseudoLabelConfig:
 
     def check(self) -> None:
         if self.kind != "none":
-            from sfseg.adapt.pseudo_labels import PSEUDO_LABELLERS
-
             PSEUDO_LABELLERS.validate(self.kind, "kind")
         require(0 < self.alpha <= 1, "alpha", f"must be in (0, 1], got {self.alpha}")
         require(0 <= self.alpha_step <= 1, "alpha_step", f"must be in [0, 1], got {self.alpha_step}")
@@ -85,7 +84,7 @@ class MethodConfig:
     """What an adaptation method computes: by default a composition of parts (see ``sfseg.adapt.parts``).
 
     Attributes:
-        kind: the method class (``sfseg.adapt.method.METHODS``): ``self_training`` composes the parts
+        kind: the method class (``sfseg.registry.METHODS``): ``self_training`` composes the parts
             below; a method registered by a plugin may read its own ``options``.
         options: free-form settings of a registered method (the default one takes none).
         adabn: re-estimate BatchNorm statistics on the target train set before anything else (networks
@@ -101,14 +100,14 @@ class MethodConfig:
             ``train`` (all train, as DAFormer's heads do). LayerNorm/GroupNorm affine parameters train
             with the rest.
         pseudo_labels: pseudo-label selection.
-        losses: the loss parts, by name (see ``sfseg.adapt.parts.LOSS_PARTS``).
+        losses: the loss parts, by name (see ``sfseg.registry.LOSS_PARTS``).
         loss_weights: weight per loss part (default 1).
         negative_width: ``w`` of the complementary rank range ``k in floor(C/2) +- w`` (1-based: the k-th
             most probable class).
         balance_power: exponent of the image-wise class weights of ``reference_code_balanced``
             (``(N / N_c) ** power``; 0.2 as in the max-squares paper; 0 = unweighted).
         teacher: the EMA teacher (BE stage).
-        mixing: ``none`` or a registered mixing (``sfseg.adapt.mixing.MIXINGS``): ``classmix`` pastes
+        mixing: ``none`` or a registered mixing (``sfseg.registry.MIXINGS``): ``classmix`` pastes
             half the classes of each image onto the next (labels from the teacher, else from the
             pseudo-labels), before the student's forward pass.
         collapse_warning: warn (and record in the metrics) when a class's share of the pseudo-labels
@@ -140,10 +139,6 @@ class MethodConfig:
             )
 
     def check(self) -> None:
-        from sfseg.adapt.method import METHODS
-        from sfseg.adapt.mixing import MIXINGS
-        from sfseg.adapt.parts import LOSS_PARTS
-
         METHODS.validate(self.kind, "kind")
         if self.mixing != "none":
             MIXINGS.validate(self.mixing, "mixing")

@@ -27,17 +27,13 @@ from torch import nn
 from sfseg import IGNORE_INDEX
 from sfseg.adapt.config import MethodConfig
 from sfseg.adapt.losses import complementary_ranks
-from sfseg.adapt.mixing import MIXINGS
 from sfseg.adapt.norm import freeze_bn_affine, train_downsample_bn_affine, train_only_norm_affine
 from sfseg.adapt.parts import StepInputs, build_loss_parts, total_loss
 from sfseg.adapt.pseudo_labels import PseudoLabeller, build_pseudo_labeller
 from sfseg.adapt.teacher import EMATeacher
 from sfseg.errors import MethodError
 from sfseg.models.ops import upsample_logits
-from sfseg.registry import Registry
-
-METHODS: Registry[type[Method]] = Registry("method")
-"""Adaptation methods by name (``method.kind``)."""
+from sfseg.registry import METHODS, MIXINGS
 
 
 class Method:

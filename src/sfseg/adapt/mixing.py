@@ -14,9 +14,8 @@ from __future__ import annotations
 import torch
 
 from sfseg import IGNORE_INDEX
-from sfseg.registry import Registry
+from sfseg.registry import MIXINGS
 
-MIXINGS: Registry = Registry("mixing")
 """Mixings by name (``method.mixing``): ``fn(labels, generator, *tensors) -> mixed tensors``, where
 ``labels`` (B, H, W) chooses what is pasted and every per-pixel tensor is mixed the same way."""
 

@@ -20,7 +20,7 @@ import torch
 from sfseg.adapt import losses as L
 from sfseg.adapt.config import MethodConfig
 from sfseg.errors import MethodError
-from sfseg.registry import Registry
+from sfseg.registry import LOSS_PARTS
 
 
 @dataclass
@@ -61,6 +61,7 @@ class LossPart:
         raise NotImplementedError
 
 
+@LOSS_PARTS.register()
 class PositiveLearning(LossPart):
     """Cross-entropy on the selected pseudo-labels."""
 
@@ -70,6 +71,7 @@ class PositiveLearning(LossPart):
         return L.positive_loss(inputs.logits, inputs.pseudo_labels)
 
 
+@LOSS_PARTS.register()
 class NegativeLearning(LossPart):
     """``-log(1 - p_k)`` for a medium-rank complementary class; one rank per step, shared by the batch.
 
@@ -83,6 +85,7 @@ class NegativeLearning(LossPart):
         return L.negative_loss(inputs.probs, L.complementary_labels(inputs.probs, rank))
 
 
+@LOSS_PARTS.register()
 class EntropyUnselected(LossPart):
     """The paper's entropy minimisation on pixels not selected as pseudo-labels."""
 
@@ -92,6 +95,7 @@ class EntropyUnselected(LossPart):
         return L.entropy_unselected(inputs.probs, inputs.pseudo_labels)
 
 
+@LOSS_PARTS.register()
 class ReferenceCodeEntropy(LossPart):
     """The released code's ``-sum p log_softmax(p)`` on all pixels (not an entropy; see losses.py)."""
 
@@ -101,6 +105,7 @@ class ReferenceCodeEntropy(LossPart):
         return L.reference_code_entropy(inputs.probs)
 
 
+@LOSS_PARTS.register()
 class BalancedReferenceCodeEntropy(LossPart):
     """The released code's term, each pixel weighted by ``(N / N_c) ** balance_power`` (its predicted
     class's inverse share of the image, as max-squares' image-wise weighting): sfseg's improvement."""
@@ -111,6 +116,7 @@ class BalancedReferenceCodeEntropy(LossPart):
         return L.balanced_reference_code_entropy(inputs.probs, self.cfg.balance_power)
 
 
+@LOSS_PARTS.register()
 class Entropy(LossPart):
     """Entropy minimisation on every pixel (the TENT objective)."""
 
@@ -120,6 +126,7 @@ class Entropy(LossPart):
         return L.entropy_loss(inputs.probs)
 
 
+@LOSS_PARTS.register()
 class MaxSquares(LossPart):
     """Maximum squares loss (Chen et al., ICCV 2019)."""
 
@@ -129,6 +136,7 @@ class MaxSquares(LossPart):
         return L.max_squares_loss(inputs.probs)
 
 
+@LOSS_PARTS.register()
 class Diversity(LossPart):
     """SHOT's diversity term; with ``entropy`` it is SHOT-IM (Liang et al., ICML 2020)."""
 
@@ -138,6 +146,7 @@ class Diversity(LossPart):
         return L.diversity_loss(inputs.probs)
 
 
+@LOSS_PARTS.register()
 class TeacherCE(LossPart):
     """BE's loss: cross-entropy to the teacher's labels, each image weighted by its share of confident
     pixels (``teacher.confidence_threshold``)."""
@@ -152,23 +161,6 @@ class TeacherCE(LossPart):
             self.cfg.teacher.confidence_threshold,
             self.cfg.teacher.loss_mean,
         )
-
-
-LOSS_PARTS: Registry[type[LossPart]] = Registry("loss part")
-"""Loss parts by name (``method.losses``)."""
-
-for _part in (
-    PositiveLearning,
-    NegativeLearning,
-    EntropyUnselected,
-    ReferenceCodeEntropy,
-    BalancedReferenceCodeEntropy,
-    Entropy,
-    MaxSquares,
-    Diversity,
-    TeacherCE,
-):
-    LOSS_PARTS.add(_part.name, _part)
 
 
 def build_loss_parts(cfg: MethodConfig, num_classes: int, rounds: int = 1) -> list[tuple[float, LossPart]]:

@@ -46,7 +46,7 @@ import torch
 from sfseg import IGNORE_INDEX
 from sfseg.adapt.config import PseudoLabelConfig
 from sfseg.models.ops import argmax_classes, count_into, kth_largest
-from sfseg.registry import Registry
+from sfseg.registry import PSEUDO_LABELLERS
 
 MAX_SCORE = 40.0
 """Scores above this (confidence > 1 - 4e-18) share the histogram's last bin."""
@@ -280,10 +280,6 @@ def global_threshold_labels(
     return torch.where(score >= t, pred, torch.full_like(pred, IGNORE_INDEX))
 
 
-PSEUDO_LABELLERS: Registry[type[PseudoLabeller]] = Registry("pseudo-labeller")
-"""Pseudo-label selection rules by name (``method.pseudo_labels.kind``)."""
-
-
 class PseudoLabeller:
     """A pseudo-label selection rule.
 
@@ -326,6 +322,7 @@ class PseudoLabeller:
         return {}
 
 
+@PSEUDO_LABELLERS.register()
 class ArgmaxLabeller(PseudoLabeller):
     """Every pixel, labelled with its argmax (naive self-training)."""
 
@@ -335,6 +332,7 @@ class ArgmaxLabeller(PseudoLabeller):
         return prediction
 
 
+@PSEUDO_LABELLERS.register()
 class GlobalThresholdLabeller(PseudoLabeller):
     """Pixels whose softmax confidence is at least ``threshold``."""
 
@@ -344,6 +342,7 @@ class GlobalThresholdLabeller(PseudoLabeller):
         return global_threshold_labels(logits, self.cfg.threshold, scores=(score, prediction))
 
 
+@PSEUDO_LABELLERS.register()
 class ClassBalancedLabeller(PseudoLabeller):
     """LD's selection: intra-class thresholds over the whole target set, fused with per-image top-alpha."""
 
@@ -388,10 +387,6 @@ class ClassBalancedLabeller(PseudoLabeller):
                 n: (t if math.isfinite(s) else None) for n, t, s in zip(class_names, conf, thr.tolist())
             }
         }
-
-
-for _cls in (ArgmaxLabeller, GlobalThresholdLabeller, ClassBalancedLabeller):
-    PSEUDO_LABELLERS.add(_cls.name, _cls)
 
 
 def build_pseudo_labeller(cfg: PseudoLabelConfig, num_classes: int) -> PseudoLabeller | None:

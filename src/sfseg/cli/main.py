@@ -275,9 +275,10 @@ def cmd_check_data(args: argparse.Namespace) -> None:
 
 
 def cmd_select(args: argparse.Namespace) -> None:
-    from sfseg.engine.evaluation.validators import VALIDATORS, check_validator
+    from sfseg.engine.evaluation.validators import check_validator
     from sfseg.engine.experiments.selection import ranked_table, score_run, study_table, validator_study
     from sfseg.fileio import check_writable_file
+    from sfseg.registry import VALIDATORS
 
     check_validator(args.validator)
     names = VALIDATORS.names() if args.all else [args.validator]

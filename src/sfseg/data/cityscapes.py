@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from sfseg.data.classes import CITYSCAPES19, CITYSCAPES_LABELS, ClassProtocol, cityscapes_lut
-from sfseg.data.files import FileListDataset, Sample, layout_error, lut_codec, missing_error
-from sfseg.data.registry import register_dataset
+from sfseg.data.file_dataset import FileListDataset, Sample, layout_error, lut_codec, missing_error
+from sfseg.registry import DATASETS
 
 LAYOUT = """\
   <root>/leftImg8bit/{train,val}/<city>/<city>_<seq:06d>_<frame:06d>_leftImg8bit.png   (RGB)
@@ -24,7 +24,7 @@ def cityscapes_codec(protocol: ClassProtocol):
     )
 
 
-@register_dataset("cityscapes", CITYSCAPES19)
+@DATASETS.register("cityscapes", protocol=CITYSCAPES19)
 def cityscapes(
     root: str | Path, split: str, protocol: ClassProtocol, labels: bool | str = True
 ) -> FileListDataset:

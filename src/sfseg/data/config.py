@@ -9,6 +9,7 @@ from typing import ClassVar, Literal
 from sfseg.config import MAX_SIDE, brief, require
 from sfseg.data.transforms import AugmentConfig
 from sfseg.errors import ConfigError
+from sfseg.registry import DATASETS
 
 
 @dataclass
@@ -18,7 +19,7 @@ class DataConfig:
 
     Attributes:
         dataset: ``toycity``, ``cityscapes``, ``gta5``, ``synthia``, ``folder``, ... (see
-            ``sfseg.data.registry.DATASETS``).
+            ``sfseg.registry.DATASETS``).
         root: its root directory.
         protocol: the class protocol (``cityscapes19``, ``synthia16``, ...); empty = the dataset's own.
         train_split: the images trained on: for adaptation the unlabelled target images (their labels,
@@ -69,8 +70,6 @@ class DataConfig:
 
     def check(self) -> None:
         require(bool(self.root), "root", "is empty; give the dataset's root directory")
-        from sfseg.data.registry import DATASETS
-
         DATASETS.validate(self.dataset, "dataset")
         require(bool(self.train_split), "train_split", "is empty")
         require(

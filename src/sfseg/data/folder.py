@@ -19,11 +19,10 @@ import numpy as np
 from sfseg import IGNORE_INDEX
 from sfseg.config import MAX_CONFIG_BYTES, brief, safe_yaml
 from sfseg.data.classes import CITYSCAPES19, ClassProtocol
-from sfseg.data.datasets import DatasetError
-from sfseg.data.files import FileListDataset, Sample, layout_error, lut_codec, missing_error
-from sfseg.data.registry import register_dataset
-from sfseg.errors import ConfigError, RunDirError
+from sfseg.data.file_dataset import FileListDataset, Sample, layout_error, lut_codec, missing_error
+from sfseg.errors import ConfigError, DatasetError, RunDirError
 from sfseg.fileio import read_bytes
+from sfseg.registry import DATASETS
 
 LAYOUT = """\
   <root>/images/**/<name>.{png,jpg,jpeg}
@@ -59,7 +58,7 @@ def load_mapping(path: str | Path, protocol: ClassProtocol) -> np.ndarray:
     return lut
 
 
-@register_dataset("folder", CITYSCAPES19)
+@DATASETS.register("folder", protocol=CITYSCAPES19)
 def folder(
     root: str | Path, split: str, protocol: ClassProtocol, labels: bool | str = True, mapping: str = ""
 ) -> FileListDataset:

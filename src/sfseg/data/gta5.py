@@ -15,9 +15,10 @@ from tqdm import tqdm
 
 from sfseg.data.cityscapes import cityscapes_codec
 from sfseg.data.classes import CITYSCAPES19, ClassProtocol
-from sfseg.data.datasets import DatasetError
-from sfseg.data.files import FileListDataset, Sample, header_size, paired_files
-from sfseg.data.registry import register_dataset
+from sfseg.data.file_dataset import FileListDataset, Sample, paired_files
+from sfseg.data.images import header_size
+from sfseg.errors import DatasetError
+from sfseg.registry import DATASETS
 
 LAYOUT = """\
   <root>/images/00001.png ... 24966.png   (RGB, nominally 1914x1052)
@@ -34,7 +35,7 @@ def _ranges(ids: list[int]) -> str:
     return ", ".join(out)
 
 
-@register_dataset("gta5", CITYSCAPES19)
+@DATASETS.register("gta5", protocol=CITYSCAPES19)
 def gta5(
     root: str | Path,
     split: str,

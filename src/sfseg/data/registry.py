@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
 from sfseg.data.classes import ClassProtocol, get_protocol
-from sfseg.registry import Registry
-
-
-def _builtin() -> None:
-    from sfseg.data import cityscapes, folder, gta5, synthia, toycity_dataset  # noqa: F401  (they register)
-
-
-DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset", _builtin)
-"""``name -> fn(root, split, protocol, labels, **options)``, with the dataset's default ``protocol``."""
-
-
-def register_dataset(name: str, default_protocol: ClassProtocol):
-    """Decorator: register ``fn(root, split, protocol, labels, **options)`` under ``name``."""
-    return DATASETS.register(name, protocol=default_protocol)
+from sfseg.registry import DATASETS
 
 
 def list_datasets() -> list[str]:
@@ -45,7 +31,7 @@ def build_dataset(
     **options,
 ) -> Dataset:
     """Build split ``split`` of dataset ``name`` at ``root`` for class protocol ``protocol`` (default: the
-    dataset's own). Items follow the contract of :class:`sfseg.data.files.FileListDataset`.
+    dataset's own). Items follow the contract of :class:`sfseg.data.file_dataset.FileListDataset`.
 
     ``progress`` reaches the entries that have slow set-up work to show (loading ToyCity into memory,
     checking GTA5's image sizes); the others build instantly and take no such argument.

@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 
 from sfseg.data.classes import SYNTHIA16, SYNTHIA_IDS, ClassProtocol, id_lut
-from sfseg.data.datasets import MAX_IMAGE_BYTES, DatasetError
-from sfseg.data.files import FileListDataset, Sample, lut_codec, paired_files, png_header
-from sfseg.data.registry import register_dataset
-from sfseg.errors import RunDirError
+from sfseg.data.file_dataset import FileListDataset, Sample, lut_codec, paired_files
+from sfseg.data.images import MAX_IMAGE_BYTES, png_header
+from sfseg.errors import DatasetError, RunDirError
 from sfseg.fileio import read_bytes
+from sfseg.registry import DATASETS
 
 LAYOUT = """\
   <root>/RGB/0000000.png ... 0009399.png         (RGB 1280x760)
@@ -52,7 +52,7 @@ def read_synthia_label(path: Path) -> np.ndarray:
     return ids
 
 
-@register_dataset("synthia", SYNTHIA16)
+@DATASETS.register("synthia", protocol=SYNTHIA16)
 def synthia(
     root: str | Path, split: str, protocol: ClassProtocol, labels: bool | str = True
 ) -> FileListDataset:

@@ -1,21 +1,16 @@
-"""Networks, the model registry and checkpoints with their metadata."""
+"""Networks, the model factory, and checkpoints with their metadata (the architectures and the importers
+register themselves in :mod:`sfseg.registry`, loaded on first use)."""
 
-from sfseg.models import deeplab_small as _deeplab_small  # noqa: F401  (registers the model)
-from sfseg.models import deeplab_v2 as _deeplab_v2  # noqa: F401  (registers the model)
-from sfseg.models import deeplab_v2_import as _deeplab_v2_import  # noqa: F401  (registers its importer)
-from sfseg.models import mit as _mit  # noqa: F401  (registers the models)
-from sfseg.models import mit_import as _mit_import  # noqa: F401  (registers its importer)
-from sfseg.models import vit as _vit  # noqa: F401  (registers the model)
-from sfseg.models import vit_import as _vit_import  # noqa: F401  (registers its importer)
-from sfseg.models.checkpoint import Checkpoint, InferenceSettings, Normalization, load_checkpoint
-from sfseg.models.registry import create_model, list_models, register_model
+from sfseg.models.checkpoint import Checkpoint, InferenceSettings, Normalization
+from sfseg.models.loading import load_checkpoint
+from sfseg.models.registry import ModelHooks, create_model, list_models
 
 __all__ = [
     "Checkpoint",
     "InferenceSettings",
+    "ModelHooks",
     "Normalization",
     "create_model",
     "list_models",
     "load_checkpoint",
-    "register_model",
 ]

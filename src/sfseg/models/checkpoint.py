@@ -22,7 +22,8 @@ from sfseg.config import MAX_SIDE, brief
 from sfseg.data.normalization import Normalization
 from sfseg.errors import CheckpointError, RunDirError
 from sfseg.fileio import atomic_torch_save, open_file
-from sfseg.models.registry import MODELS, create_model, model_hooks
+from sfseg.models.registry import create_model, model_hooks
+from sfseg.registry import MODELS
 
 FORMAT = "sfseg-checkpoint-v1"
 
@@ -334,61 +335,3 @@ def _kind(head: bytes) -> str:
     if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
         return "a text file"
     return "unknown binary contents"
-
-
-def load_checkpoint(
-    path: str | Path, family: str = "", classes: str = "", root: str | Path | None = None
-) -> Checkpoint:
-    """Load an sfseg checkpoint, or import a community DeepLab-v2 checkpoint transparently.
-
-    Args:
-        path: the file.
-        family: for a foreign file, its family when the keys cannot tell (see :mod:`sfseg.models.foreign`).
-        classes: for a foreign file, the class protocol name (needed when it has no head, else checked).
-        root: the run directory the file belongs to (no link is followed below it).
-    """
-    path = Path(path)
-    payload = read_tensors(path, root)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        # A cycle (foreign builds Checkpoint objects) makes this import local.
-        from sfseg.data.classes import get_protocol
-        from sfseg.models.foreign import import_payload
-
-        ckpt = import_payload(payload, path, family, get_protocol(classes) if classes else None)
-        unused = ckpt.provenance["unused_keys"]
-        print(
-            f"{path}: imported as {ckpt.provenance['family']} (predicting head: "
-            f"{ckpt.provenance['predicting_head']}; {len(unused)} unused keys"
-            f"{': ' + ', '.join(unused[:6]) + (' ...' if len(unused) > 6 else '') if unused else ''})"
-        )
-        return ckpt
-    try:
-        ckpt = Checkpoint(
-            arch=payload["arch"],
-            arch_kwargs=payload["arch_kwargs"],
-            class_names=payload["class_names"],
-            normalization=Normalization.from_dict(payload["normalization"]),
-            state_dict=payload["state_dict"],
-            provenance=payload["provenance"],
-            inference=InferenceSettings.from_dict(payload.get("inference")),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(
-            f"{path}: an sfseg checkpoint with damaged metadata ({type(e).__name__}: {brief(str(e))})"
-        ) from None
-    if not isinstance(ckpt.arch_kwargs, dict) or not isinstance(ckpt.state_dict, dict):
-        raise CheckpointError(f"{path}: an sfseg checkpoint with damaged metadata (arch_kwargs, state_dict)")
-    check_finite(ckpt.state_dict, str(path))
-    ckpt.provenance = {**ckpt.provenance, "path": str(path)}
-    if ckpt.arch not in MODELS:
-        raise CheckpointError(
-            f"{path}: an sfseg checkpoint of architecture {ckpt.arch!r}, which this installation does not "
-            f"have (registered: {MODELS.names()}); is a plugin missing (SFSEG_PLUGINS)?"
-        )
-    head = head_classes(ckpt.arch, ckpt.state_dict)
-    if head is not None and head != ckpt.num_classes:
-        raise CheckpointError(
-            f"{path}: its head predicts {head} classes but it declares {ckpt.num_classes} class names "
-            f"{ckpt.class_names}; the file's metadata and weights disagree (re-export it)"
-        )
-    return ckpt

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sfseg.models.base import SegmentationModel
-from sfseg.models.registry import register_model
+from sfseg.models.registry import ModelHooks
+from sfseg.registry import MODELS
 
 
 class ConvBNReLU(nn.Sequential):
@@ -107,9 +108,11 @@ class DeepLabSmall(SegmentationModel):
         return logits, features
 
 
-@register_model(
-    classes_key="classifier.conv2d_list.0.weight",
-    signature_keys=("backbone.0.0.weight", "classifier.conv2d_list.0.weight"),
+@MODELS.register(
+    hooks=ModelHooks(
+        classes_key="classifier.conv2d_list.0.weight",
+        signature_keys=("backbone.0.0.weight", "classifier.conv2d_list.0.weight"),
+    )
 )
 def deeplab_small(
     num_classes: int, width: int = 24, output_stride: int = 2, dilations: tuple[int, ...] = (1, 3, 6, 9)

@@ -23,7 +23,8 @@ from torch import nn
 
 from sfseg.models.base import SegmentationModel
 from sfseg.models.deeplab_small import SummedASPP
-from sfseg.models.registry import register_model
+from sfseg.models.registry import ModelHooks
+from sfseg.registry import MODELS
 
 BLOCKS_R101 = (3, 4, 23, 3)
 ASPP_DILATIONS = (6, 12, 18, 24)
@@ -129,7 +130,7 @@ class DeepLabV2(SegmentationModel):
         return self.layer5(features), features
 
 
-@register_model(classes_key="layer5.conv2d_list.0.weight")
+@MODELS.register(hooks=ModelHooks(classes_key="layer5.conv2d_list.0.weight"))
 def deeplabv2_r101(num_classes: int, backbone: str = "caffe", branches: int = 4) -> nn.Module:
     """DeepLab-v2 ResNet-101 (about 43.9 M parameters with 19 classes)."""
     return DeepLabV2(num_classes, backbone=backbone, branches=branches)

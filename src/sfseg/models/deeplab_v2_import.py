@@ -35,7 +35,8 @@ from sfseg.data.normalization import CAFFE_BGR, IMAGENET, Normalization
 from sfseg.errors import CheckpointError
 from sfseg.models.checkpoint import Checkpoint, CheckpointFormatError
 from sfseg.models.deeplab_v2 import DeepLabV2
-from sfseg.models.foreign import IMPORTERS, Importer, class_names_for, fitting_weights
+from sfseg.models.foreign import Importer, class_names_for, fitting_weights
+from sfseg.registry import IMPORTERS
 
 ARCH = "deeplabv2_r101"
 CRST_BGR = Normalization("BGR", 1.0, (0.406, 0.456, 0.485), (0.225, 0.224, 0.229))
@@ -175,7 +176,7 @@ def import_family(
     )
 
 
-IMPORTERS.add(
+IMPORTERS.register(
     "deeplab_v2",
     Importer(
         families={name: f.description for name, f in FAMILIES.items()},

@@ -27,8 +27,8 @@ from sfseg.models.checkpoint import (
     check_finite,
     read_tensors,
 )
-from sfseg.models.registry import MODELS, create_model, model_hooks
-from sfseg.registry import Registry
+from sfseg.models.registry import create_model, model_hooks
+from sfseg.registry import IMPORTERS, MODELS
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,6 @@ class Importer:
     convert: Callable[..., Checkpoint]
     ambiguity: dict[tuple[str, ...], str] = field(default_factory=dict)
 
-
-def _builtin() -> None:
-    import sfseg.models  # noqa: F401  (the architectures register their importers on import)
-
-
-IMPORTERS: Registry[Importer] = Registry("checkpoint importer", _builtin)
 
 _NESTED = ("state_dict", "model_state", "model", "ResNet101")
 

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sfseg.models.base import SegmentationModel
-from sfseg.models.registry import register_model
+from sfseg.models.registry import ModelHooks
+from sfseg.registry import MODELS
 
 
 @dataclass(frozen=True)
@@ -371,7 +372,8 @@ def _variant(variant: str) -> MiTVariant:
     return MIT_VARIANTS[variant]
 
 
-@register_model(classes_key="decode_head.conv_seg.weight")  # its bare state dict is DAFormer's format
+# Its bare state dict is DAFormer's format.
+@MODELS.register(hooks=ModelHooks(classes_key="decode_head.conv_seg.weight"))
 def daformer_mit(
     num_classes: int,
     variant: str = "b5",
@@ -385,7 +387,8 @@ def daformer_mit(
     return MiTSegmentor(backbone, DAFormerHead(_variant(variant).dims, num_classes, head_dim))
 
 
-@register_model(classes_key="decode_head.linear_pred.weight")  # its bare state dict: DAFormer's SegFormer
+# Its bare state dict: DAFormer's SegFormer.
+@MODELS.register(hooks=ModelHooks(classes_key="decode_head.linear_pred.weight"))
 def segformer_mit(
     num_classes: int,
     variant: str = "b5",

@@ -39,8 +39,9 @@ import torch
 from sfseg.data.classes import ClassProtocol
 from sfseg.data.normalization import IMAGENET
 from sfseg.models.checkpoint import Checkpoint, CheckpointFormatError
-from sfseg.models.foreign import IMPORTERS, Importer, class_names_for, load_converted
+from sfseg.models.foreign import Importer, class_names_for, load_converted
 from sfseg.models.mit import MIT_VARIANTS
+from sfseg.registry import IMPORTERS
 
 FAMILIES = {
     "daformer": "DAFormer / HRDA / MIC / ATP (mmcv), the student",
@@ -318,4 +319,4 @@ def _hf_used(key: str) -> bool:
     )
 
 
-IMPORTERS.add("mit", Importer(families=FAMILIES, detect=detect, convert=convert))
+IMPORTERS.register("mit", Importer(families=FAMILIES, detect=detect, convert=convert))

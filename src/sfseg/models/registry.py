@@ -1,9 +1,12 @@
-"""Model registry and factory (after timm's ``create_model``): one entry function per architecture, with
-its checkpoint hooks registered beside it."""
+"""The model factory (after timm's ``create_model``): one entry function per architecture, registered in
+:data:`sfseg.registry.MODELS` with its checkpoint hooks beside it::
+
+    @MODELS.register(hooks=ModelHooks(classes_key="head.weight"))
+    def my_net(num_classes: int, width: int = 64) -> SegmentationModel: ...
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +14,8 @@ from torch import nn
 
 from sfseg.config import brief
 from sfseg.errors import ConfigError
-from sfseg.registry import Registry
+from sfseg.models.base import SegmentationModel
+from sfseg.registry import MODELS
 
 MAX_PARAMETERS = 5_000_000_000
 
@@ -31,29 +35,6 @@ class ModelHooks:
     signature_keys: tuple[str, ...] = ()
 
 
-def _builtin() -> None:
-    import sfseg.models  # noqa: F401  (the architectures register on import)
-
-
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model", _builtin)
-
-
-def register_model(
-    fn: Callable[..., nn.Module] | None = None, *, classes_key: str = "", signature_keys: tuple[str, ...] = ()
-):
-    """Decorator: register ``fn(num_classes, **kwargs) -> SegmentationModel`` under its function name.
-
-    Usable bare (``@register_model``) or with hooks (``@register_model(classes_key="head.weight")``, see
-    :class:`ModelHooks`).
-    """
-
-    def add(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        MODELS.add(f.__name__, f, hooks=ModelHooks(classes_key, tuple(signature_keys)))
-        return f
-
-    return add(fn) if fn is not None else add
-
-
 def list_models() -> list[str]:
     return MODELS.names()
 
@@ -70,8 +51,6 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
         num_classes: number of output channels.
         **kwargs: architecture options, passed to the entry function.
     """
-    from sfseg.models.base import SegmentationModel
-
     fn = MODELS.get(name)
     if not isinstance(kwargs, dict):
         raise ConfigError(f"model {name!r}: its options must be a mapping, got {brief(kwargs)}")

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sfseg.models.base import SegmentationModel
-from sfseg.models.registry import register_model
+from sfseg.models.registry import ModelHooks
+from sfseg.registry import MODELS
 
 
 @dataclass(frozen=True)
@@ -263,13 +264,15 @@ class DinoSegmentor(SegmentationModel):
         return names | ({"backbone.register_tokens"} if self.backbone.registers else set())
 
 
-@register_model(
-    classes_key="decode_head.conv_seg.weight",
-    signature_keys=(
-        "backbone.patch_embed.proj.weight",
-        "decode_head.bn.weight",
-        "decode_head.conv_seg.weight",
-    ),
+@MODELS.register(
+    hooks=ModelHooks(
+        classes_key="decode_head.conv_seg.weight",
+        signature_keys=(
+            "backbone.patch_embed.proj.weight",
+            "decode_head.bn.weight",
+            "decode_head.conv_seg.weight",
+        ),
+    )
 )
 def dinov2_vit(
     num_classes: int,

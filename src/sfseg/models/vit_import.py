@@ -26,8 +26,9 @@ import torch
 from sfseg.data.classes import ClassProtocol
 from sfseg.data.normalization import IMAGENET
 from sfseg.models.checkpoint import Checkpoint, CheckpointFormatError
-from sfseg.models.foreign import IMPORTERS, Importer, class_names_for, load_converted
+from sfseg.models.foreign import Importer, class_names_for, load_converted
 from sfseg.models.vit import VIT_VARIANTS
+from sfseg.registry import IMPORTERS
 
 FAMILIES = {
     "dinov2": "a DINOv2 backbone (facebookresearch/dinov2)",
@@ -156,4 +157,4 @@ def convert(
     )
 
 
-IMPORTERS.add("dinov2", Importer(families=FAMILIES, detect=detect, convert=convert))
+IMPORTERS.register("dinov2", Importer(families=FAMILIES, detect=detect, convert=convert))

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from sfseg.data.classes import ClassProtocol
-from sfseg.data.datasets import open_image, png_depth
+from sfseg.data.images import open_image, png_depth
 from sfseg.engine.evaluation.inference import Inference, batch_size_hw
 from sfseg.engine.evaluation.metrics import ConfusionMatrix
 from sfseg.engine.runtime import distributed

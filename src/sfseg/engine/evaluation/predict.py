@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from sfseg.data.classes import ClassProtocol
-from sfseg.data.datasets import check_relative
+from sfseg.data.file_dataset import check_relative
 from sfseg.engine.evaluation.inference import Inference, batch_size_hw
 from sfseg.engine.runtime.loading import sharded_loader
 from sfseg.fileio import atomic_write_bytes

@@ -44,7 +44,7 @@ from sfseg.engine.runtime.guard import NonFiniteOutput
 from sfseg.engine.runtime.loading import derived_seed, sharded_loader
 from sfseg.models.checkpoint import InferenceSettings
 from sfseg.models.ops import argmax_classes
-from sfseg.registry import Registry
+from sfseg.registry import VALIDATORS
 
 EPS = 1e-8
 
@@ -68,6 +68,7 @@ class Validator:
         raise NotImplementedError
 
 
+@VALIDATORS.register()
 class EntropyValidator(Validator):
     name = "entropy"
 
@@ -84,6 +85,7 @@ class EntropyValidator(Validator):
         return -self.total / max(self.n, 1)
 
 
+@VALIDATORS.register()
 class InfoMaxValidator(Validator):
     name = "info_max"
 
@@ -102,6 +104,7 @@ class InfoMaxValidator(Validator):
         return diversity + self.entropy.score()
 
 
+@VALIDATORS.register()
 class BNMValidator(Validator):
     name = "bnm"
 
@@ -118,6 +121,7 @@ class BNMValidator(Validator):
         return float(torch.linalg.matrix_norm(m, ord="nuc")) / m.shape[0]
 
 
+@VALIDATORS.register()
 class SNDValidator(Validator):
     name = "snd"
     needs_features = True
@@ -138,6 +142,7 @@ class SNDValidator(Validator):
         return float(-(p * (p + EPS).log()).sum(1).mean())
 
 
+@VALIDATORS.register()
 class AgreementValidator(Validator):
     name = "agreement"
     reference = "previous"
@@ -156,6 +161,7 @@ class AgreementValidator(Validator):
         return self.same / self.n if self.n else float("nan")
 
 
+@VALIDATORS.register()
 class ShareStabilityValidator(Validator):
     name = "share_stability"
     reference = "source"
@@ -177,20 +183,6 @@ class ShareStabilityValidator(Validator):
         s, s0 = self.counts / self.counts.sum(), self.ref / self.ref.sum()
         present = s0 > 0
         return float(-((s[present] + 1e-4) / (s0[present] + 1e-4)).log().abs().mean())
-
-
-VALIDATORS: Registry[type[Validator]] = Registry("validator")
-"""Label-free validators by name (``select.validator``, ``sfseg select --validator``)."""
-
-for _v in (
-    EntropyValidator,
-    InfoMaxValidator,
-    BNMValidator,
-    SNDValidator,
-    AgreementValidator,
-    ShareStabilityValidator,
-):
-    VALIDATORS.add(_v.name, _v)
 
 
 def check_validator(name: str) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from sfseg.config import load_config, to_dict
 from sfseg.data.classes import TOYCITY
-from sfseg.data.datasets import check_toycity_root
 from sfseg.data.toycity import ToyCitySpec, generate, is_generated
+from sfseg.data.toycity.dataset import check_toycity_root
 from sfseg.engine.experiments.jobs import Job, run_jobs
 from sfseg.engine.reporting.report import per_class_table, plot_per_class, share_table, trajectory_table
 from sfseg.engine.runtime.rundir import RunDir

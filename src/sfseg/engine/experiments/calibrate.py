@@ -20,7 +20,7 @@ import torch
 from sfseg.adapt.norm import adabn
 from sfseg.data.classes import TOYCITY
 from sfseg.data.toycity import ToyCitySpec
-from sfseg.data.toycity_dataset import toycity
+from sfseg.data.toycity.dataset import toycity
 from sfseg.engine.evaluation.evaluate import evaluate
 from sfseg.engine.evaluation.inference import Inference
 from sfseg.engine.experiments.bench import ensure_world, source_config, train_or_reuse_source, world_root

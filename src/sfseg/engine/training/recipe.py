@@ -19,6 +19,7 @@ from sfseg.data.config import DataConfig
 from sfseg.engine.runtime.config import RuntimeConfig
 from sfseg.engine.training.optim import OptimConfig
 from sfseg.errors import ConfigError
+from sfseg.registry import MODELS, VALIDATORS
 
 
 @dataclass
@@ -73,8 +74,6 @@ class SelectConfig:
     def check(self) -> None:
         in_range(self.max_images, 0, 10**7, "max_images")
         if self.validator:
-            from sfseg.engine.evaluation.validators import VALIDATORS
-
             VALIDATORS.validate(self.validator, "validator")
 
 
@@ -169,8 +168,6 @@ class SourceConfig:
         require(bool(self.out.strip()), "out", "is empty; give the checkpoint's file path")
         in_range(self.seed, 0, MAX_SEED, "seed")
         if not self.init:
-            from sfseg.models.registry import MODELS
-
             MODELS.validate(self.arch, "arch")
 
 

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from sfseg.adapt.method import build_method
 from sfseg.adapt.norm import adabn, frozen_bn_buffers, set_bn_mode
 from sfseg.config import save_config, to_dict
-from sfseg.data.datasets import check_one_size
+from sfseg.data.file_dataset import check_one_size
 from sfseg.data.registry import build_dataset, dataset_protocol
 from sfseg.engine.evaluation.inference import Inference, inference_settings
 from sfseg.engine.runtime import distributed

@@ -14,8 +14,6 @@ batch (DistributedDataParallel), scores whole val batches of its own, and rank 0
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +27,7 @@ from sfseg import IGNORE_INDEX
 from sfseg.config import to_dict
 from sfseg.data.normalization import Normalization
 from sfseg.data.registry import build_dataset, dataset_protocol
-from sfseg.data.toycity_dataset import SPLITS as TOYCITY_SPLITS
+from sfseg.data.toycity import data_spec, toycity_domain
 from sfseg.engine.evaluation.evaluate import evaluate
 from sfseg.engine.evaluation.inference import Inference, inference_settings
 from sfseg.engine.reporting.board import Board, log_eval
@@ -52,43 +50,10 @@ from sfseg.engine.training.step import TrainStep, random_flip, wrap_for_training
 from sfseg.errors import ConfigError
 from sfseg.fileio import Place, check_outputs, check_writable_file
 from sfseg.models import Checkpoint, create_model, load_checkpoint
+from sfseg.models.loading import network_from_init
 from sfseg.models.ops import upsample_logits
 
 TOYCITY_NORMALIZATION = Normalization()
-
-
-def toycity_domain(split: str) -> str:
-    """The ToyCity domain of a split name (``source_train`` -> source, ``train`` -> target)."""
-    return TOYCITY_SPLITS.get(split, ("source",))[0]
-
-
-def data_spec(root: str | Path, domain: str = "source") -> dict | None:
-    """What identifies the data a model was trained on, beyond its path (None for datasets other than
-    ToyCity): for a ToyCity tree, the generator version, the world seed, the image size and split sizes of
-    ``domain``, and a digest of that domain's layout and appearance styles. The variants of the suite share
-    one source domain, so a source model serves every variant of its world."""
-    meta = Path(root) / "toycity.json"
-    if not meta.is_file():
-        return None
-    from sfseg.data.toycity import ToyCitySpec
-
-    d = json.loads(meta.read_text())
-    return toycity_signature(ToyCitySpec(**d["spec"]), domain, d.get("generator_version"))
-
-
-def toycity_signature(spec, domain: str, generator_version: int | None = None) -> dict:
-    """The identity of one domain of a ToyCity world (see :func:`data_spec`)."""
-    from sfseg.data.toycity import GENERATOR_VERSION, VARIANTS
-
-    style = repr(VARIANTS[spec.variant].style(domain))
-    return {
-        "generator_version": GENERATOR_VERSION if generator_version is None else generator_version,
-        "domain": domain,
-        "seed": spec.seed,
-        "size": [spec.height, spec.width],
-        "counts": [spec.count(domain, "train"), spec.count(domain, "val")],
-        "style": hashlib.sha1(style.encode()).hexdigest(),
-    }
 
 
 def same_training(provenance: dict, cfg: SourceConfig) -> bool:
@@ -103,30 +68,6 @@ def same_training(provenance: dict, cfg: SourceConfig) -> bool:
         r.get("data", {}).pop("root", None)
     domain = toycity_domain(cfg.data.train_split)
     return theirs == mine and provenance.get("data_spec") == data_spec(cfg.data.root, domain)
-
-
-def init_model(init: Checkpoint, cfg: SourceConfig) -> torch.nn.Module:
-    """The network trained from an initialisation: the init's own, or, when the recipe names the same
-    architecture with options of its own (``arch_kwargs``: LoRA on an imported DINOv2, another head depth),
-    that network with every weight of the init that fits. Parameters the init cannot have (LoRA's, a new
-    head's) keep their initialisation; a backbone weight that does not fit is an error."""
-    if cfg.arch != init.arch or not cfg.arch_kwargs:
-        return init.build()
-    kwargs = {**init.arch_kwargs, **cfg.arch_kwargs}
-    model = create_model(init.arch, init.num_classes, **kwargs)
-    reference = model.state_dict()
-    new_head = str(init.provenance.get("predicting_head", "")).startswith("new")
-    weights, skipped = {}, []
-    for k, v in init.state_dict.items():
-        if k in reference and reference[k].shape == v.shape:
-            weights[k] = v
-        elif new_head and k.startswith("decode_head."):
-            skipped.append(k)
-        else:
-            where = init.provenance.get("path", cfg.init)
-            raise ConfigError(f"{where}: {k} does not fit {init.arch} with arch_kwargs {kwargs}")
-    model.load_state_dict(weights, strict=False)
-    return model
 
 
 def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | None = None) -> dict:
@@ -160,7 +101,7 @@ def train_source(cfg: SourceConfig, progress: bool = True, log: MetricsLog | Non
     if cfg.init:
         init = load_checkpoint(cfg.init, family=cfg.init_family, classes=protocol.name)
         init.check_classes(protocol.names, data.root)
-        model, norm = init_model(init, cfg), init.normalization
+        model, norm = network_from_init(init, cfg.arch, cfg.arch_kwargs, cfg.init), init.normalization
     else:
         model, norm = create_model(cfg.arch, protocol.num_classes, **cfg.arch_kwargs), TOYCITY_NORMALIZATION
     model.to(device)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from sfseg.data.toycity_scene import C, Scene
+from sfseg.data.toycity.scene import C, Scene
 
 RGB = tuple[int, int, int]
 

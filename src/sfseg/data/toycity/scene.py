@@ -2,8 +2,8 @@
 
 A scene is drawn in perspective with a straight road running to a vanishing point on the horizon. The
 layout statistics (horizon height, road width, object counts and sizes) differ per domain; see
-:mod:`sfseg.data.toycity`. Appearance (colour, texture, lighting) is applied afterwards by
-:mod:`sfseg.data.toycity_render`, from the instance map.
+:mod:`sfseg.data.toycity.worlds`. Appearance (colour, texture, lighting) is applied afterwards by
+:mod:`sfseg.data.toycity.render`, from the instance map.
 """
 
 from __future__ import annotations

@@ -1,14 +1,19 @@
-"""The generic file-list dataset under every real benchmark: images read lazily, labels decoded and remapped.
+"""The generic dataset under every real benchmark: a list of image (and label) files, read lazily, labels
+decoded and remapped; and the split list files that name them.
 
 A benchmark module (``cityscapes``, ``gta5``, ``synthia``, ``folder``) only finds its files and says how
 its label files encode classes (a :class:`LabelCodec`); this module reads, remaps and validates them the
-same way for all. A raw label value that the codec does not know is an error naming the file — an
+same way for all. A raw label value that the codec does not know is an error naming the file: an
 un-remapped or wrongly decoded label must never be silently dropped.
+
+A list file has one sample per line: ``<image path> [<label path>]``, paths relative to the dataset root,
+separated by whitespace, or by a tab when a file name holds spaces (a line with a tab is split on tabs
+only). Blank lines and lines starting with ``#`` are skipped. Every path must stay inside the dataset
+root: an absolute path or a ``..`` component is an error naming the list file and the line.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +25,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from sfseg.data.classes import ClassProtocol
-from sfseg.data.datasets import (
-    MAX_IMAGE_PIXELS,
-    UNREADABLE_FIX,
-    DatasetError,
-    image_size,
-    list_entries,
-    open_image,
-    problems_error,
-    read_image,
-)
-from sfseg.errors import RunDirError
-from sfseg.fileio import open_file
+from sfseg.data.images import header_size, read_image, read_pil_ids
+from sfseg.errors import DatasetError, RunDirError
+from sfseg.fileio import read_bytes
 
 
 @dataclass(frozen=True)
@@ -78,68 +74,6 @@ class LabelCodec:
         known = np.zeros(256, dtype=bool)
         known[: len(self.known)] = self.known
         return lut, known
-
-
-def png_header(path: Path) -> tuple[int, int, int, int]:
-    """(width, height, bit depth, colour type) from a PNG's IHDR chunk, without decoding pixels."""
-    try:
-        with open_file(path, "rb") as f:
-            head = f.read(26)
-    except RunDirError as e:
-        raise DatasetError(str(e)) from None
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot be read ({e.strerror})") from None
-    if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        raise DatasetError(f"{path}: not a PNG file")
-    width, height = struct.unpack(">II", head[16:24])
-    if width * height > MAX_IMAGE_PIXELS:
-        raise DatasetError(
-            f"{path}: its header claims {width}x{height} pixels, more than sfseg reads ({MAX_IMAGE_PIXELS:,} "
-            "pixels); a damaged or hostile file? Resize real images of that size first"
-        )
-    return width, height, head[24], head[25]
-
-
-def header_size(path: Path, image: bool = False) -> tuple[int, int]:
-    """(width, height) of an image file from its header (PNG: the IHDR chunk; others: Pillow's lazy open).
-
-    Args:
-        image: the file is an input image, which must have 8 bits per channel (label files may be 16-bit:
-            SYNTHIA's are).
-    """
-    if path.suffix.lower() == ".png":
-        try:
-            w, h, depth, _ = png_header(path)
-        except (OSError, struct.error):
-            return image_size(path)  # Pillow's error names the file
-        if image and depth > 8:
-            return image_size(path)  # refused there, with the reason
-        return w, h
-    return image_size(path)
-
-
-def read_pil_ids(path: Path) -> np.ndarray:
-    """Read an 8-bit id PNG (grayscale, or palette whose *index* is the id) without colour conversion.
-
-    16-bit PNGs are refused: Pillow opens 16-bit-per-channel colour PNGs as 8-bit and destroys the ids.
-    """
-    if path.suffix.lower() == ".png":
-        _, _, depth, _ = png_header(path)
-        if depth > 8:
-            raise DatasetError(
-                f"{path}: {depth}-bit PNG; Pillow would decode it wrongly. SYNTHIA labels must be read with "
-                "dataset 'synthia' (OpenCV decoding)."
-            )
-    with open_image(path) as im:
-        if im.mode not in ("L", "P"):
-            raise DatasetError(f"{path}: label image has mode {im.mode!r}; expected 8-bit ids (mode L or P)")
-        try:
-            return np.asarray(im)
-        except (OSError, SyntaxError, ValueError) as e:
-            reason = " ".join(str(e).split())
-            raise DatasetError(
-                f"{path}: cannot be read as a label image ({reason}); {UNREADABLE_FIX}"
-            ) from None
 
 
 def lut_codec(id_to_class: np.ndarray, known_ids, what: str, read=read_pil_ids) -> LabelCodec:
@@ -266,6 +200,90 @@ def missing_error(dataset: str, what: str, paths: list[Path], fix: str) -> Datas
     shown = "\n  ".join(str(p) for p in paths[:10])
     more = f"\n  ... and {len(paths) - 10} more" if len(paths) > 10 else ""
     return DatasetError(f"{dataset}: {len(paths)} {what} missing:\n  {shown}{more}\n{fix}")
+
+
+MAX_LIST_BYTES = 64 * 2**20
+"""The largest split list file sfseg reads (64 MiB: millions of names)."""
+
+
+def list_entries(list_file: Path, columns: int = 2) -> list[tuple[int, list[str]]]:
+    """``(line number, paths)`` of each sample line of a list file (see the module docstring).
+
+    Args:
+        columns: the most paths a line may hold (1: one name per line, where the whole line, spaces
+            included, is the name).
+
+    Raises:
+        DatasetError: the file is missing, unreadable or not UTF-8, a line holds too many paths, or a path
+            leaves the dataset root (absolute, or with a ``..`` component).
+    """
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise DatasetError(f"list file not found: {list_file}")
+    try:
+        text = read_bytes(list_file, MAX_LIST_BYTES, what="list file").decode("utf-8")
+    except RunDirError as e:
+        raise DatasetError(str(e)) from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(
+            f"{list_file}: not UTF-8 text (byte {e.start}); save the list file as UTF-8"
+        ) from None
+    except OSError as e:
+        raise DatasetError(f"{list_file}: cannot be read ({e.strerror})") from None
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if columns == 1:
+            fields = [line]
+        else:
+            fields = line.split("\t") if "\t" in line else line.split()
+            fields = [f.strip() for f in fields if f.strip()]
+        if len(fields) > columns:
+            raise DatasetError(
+                f"{list_file}, line {number}: {len(fields)} paths where at most {columns} are expected; "
+                "separate image and label by a tab when a file name holds spaces"
+            )
+        for f in fields:
+            check_relative(f, f"{list_file}, line {number}")
+        out.append((number, fields))
+    return out
+
+
+def check_relative(entry: str, where: str) -> str:
+    """``entry`` if it is a relative path that stays inside its root; an error naming ``where`` otherwise."""
+    p = Path(entry)
+    if p.is_absolute() or entry.startswith(("/", "\\")) or ".." in p.parts or "\0" in entry:
+        raise DatasetError(
+            f"{where}: {entry!r} leaves the dataset root (absolute paths and '..' are not allowed); "
+            "name files relative to the root"
+        )
+    return entry
+
+
+def check_one_size(dataset: Dataset, where: str, fix: str) -> None:
+    """Refuse a split whose images differ in size (when its ``image_sizes`` are known): batches of them
+    cannot be stacked. ``fix`` says which setting lifts the restriction."""
+    sizes = getattr(dataset, "image_sizes", None)
+    if not sizes or len(set(sizes)) == 1:
+        return
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, wh in enumerate(sizes):
+        groups.setdefault(wh, []).append(i)
+    names = getattr(dataset, "names", None)
+    shown = "; ".join(
+        f"{w}x{h}: {len(ix)} image(s), e.g. {names[ix[0]] if names else ix[0]}"
+        for (w, h), ix in sorted(groups.items(), key=lambda kv: -len(kv[1]))[:4]
+    )
+    raise DatasetError(f"{where}: images of different sizes ({shown}); {fix}")
+
+
+def problems_error(where: str, problems: list[str], limit: int = 20) -> DatasetError:
+    """One error listing every bad file found in ``where``."""
+    shown = "\n  ".join(problems[:limit])
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return DatasetError(f"{where}: {len(problems)} bad file(s):\n  {shown}{more}")
 
 
 def read_list_file(path: str | Path) -> list[str]:

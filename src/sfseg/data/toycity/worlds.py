@@ -1,44 +1,21 @@
-"""ToyCity: the embedded, procedurally generated sim -> photo street-scene benchmark.
-
-Two domains share one 12-class protocol (:data:`sfseg.data.classes.TOYCITY`, Cityscapes names and colours):
-
-* ``source`` ("sim"): flat game-engine materials, saturated object colours, no noise.
-* ``target`` ("photo"): class-conditional material changes, textures, exposure and colour cast, cast
-  shadows, vignetting, blur and sensor noise, and different layout statistics (lower horizon, more and
-  bigger cars, more but smaller pedestrians, more trees, more fences).
-
-Files are written in the same kind of layout as a real dataset, so the file pipeline is exercised::
-
-    <root>/toycity.json                            generator version, seed, sizes, classes
-    <root>/{source,target}_{train,val}.txt         "<image path> <label path>" per line, relative to root
-    <root>/<domain>/images/<split>/<index:05d>.png  RGB
-    <root>/<domain>/labels/<split>/<index:05d>.png  uint8 trainIds (palette PNG, 255 = ignore)
-
-Every image has its own random stream seeded by (seed, domain, split, index): output does not depend on
-generation order, and the same seed gives byte-identical files.
-"""
+"""The ToyCity worlds: each variant's layout statistics and appearance per domain, and the spec of a
+world (generator seed, image size, split sizes). One image of a world is a pure function of
+(seed, domain, split, index)."""
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import contextlib
-import json
-import multiprocessing as mp
-import os
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from tqdm import tqdm
 
-from sfseg.data.classes import TOYCITY
-from sfseg.data.toycity_render import AppearanceStyle, render
-from sfseg.data.toycity_scene import LayoutStyle, generate_scene
+from sfseg.data.toycity.render import AppearanceStyle, render
+from sfseg.data.toycity.scene import LayoutStyle, generate_scene
 from sfseg.errors import ConfigError
 
 GENERATOR_VERSION = 2
+
 DOMAINS = ("source", "target")
+
 SPLITS = ("train", "val")
 
 SIM_LAYOUT = LayoutStyle(
@@ -204,6 +181,7 @@ VARIANTS = {
 is its development world (recipe choices are made there), seed 0 its test world (reported)."""
 
 DEFAULT_VARIANT = "materials"
+
 STYLES = {"source": VARIANTS["materials"].source, "target": VARIANTS["materials"].target}
 
 
@@ -245,71 +223,3 @@ def generate_sample(spec: ToyCitySpec, domain: str, split: str, index: int) -> t
     layout, look = VARIANTS[spec.variant].style(domain)
     scene = generate_scene(rng, layout, spec.height, spec.width)
     return render(scene, look, rng), scene.label
-
-
-def list_path(root: Path, domain: str, split: str) -> Path:
-    return Path(root) / f"{domain}_{split}.txt"
-
-
-def _write_sample(root: Path, spec: ToyCitySpec, domain: str, split: str, i: int) -> str:
-    image, label = generate_sample(spec, domain, split, i)
-    img_rel = f"{domain}/images/{split}/{i:05d}.png"
-    lbl_rel = f"{domain}/labels/{split}/{i:05d}.png"
-    Image.fromarray(image).save(root / img_rel)
-    lbl = Image.fromarray(label, mode="L").convert("P")
-    lbl.putpalette(TOYCITY.palette())
-    lbl.save(root / lbl_rel)
-    return f"{img_rel} {lbl_rel}\n"
-
-
-def generate(
-    root: str | Path, spec: ToyCitySpec = ToyCitySpec(), progress: bool = True, workers: int | None = None
-) -> Path:
-    """Write the benchmark under ``root`` (created if needed) and return the path of its metadata file.
-
-    Images are independent (each has its own random stream), so ``workers`` processes (default: one per
-    core, at most 4) write them in parallel; the files are the same for any number of workers.
-    """
-    root = Path(root)
-    workers = workers or min(4, len(os.sched_getaffinity(0)))
-    tasks = []
-    for domain in DOMAINS:
-        for split in SPLITS:
-            (root / domain / "images" / split).mkdir(parents=True, exist_ok=True)
-            (root / domain / "labels" / split).mkdir(parents=True, exist_ok=True)
-            tasks += [(domain, split, i) for i in range(spec.count(domain, split))]
-    columns = [[root] * len(tasks), [spec] * len(tasks), *zip(*tasks)]
-    lines: dict[tuple[str, str], list[str]] = {(d, sp): [] for d in DOMAINS for sp in SPLITS}
-    with contextlib.ExitStack() as stack:
-        if workers > 1:
-            pool = stack.enter_context(cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")))
-            written = pool.map(_write_sample, *columns, chunksize=16)
-        else:
-            written = map(_write_sample, *columns)
-        bar = tqdm(written, total=len(tasks), desc="ToyCity", disable=not progress, leave=False)
-        for (domain, split, _), line in zip(tasks, bar):
-            lines[domain, split].append(line)
-    for (domain, split), mine in lines.items():
-        list_path(root, domain, split).write_text("".join(mine))
-    meta = {
-        "name": "toycity",
-        "generator_version": GENERATOR_VERSION,
-        "spec": spec.to_dict(),
-        "protocol": TOYCITY.name,
-        "classes": list(TOYCITY.names),
-    }
-    meta_path = root / "toycity.json"
-    # Written last: its presence means the tree is complete.
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    return meta_path
-
-
-def is_generated(root: str | Path, spec: ToyCitySpec | None = None) -> bool:
-    """True when ``root`` holds a complete ToyCity tree (generated with ``spec`` if given)."""
-    meta_path = Path(root) / "toycity.json"
-    if not meta_path.is_file():
-        return False
-    meta = json.loads(meta_path.read_text())
-    if meta.get("generator_version") != GENERATOR_VERSION:
-        return False
-    return spec is None or meta.get("spec") == spec.to_dict()
