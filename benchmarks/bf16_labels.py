@@ -40,9 +40,9 @@ def main() -> None:
         model = ckpt.build()
         model.train()
         inf = Inference(model, ckpt.normalization, amp=amp)
-        lab = build_pseudo_labeller(PseudoLabelConfig(), TOYCITY.num_classes)
+        lab = build_pseudo_labeller(PseudoLabelConfig(), TOYCITY.num_classes, 0.1)
         tmp = Path(tempfile.mkdtemp())
-        paths, stats[amp] = label_round(inf, data, lab, 0.1, tmp / "pl", TOYCITY, 16)
+        paths, stats[amp] = label_round(inf, data, lab, tmp / "pl", TOYCITY, 16)
         out[amp] = np.stack([np.asarray(Image.open(p)) for p in paths])
     thr = [
         abs(stats[True]["thresholds"][n] - stats[False]["thresholds"][n])

@@ -63,13 +63,13 @@ def main() -> None:
     total = time.perf_counter() - t_all
     print(f"per image: loader wait {1e3 * wait / len(sub):.1f} ms, forward {1e3 * fwd / len(sub):.1f} ms, "
           f"total {1e3 * total / len(sub):.1f} ms", flush=True)  # fmt: skip
-    lab = build_pseudo_labeller(PseudoLabelConfig(), 19)
-    label_round(inf, sub, lab, 0.1, Path("/tmp/prof_pl0"), CITYSCAPES19, 1, args.workers)  # warm-up
+    lab = build_pseudo_labeller(PseudoLabelConfig(), 19, 0.1)
+    label_round(inf, sub, lab, Path("/tmp/prof_pl0"), CITYSCAPES19, 1, args.workers)  # warm-up
     t0 = time.perf_counter()
-    label_round(inf, sub, lab, 0.1, Path("/tmp/prof_pl1"), CITYSCAPES19, 1, args.workers)
+    label_round(inf, sub, lab, Path("/tmp/prof_pl1"), CITYSCAPES19, 1, args.workers)
     print(f"label_round: {1e3 * (time.perf_counter() - t0) / len(sub):.1f} ms per image", flush=True)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        label_round(inf, sub, lab, 0.1, Path("/tmp/prof_pl2"), CITYSCAPES19, 1, args.workers)
+        label_round(inf, sub, lab, Path("/tmp/prof_pl2"), CITYSCAPES19, 1, args.workers)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=40))
     print(prof.key_averages().table(sort_by="device_time_total", row_limit=12, max_name_column_width=40))
     t0 = time.perf_counter()

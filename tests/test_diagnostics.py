@@ -68,9 +68,9 @@ def random_case(seed=0, n=5, h=6, w=7):
 
 def label(dataset, tmp_path, kind="global_threshold", ranks=None):
     cfg = PseudoLabelConfig(kind=kind, threshold=0.9, alpha=0.3)
-    labeller = build_pseudo_labeller(cfg, 3)
+    labeller = build_pseudo_labeller(cfg, 3, 0.3)
     paths, stats = label_round(
-        Inference(ImageIsLogits(), RAW), dataset, labeller, 0.3, tmp_path / "pl", THREE, batch_size=2,
+        Inference(ImageIsLogits(), RAW), dataset, labeller, tmp_path / "pl", THREE, batch_size=2,
         complementary_ranks=ranks,
     )  # fmt: skip
     return np.stack([np.asarray(Image.open(p)) for p in paths]), stats

@@ -163,9 +163,9 @@ def test_released_labelling_pipeline_end_to_end(tmp_path):
 
     inference = Inference(model, norm, [in_w, in_h], resize="pil", align_corners=True, upsample="two_step")
     labeller = ClassBalancedLabeller(
-        PseudoLabelConfig(alpha=alpha, channel_test="any", rank_rule="released"), C
+        PseudoLabelConfig(alpha=alpha, channel_test="any", rank_rule="released"), C, alpha
     )
-    paths, stats = label_round(inference, data, labeller, alpha, tmp_path / "pl", TOYCITY, batch_size=1)
+    paths, stats = label_round(inference, data, labeller, tmp_path / "pl", TOYCITY, batch_size=1)
     ours = torch.stack([torch.from_numpy(np.asarray(Image.open(p)).astype(np.int64)) for p in paths])
     agree = (ours == ref).double().mean().item()
     assert agree >= 0.995, f"only {100 * agree:.2f} % of pseudo-label pixels agree"

@@ -1,12 +1,14 @@
 """An adaptation method as an object: what is learnt from the target images, separated from the loop that
 runs rounds.
 
-A :class:`Method` owns everything a method decides: which parameters train, its pseudo-labeller and the
-alpha schedule over rounds, its loss parts and their weights, an EMA teacher, a mixing of the batch, and
-any state of its own (saved with the run and restored on resume). The round loop
-(``sfseg.engine.training.run``) asks it for the round's pseudo-labeller and for each step's loss, and
-knows nothing else about it, so a new method (with per-step state, or a new kind of mixing) is added here
-and registered, without touching the loop::
+A :class:`Method` owns everything a method decides: which parameters train, how the normalisation layers
+behave while labelling and while training (BatchNorm in train or frozen mode), what it does to the network
+before the first round (AdaBN), its pseudo-labeller and the alpha schedule over rounds, its loss parts and
+their weights, an EMA teacher, a mixing of the batch, how far a class's share may fall before the run
+warns, and any state of its own (saved with the run and restored on resume). The loop
+(``sfseg.engine.training``) asks; it reads none of the method's settings, so a new method (with its own
+BatchNorm policy, per-step state, or a new kind of mixing) is added here and registered, without
+touching the loop::
 
     @METHODS.register("my_method")
     class MyMethod(SelfTraining):
@@ -19,7 +21,9 @@ teacher + ClassMix + confidence-weighted cross-entropy), and every baseline are 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -27,13 +31,34 @@ from torch import nn
 from sfseg import IGNORE_INDEX
 from sfseg.adapt.config import MethodConfig
 from sfseg.adapt.losses import complementary_ranks
-from sfseg.adapt.norm import freeze_bn_affine, train_downsample_bn_affine, train_only_norm_affine
+from sfseg.adapt.norm import (
+    adabn,
+    freeze_bn_affine,
+    require_batch_norm,
+    set_bn_mode,
+    train_downsample_bn_affine,
+    train_only_norm_affine,
+)
 from sfseg.adapt.parts import StepInputs, build_loss_parts, total_loss
 from sfseg.adapt.pseudo_labels import PseudoLabeller, build_pseudo_labeller
 from sfseg.adapt.teacher import EMATeacher
 from sfseg.errors import MethodError
 from sfseg.models.ops import upsample_logits
-from sfseg.registry import METHODS, MIXINGS
+from sfseg.registry import METHODS, MIXINGS, PSEUDO_LABELLERS
+
+
+class TargetPasses(Protocol):
+    """What a method may ask of the run before the first round: passes over the target train images (no
+    label is read), as normalised network inputs of this process's share, and their reduction across
+    processes."""
+
+    progress: bool
+
+    def inputs(self) -> Iterable[torch.Tensor]: ...
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def autocast(self) -> AbstractContextManager: ...
 
 
 class Method:
@@ -50,22 +75,37 @@ class Method:
 
     # -------------------------------------------------------------------------- before training
     def prepare(self, model: nn.Module) -> None:
-        """Choose the trainable parameters of ``model`` (the unwrapped network, before any optimiser)."""
+        """Choose the trainable parameters of ``model`` (the unwrapped network, before any optimiser) and
+        refuse a network the method cannot work on."""
 
     def start(self, model: nn.Module, device: torch.device, align_corners: bool) -> None:
         """Build what the method keeps beside the network (a teacher), once the network is on ``device``."""
 
+    def on_start(self, model: nn.Module, target: TargetPasses) -> list[str]:
+        """Change the network before the first round, from the target images alone (AdaBN re-estimates
+        BatchNorm statistics). Returns the names of the steps taken, each of which the run then scores."""
+        return []
+
+    def set_mode(self, model: nn.Module, phase: str) -> None:
+        """Put ``model`` in the mode of ``phase``: ``label`` (pseudo-labelling and the probes around it)
+        or ``train``. Default: the module's eval/train mode, then BatchNorm as ``method.bn_mode`` says."""
+        model.train(phase == "train")
+        set_bn_mode(model, self.cfg.bn_mode)
+
+    @property
+    def collapse_warning(self) -> float:
+        """Warn when a class's share falls below this fraction of its start (0: never)."""
+        return self.cfg.collapse_warning
+
     # -------------------------------------------------------------------------------- per round
     @property
-    def labeller(self) -> PseudoLabeller | None:
-        """The pseudo-labeller, or None for methods without pseudo-labels."""
-        return None
+    def uses_pseudo_labels(self) -> bool:
+        """Whether the method selects pseudo-labels each round (:meth:`labeller_for` is not None)."""
+        return False
 
-    def round_alpha(self, r: int) -> tuple[float, bool]:
-        """Round ``r``'s selection fraction, and whether it was capped at 1."""
-        pl = self.cfg.pseudo_labels
-        raw = pl.alpha + r * pl.alpha_step
-        return min(1.0, raw), raw > 1.0
+    def labeller_for(self, r: int, device: torch.device | str = "cpu") -> PseudoLabeller | None:
+        """Round ``r``'s pseudo-labeller, or None for methods without pseudo-labels."""
+        return None
 
     def complementary_ranks(self) -> list[int] | None:
         """The ranks negative learning draws from, when the method has it (for its diagnostics)."""
@@ -116,12 +156,15 @@ class SelfTraining(Method):
                 "settings are the keys of method:)"
             )
         self.parts = build_loss_parts(cfg, num_classes, rounds)
-        self._labeller = build_pseudo_labeller(cfg.pseudo_labels, num_classes)
+        if cfg.pseudo_labels.kind != "none":
+            PSEUDO_LABELLERS.check(cfg.pseudo_labels.kind, "method.pseudo_labels.kind")
         self.mix = MIXINGS.get(cfg.mixing) if cfg.mixing != "none" else None
         self.teacher: EMATeacher | None = None
         self.align_corners = False
 
     def prepare(self, model: nn.Module) -> None:
+        if self.cfg.adabn:
+            require_batch_norm(model, "method.adabn")
         if self.cfg.trainable == "norm_affine":
             train_only_norm_affine(model)
         elif self.cfg.bn_affine != "train":
@@ -129,14 +172,31 @@ class SelfTraining(Method):
             if self.cfg.bn_affine == "downsample":
                 train_downsample_bn_affine(model)
 
+    def on_start(self, model: nn.Module, target: TargetPasses) -> list[str]:
+        if not self.cfg.adabn:
+            return []
+        with target.autocast():
+            adabn(model, target.inputs(), progress=target.progress, all_reduce_sum=target.all_reduce_sum)
+        return ["adabn"]
+
     def start(self, model: nn.Module, device: torch.device, align_corners: bool) -> None:
         self.align_corners = align_corners
         if self.cfg.teacher.ema:
             self.teacher = EMATeacher(model, self.cfg.teacher.max_decay, align_corners).to(device)
 
     @property
-    def labeller(self) -> PseudoLabeller | None:
-        return self._labeller
+    def uses_pseudo_labels(self) -> bool:
+        return self.cfg.pseudo_labels.kind != "none"
+
+    def labeller_for(self, r: int, device: torch.device | str = "cpu") -> PseudoLabeller | None:
+        """Round ``r``'s labeller: alpha grows by ``alpha_step`` per round and is capped at 1 (the
+        labeller's ``alpha_capped`` says so)."""
+        pl = self.cfg.pseudo_labels
+        raw = pl.alpha + r * pl.alpha_step
+        labeller = build_pseudo_labeller(pl, self.num_classes, min(1.0, raw), device)
+        if labeller is not None:
+            labeller.alpha_capped = raw > 1.0
+        return labeller
 
     def complementary_ranks(self) -> list[int] | None:
         if "negative" not in self.cfg.losses:

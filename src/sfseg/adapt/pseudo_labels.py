@@ -125,11 +125,6 @@ class ConfidenceHistogram:
         """(C, bins) counts."""
         return self.counts.view(self.num_classes, self.bins)
 
-    @property
-    def class_counts(self) -> torch.Tensor:
-        """(C,) number of pixels predicted as each class."""
-        return self.table.sum(1)
-
     def thresholds(self, alpha: float, rule: str = "sfseg") -> torch.Tensor:
         """(C,) score thresholds for the top-``alpha`` fraction of each class; ``+inf`` if never predicted.
 
@@ -283,26 +278,39 @@ def global_threshold_labels(
 class PseudoLabeller:
     """A pseudo-label selection rule.
 
-    The labelling pass calls :meth:`start` with the round's alpha, :meth:`observe` on every image (only
-    when :attr:`needs_statistics`), :meth:`reduce` once with a cross-process sum, and then :meth:`select`
-    on every image. Both get the pixels' ``(score, prediction)`` from :func:`confidence_scores`, computed
-    once by the pass; :meth:`select` also gets the logits when :attr:`needs_logits` (otherwise the pass may
-    keep only the scores between its two passes, which is smaller and saves recomputing them).
+    One labeller serves one round (the method builds it for that round: :meth:`Method.labeller_for
+    <sfseg.adapt.method.Method.labeller_for>`). The labelling pass calls :meth:`observe` on every image
+    (only when :attr:`needs_statistics`), :meth:`reduce` once with a cross-process sum, and then
+    :meth:`select` on every image. Both get the pixels' ``(score, prediction)`` from
+    :func:`confidence_scores`, computed once by the pass; :meth:`select` also gets the logits when
+    :attr:`needs_logits` (otherwise the pass may keep only the scores between its two passes, which is
+    smaller and saves recomputing them).
     """
 
     name: ClassVar[str] = ""
     needs_statistics: ClassVar[bool] = False
+    alpha_capped: bool = False  # the schedule asked for alpha above 1 this round
 
-    def __init__(self, cfg: PseudoLabelConfig, num_classes: int):
-        self.cfg, self.num_classes, self.alpha = cfg, num_classes, cfg.alpha
+    def __init__(
+        self,
+        cfg: PseudoLabelConfig,
+        num_classes: int,
+        alpha: float | None = None,
+        device: torch.device | str = "cpu",
+    ):
+        """Args:
+        cfg: the selection settings.
+        num_classes: the class count.
+        alpha: this round's selection fraction (default: round 0's, ``cfg.alpha``).
+        device: where statistics are kept (the network's device).
+        """
+        self.cfg, self.num_classes, self.device = cfg, num_classes, torch.device(device)
+        self.alpha = cfg.alpha if alpha is None else alpha
 
     @property
     def needs_logits(self) -> bool:
         """Whether :meth:`select` needs the logits, not only ``(score, prediction)``."""
         return False
-
-    def start(self, alpha: float, device: torch.device | str = "cpu") -> None:
-        self.alpha = alpha
 
     def observe(self, score: torch.Tensor, prediction: torch.Tensor) -> None:
         """Accumulate statistics. Shape: score and prediction (B, H, W)."""
@@ -353,9 +361,9 @@ class ClassBalancedLabeller(PseudoLabeller):
     def needs_logits(self) -> bool:
         return self.cfg.channel_test == "any" or self.cfg.rank_rule == "released"
 
-    def start(self, alpha: float, device: torch.device | str = "cpu") -> None:
-        self.alpha = alpha
-        self.hist = ConfidenceHistogram(self.num_classes, self.cfg.bins, device)
+    def __init__(self, cfg, num_classes, alpha=None, device="cpu"):
+        super().__init__(cfg, num_classes, alpha, device)
+        self.hist = ConfidenceHistogram(num_classes, cfg.bins, self.device)
         self._thresholds: torch.Tensor | None = None
 
     def observe(self, score: torch.Tensor, prediction: torch.Tensor) -> None:
@@ -389,8 +397,11 @@ class ClassBalancedLabeller(PseudoLabeller):
         }
 
 
-def build_pseudo_labeller(cfg: PseudoLabelConfig, num_classes: int) -> PseudoLabeller | None:
-    """The labeller of ``cfg.kind``; None for ``none`` (methods without pseudo-labels)."""
+def build_pseudo_labeller(
+    cfg: PseudoLabelConfig, num_classes: int, alpha: float | None = None, device: torch.device | str = "cpu"
+) -> PseudoLabeller | None:
+    """The labeller of ``cfg.kind`` for one round (``alpha``: that round's fraction, default ``cfg.alpha``);
+    None for ``none`` (methods without pseudo-labels)."""
     if cfg.kind == "none":
         return None
-    return PSEUDO_LABELLERS.get(cfg.kind)(cfg, num_classes)
+    return PSEUDO_LABELLERS.get(cfg.kind, "method.pseudo_labels.kind")(cfg, num_classes, alpha, device)

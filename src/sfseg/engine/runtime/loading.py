@@ -18,7 +18,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from sfseg.data.transforms import AugmentConfig, apply_scale_crop, resize_crop, scale_crop_params
 from sfseg.engine.runtime.distributed import SINGLE, Dist
-from sfseg.errors import ResumeError
+from sfseg.errors import ConfigError, ResumeError
 from sfseg.fileio import open_file
 
 
@@ -81,6 +81,19 @@ def epoch_batches(
 
 def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
     return n // (batch_size * world)
+
+
+def require_steps(n: int, batch_size: int, dist: Dist, split: str) -> int:
+    """The steps of an epoch of ``n`` images, refused (naming the key and the largest batch that fits)
+    when an epoch would have none."""
+    steps = steps_per_epoch(n, batch_size, dist.world)
+    if steps == 0:
+        procs = f" x {dist.world} processes" if dist.enabled else ""
+        raise ConfigError(
+            f"schedule.batch_size: {batch_size}{procs} is larger than the {n} images of split {split!r}: an "
+            f"epoch would have no step. Use a batch size of at most {n // dist.world}"
+        )
+    return steps
 
 
 class PngTargets:
