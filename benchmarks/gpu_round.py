@@ -158,9 +158,7 @@ def bf16_label_difference(data_root: Path, n: int, workers: int) -> dict:
     for amp in (False, True):
         inf = Inference(model, CAFFE_BGR, [1024 // SCALE, 512 // SCALE], amp=amp, channels_last=True)
         lab = build_pseudo_labeller(PseudoLabelConfig(), 19, 0.1)
-        paths, _ = label_round(
-            inf, sub, lab, Path(f"/tmp/gpu_round/pl{int(amp)}"), CITYSCAPES19, 1, workers
-        )
+        paths, _ = label_round(inf, sub, lab, Path(f"/tmp/gpu_round/pl{int(amp)}"), CITYSCAPES19, 1, workers)
         out[amp] = np.stack([np.asarray(Image.open(p)) for p in paths])
     diff = 100 * float((out[False] != out[True]).mean())
     return {"images": len(out[False]), "pixels_differing_pct": round(diff, 3)}
