@@ -21,7 +21,6 @@ from sfseg.adapt.pseudo_labels import (
     ConfidenceHistogram,
     class_balanced_labels,
     confidence_scores,
-    exact_thresholds,
     local_top_alpha_released,
 )
 from sfseg.data.classes import TOYCITY
@@ -31,6 +30,8 @@ from sfseg.engine.evaluation.inference import Inference
 from sfseg.engine.training.labelling import label_round
 from sfseg.models import create_model
 from sfseg.models.checkpoint import Normalization
+
+from .references import exact_thresholds
 
 
 def released_thresholds(conf: torch.Tensor, pred: torch.Tensor, num_classes: int, alpha: float) -> dict:

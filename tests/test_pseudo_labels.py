@@ -10,11 +10,12 @@ from sfseg.adapt.pseudo_labels import (
     argmax_labels,
     class_balanced_labels,
     confidence_scores,
-    exact_thresholds,
     global_threshold_labels,
     local_top_alpha,
     score_to_confidence,
 )
+
+from .references import exact_thresholds
 
 
 def _random_scores(seed: int, n: int = 20000, c: int = 7, scale: float = 2.5):

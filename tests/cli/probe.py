@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import resource
 import stat
 import time
@@ -110,7 +111,9 @@ def refused(capsys, env: Env, args: list, expect: str, allow: tuple[str, ...] = 
     err = captured.err
     assert code == 2, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
-    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.startswith("sfseg: error:")]
+    # Progress bars (carriage returns, cursor moves) share stderr with the message.
+    plain = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", err).replace("\r", "\n")
+    lines = [ln.strip() for ln in plain.splitlines() if ln.strip().startswith("sfseg: error:")]
     assert len(lines) == 1, err[-3000:]
     # The message is one line, or, for errors that list every bad file, one line and its listing.
     assert expect in lines[0] or expect in err + captured.out, err[-3000:]

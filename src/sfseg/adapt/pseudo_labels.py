@@ -82,7 +82,7 @@ def _scores(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     z = z.float()
     zmax = z.amax(1, keepdim=True)
     pred = argmax_classes(z, zmax)
-    e = (z - zmax).exp_()
+    e = (z - zmax).exp_()  # reproducible across processes: see models.ops.warm_up_vector_maths
     e.scatter_(1, pred.unsqueeze(1), 0.0)  # only the winner: a tied runner-up still counts exp(0) = 1
     return torch.log1p(e.sum(1).reciprocal_()), pred
 
@@ -149,27 +149,6 @@ class ConfidenceHistogram:
         return torch.where(n > 0, delta, torch.full_like(delta, math.inf)).float()
 
 
-def exact_thresholds(
-    score: torch.Tensor, prediction: torch.Tensor, num_classes: int, alpha: float, rule: str = "sfseg"
-) -> torch.Tensor:
-    """Reference implementation by a full sort (memory grows with the data); used by the tests.
-
-    ``score`` may be scores or confidences (the rule only ranks them).
-    """
-    out = torch.full((num_classes,), math.inf, dtype=torch.float64)
-    for c in range(num_classes):
-        v = score[prediction == c].double()
-        if not v.numel():
-            continue
-        desc = v.sort(descending=True).values
-        if rule == "sfseg":
-            k = max(1, math.ceil(alpha * v.numel()))
-        else:
-            k = int(alpha * v.numel()) or v.numel()
-        out[c] = desc[k - 1]
-    return out
-
-
 def local_top_alpha(score: torch.Tensor, alpha: float) -> torch.Tensor:
     """Per image, the pixels whose score is in that image's top ``max(1, ceil(alpha H W))``, with ``>=``.
 
@@ -213,7 +192,7 @@ def class_balanced_labels(
             the selection needs only ``scores``).
         thresholds: (C,) thresholds in the rule's units: scores ``s`` for ``sfseg``
             (:meth:`ConfidenceHistogram.thresholds`), float32 softmax confidences for ``released``
-            (:func:`score_to_confidence` of the histogram's, or :func:`exact_thresholds` of confidences).
+            (:func:`score_to_confidence` of the histogram's, or an exact sort's of the confidences).
         alpha: the round's selection fraction (for the local part).
         local: include the per-image top-alpha pixels.
         channel_test: ``"argmax"`` tests the predicted class's channel against its threshold (default);

@@ -105,10 +105,24 @@ def cmd_toycity_calibrate(args: argparse.Namespace) -> None:
 
 def cmd_train_source(args: argparse.Namespace) -> None:
     from sfseg.engine.training.recipe import SourceConfig
-    from sfseg.engine.training.source import train_source
+    from sfseg.engine.training.source import source_run_dir, train_source
 
-    cfg = load_config(SourceConfig, args.config, args.overrides)
-    summary = train_source(cfg)
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    if args.resume:
+        run = RunDir(args.resume)
+        if not run.check(run.config).is_file():
+            raise ConfigError(f"{args.resume} holds no source run to resume (no {run.CONFIG})")
+        cfg = load_config(SourceConfig, args.config or run.config, args.overrides)
+        if source_run_dir(cfg.out).path.resolve() != run.path.resolve():
+            raise ConfigError(
+                f"{args.resume} is not the run directory of out={cfg.out}; give that run's directory"
+            )
+        mode = "resume"
+    else:
+        cfg = load_config(SourceConfig, args.config, args.overrides)
+        mode = "overwrite" if args.overwrite else "new"
+    summary = train_source(cfg, mode=mode)
     score = (
         "no val split"
         if summary["val_miou"] is None
@@ -413,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ts = sub.add_parser("train-source", help="stage 0: supervised source training")
     ts.add_argument("--config", help="YAML recipe (see configs/toycity/source.yaml)")
+    ts.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue the source run in RUN_DIR (out without its suffix)"
+    )
+    ts.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same out")
     ts.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=10 optim.lr=0.02")
     ts.set_defaults(func=cmd_train_source)
     ad = sub.add_parser("adapt", help="source-free adaptation of a checkpoint")

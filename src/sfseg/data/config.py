@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from sfseg.config import MAX_SIDE, brief, require
+from sfseg.config import MAX_SIDE, require
 from sfseg.data.transforms import AugmentConfig
 from sfseg.errors import ConfigError
 from sfseg.registry import DATASETS
+from sfseg.yaml_io import brief
 
 
 @dataclass

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from sfseg import IGNORE_INDEX
-from sfseg.config import MAX_CONFIG_BYTES, brief, safe_yaml
 from sfseg.data.classes import CITYSCAPES19, ClassProtocol
 from sfseg.data.file_dataset import FileListDataset, Sample, layout_error, lut_codec, missing_error
 from sfseg.errors import ConfigError, DatasetError, RunDirError
 from sfseg.fileio import read_bytes
 from sfseg.registry import DATASETS
+from sfseg.yaml_io import MAX_CONFIG_BYTES, brief, safe_yaml
 
 LAYOUT = """\
   <root>/images/**/<name>.{png,jpg,jpeg}

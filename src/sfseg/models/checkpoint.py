@@ -18,12 +18,13 @@ import torch
 from torch import nn
 
 import sfseg
-from sfseg.config import MAX_SIDE, brief
+from sfseg.config import MAX_SIDE
 from sfseg.data.normalization import Normalization
 from sfseg.errors import CheckpointError, RunDirError
 from sfseg.fileio import atomic_torch_save, open_file
 from sfseg.models.registry import create_model, model_hooks
 from sfseg.registry import MODELS
+from sfseg.yaml_io import brief
 
 FORMAT = "sfseg-checkpoint-v1"
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from sfseg.config import brief
 from sfseg.data.classes import PROTOCOLS, ClassProtocol
 from sfseg.data.normalization import Normalization
 from sfseg.errors import CheckpointError
@@ -29,6 +28,7 @@ from sfseg.models.checkpoint import (
 )
 from sfseg.models.registry import create_model, model_hooks
 from sfseg.registry import IMPORTERS, MODELS
+from sfseg.yaml_io import brief
 
 
 @dataclass(frozen=True)

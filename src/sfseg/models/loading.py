@@ -7,7 +7,6 @@ from pathlib import Path
 
 from torch import nn
 
-from sfseg.config import brief
 from sfseg.data.classes import get_protocol
 from sfseg.data.normalization import Normalization
 from sfseg.errors import CheckpointError, ConfigError
@@ -22,6 +21,7 @@ from sfseg.models.checkpoint import (
 from sfseg.models.foreign import import_payload
 from sfseg.models.registry import create_model
 from sfseg.registry import MODELS
+from sfseg.yaml_io import brief
 
 
 def load_checkpoint(

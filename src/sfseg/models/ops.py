@@ -1,4 +1,4 @@
-"""Helpers every caller of a segmentation network shares."""
+"""Helpers every caller of a segmentation network shares, and one start-up step for reproducible numbers."""
 
 from __future__ import annotations
 
@@ -95,3 +95,26 @@ def kth_largest(rows: torch.Tensor, k: int, exact_radix: bool | None = None) -> 
     j2 = torch.searchsorted(above2, need - higher)
     key = (b1 << 16) | (65535 - j2)
     return key.to(torch.int32).view(torch.float32)
+
+
+def warm_up_vector_maths() -> None:
+    """Call, once and on one thread, every elementwise function PyTorch hands to MKL's vector maths on
+    CPUs (exp, log, log2, log10, sqrt, tanh, erf).
+
+    Why: a process's first call of such a function from two threads at once was seen to compute one
+    thread's share ~1e-5 off (about 1 process in 40, more often under load; later calls were exact). In
+    the pseudo-labelling pass that moved an intra-class threshold by a histogram bin, so the same run
+    gave different labels from one process to the next. After this call, 150 runs in a row under load
+    gave identical labels (docs/architecture.md, "Reproducible numbers")."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.linspace(0.01, 1.0, 4096)
+        for fn in (torch.exp, torch.log, torch.log2, torch.log10, torch.sqrt, torch.tanh, torch.erf):
+            fn(x)
+            fn(x.double())
+    finally:
+        torch.set_num_threads(threads)
+
+
+warm_up_vector_maths()

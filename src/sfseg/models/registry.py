@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sfseg.config import brief
 from sfseg.errors import ConfigError
 from sfseg.models.base import SegmentationModel
 from sfseg.registry import MODELS
+from sfseg.yaml_io import brief
 
 MAX_PARAMETERS = 5_000_000_000
 

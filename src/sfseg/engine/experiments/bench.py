@@ -25,7 +25,7 @@ from sfseg.engine.reporting.report import per_class_table, plot_per_class, share
 from sfseg.engine.runtime.rundir import RunDir
 from sfseg.engine.training.recipe import AdaptConfig, SourceConfig, config_dir, recipe_path
 from sfseg.engine.training.resume import describe_differences, read_state
-from sfseg.engine.training.source import same_training, train_source
+from sfseg.engine.training.source import same_training, source_run_dir, train_source
 from sfseg.engine.training.stages import run_adaptation, stage_chain
 from sfseg.errors import ConfigError, SfsegError
 from sfseg.fileio import Place, atomic_write_text, check_outputs
@@ -54,29 +54,21 @@ def source_config(
 
 
 def train_or_reuse_source(cfg: SourceConfig, progress: bool = False) -> dict:
-    """Train the model of ``cfg`` unless ``cfg.out`` already holds one made by the same recipe."""
-    path = Path(cfg.out)
+    """Train the model of ``cfg`` unless ``cfg.out`` already holds one made by the same recipe; a killed
+    run of the same recipe is resumed, anything else in its place trained again."""
+    path, run = Path(cfg.out), source_run_dir(cfg.out)
     if path.is_file():
         prov = load_checkpoint(path).provenance
         if same_training(prov, cfg):
             key = next((k for k in prov if k.endswith("_val_miou")), None)
             return {"val_miou": prov.get(key) if key else None, "reused": True}
-    summary = train_source(cfg, progress=progress)
+    mode = "overwrite" if path.exists() or run.path.exists() else "new"
+    if run.state.is_file():
+        state = read_state(run.path)
+        if state.get("phase") != "done" and not describe_differences(state["config"], to_dict(cfg)):
+            mode = "resume"
+    summary = train_source(cfg, progress=progress, mode=mode)
     return {"val_miou": summary["val_miou"], "reused": False}
-
-
-def source_checkpoint(
-    data_root: str | Path,
-    out: Path,
-    seed: int,
-    configs: Path,
-    progress: bool = True,
-    overrides: list[str] | None = None,
-) -> Path:
-    """Train (or reuse) the source model for ``seed``; reused only if its recipe matches."""
-    cfg = source_config(data_root, out, seed, configs, overrides)
-    train_or_reuse_source(cfg, progress)
-    return Path(cfg.out)
 
 
 def adapt_or_reuse(

@@ -36,12 +36,12 @@ import errno
 import fcntl
 import json
 import os
-import re
 import socket
-import stat
 import uuid
 from pathlib import Path
 
+from sfseg.engine.runtime import ownership
+from sfseg.engine.runtime.ownership import LOCK, MARKER, OWN_FILES, OWN_TREE, ROUND, is_regular
 from sfseg.errors import RunDirError
 from sfseg.fileio import (
     atomic_write_text,
@@ -53,23 +53,20 @@ from sfseg.fileio import (
 )
 
 MARKER_FORMAT = "sfseg-run-dir-v1"
-_ROUND = re.compile(r"^round_(\d{1,6})\.pt$")
 _HELD: dict[str, int] = {}  # lock files this process holds (resolved path -> fd): locking is idempotent
-_TMP = r"\..+\.tmp"  # an interrupted atomic write (fileio.atomic_write_bytes)
-# The files sfseg writes in the folders it makes in a run directory, by name, and the folders it makes in
-# them: ``--overwrite`` deletes these and nothing else.
-_OWN_TREE: dict[str, tuple[list[str], dict]] = {
-    "figures": ([r"source_model\.png", r"round_\d+\.png", r"pl_diagnostics\.png", _TMP], {}),
-    "pseudo_labels": ([], {r"round_\d+": ([r"\d{5,}\.png"], {})}),
-    "tensorboard": ([r"events\.out\.tfevents\..+"], {}),
-    ".cache": ([r"cache\d+\.bin"], {}),
-}
 MAX_JSON_BYTES = 256 * 2**20
 """The largest run record (summary.json, metrics.jsonl) sfseg reads back."""
 
 
-def _matches(name: str, patterns) -> bool:
-    return any(re.fullmatch(p, name) for p in patterns)
+class _Entry:
+    """A run directory's file or folder of that name, as an attribute: ``run.config`` is
+    ``run.path / "config.yaml"``."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, run: RunDir, owner=None) -> Path:
+        return run.path / self.name
 
 
 class RunDir:
@@ -79,16 +76,15 @@ class RunDir:
         path: the directory (it need not exist yet).
     """
 
-    MARKER = ".sfseg-run"
-    LOCK = ".sfseg-lock"
+    MARKER, LOCK = MARKER, LOCK
     CONFIG = "config.yaml"
     METRICS = "metrics.jsonl"
     STATE = "state.pt"
     SUMMARY = "summary.json"
     FINAL = "final.pt"
     SELECTED = "selected.pt"
-    OWN_FILES = (MARKER, CONFIG, METRICS, STATE, SUMMARY, FINAL, SELECTED)
-    OWN_DIRS = tuple(_OWN_TREE)
+    OWN_FILES = OWN_FILES
+    OWN_DIRS = tuple(OWN_TREE)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -100,41 +96,15 @@ class RunDir:
         return str(self.path)
 
     # ------------------------------------------------------------------------------------------- names
-    @property
-    def config(self) -> Path:
-        return self.path / self.CONFIG
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / self.METRICS
-
-    @property
-    def state(self) -> Path:
-        return self.path / self.STATE
-
-    @property
-    def summary(self) -> Path:
-        return self.path / self.SUMMARY
-
-    @property
-    def final(self) -> Path:
-        return self.path / self.FINAL
-
-    @property
-    def selected(self) -> Path:
-        return self.path / self.SELECTED
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.path / "tensorboard"
-
-    @property
-    def figures(self) -> Path:
-        return self.path / "figures"
-
-    @property
-    def cache(self) -> Path:
-        return self.path / ".cache"
+    config = _Entry(CONFIG)
+    metrics = _Entry(METRICS)
+    state = _Entry(STATE)
+    summary = _Entry(SUMMARY)
+    final = _Entry(FINAL)
+    selected = _Entry(SELECTED)
+    tensorboard = _Entry("tensorboard")
+    figures = _Entry("figures")
+    cache = _Entry(".cache")
 
     @property
     def diagnostics_figure(self) -> Path:
@@ -152,7 +122,7 @@ class RunDir:
         if self.figures.is_dir():
             refuse_links(self.figures, self.path)
             for p in self.figures.iterdir():
-                m = _ROUND.match(p.name.replace(".png", ".pt"))
+                m = ROUND.match(p.name.replace(".png", ".pt"))
                 r = (
                     -1
                     if p.name == "source_model.png"
@@ -163,7 +133,7 @@ class RunDir:
                 if r is None:
                     continue
                 refuse_links(p, self.path)  # a link with a grid's name: an error, never embedded
-                if _is_regular(p):
+                if is_regular(p):
                     out.append((r, p))
         return sorted(out)
 
@@ -176,7 +146,7 @@ class RunDir:
         found = []
         if self.path.is_dir():
             for p in self.path.iterdir():
-                m = _ROUND.match(p.name)
+                m = ROUND.match(p.name)
                 if m:
                     refuse_links(p, self.path)
                     if p.is_file():
@@ -221,7 +191,7 @@ class RunDir:
     # ------------------------------------------------------------------------------------------ marker
     @property
     def is_marked(self) -> bool:
-        return _is_regular(self.path / self.MARKER)
+        return is_regular(self.path / self.MARKER)
 
     def marker(self) -> dict | None:
         """The marker's record, or None when the directory carries none (or an unreadable one)."""
@@ -242,30 +212,11 @@ class RunDir:
     def is_run(self) -> bool:
         """Whether the directory holds an sfseg run: the marker, or (runs of sfseg before the marker) a
         resumable state."""
-        return self.is_marked or _is_regular(self.state)
+        return self.is_marked or is_regular(self.state)
 
     def refuse_planted_links(self) -> None:
-        """Refuse a symbolic link anywhere sfseg keeps a file of its own in this run directory (its own
-        files and folders, the files in them, the lock, stage directories), before anything is read or
-        written: the run would otherwise stop midway at the first one it meets. Links under other names
-        (a user's own) are left alone."""
-        if not self.path.is_dir():
-            return
-        for p in self.path.iterdir():
-            name = p.name
-            own = (
-                name in self.OWN_FILES
-                or name == self.LOCK
-                or bool(_ROUND.match(name))
-                or name in _OWN_TREE
-                or (p.is_dir() and RunDir(p).is_marked)
-            )
-            if p.is_symlink() and own:
-                refuse_links(p)
-            elif name in _OWN_TREE and p.is_dir():
-                _refuse_links_in_tree(p, *_OWN_TREE[name])
-            elif p.is_dir() and RunDir(p).is_marked:
-                RunDir(p).refuse_planted_links()
+        """Refuse a symbolic link where sfseg keeps a file of its own here (see :mod:`.ownership`)."""
+        ownership.refuse_planted_links(self.path)
 
     # -------------------------------------------------------------------------------------------- lock
     def lock(self) -> None:
@@ -282,9 +233,9 @@ class RunDir:
         key = str(path.resolve())
         if key in _HELD:
             return
-        if self.path.is_dir() and not self.is_run() and self._entries():
+        if self.path.is_dir() and not self.is_run() and self.entries():
             raise RunDirError(
-                f"{self.path} holds files but no sfseg run ({_listing(self._entries())}); sfseg will not "
+                f"{self.path} holds files but no sfseg run ({_listing(self.entries())}); sfseg will not "
                 "take it over. Choose another out"
             )
         self.path.mkdir(parents=True, exist_ok=True)
@@ -341,7 +292,7 @@ class RunDir:
         check_writable_dir(out, "run directory")
         self.lock()
         self._check_mode(mode)  # again, under the lock: another process may have written meanwhile
-        if mode == "overwrite" and self._entries():
+        if mode == "overwrite" and self.entries():
             kept = self.clear()
             if kept:
                 print(f"{out}: kept {len(kept)} entries sfseg did not write: {_listing(kept)}")
@@ -349,7 +300,7 @@ class RunDir:
             self.write_marker()
 
     def _check_mode(self, mode: str) -> None:
-        out, entries = self.path, self._entries()
+        out, entries = self.path, self.entries()
         if mode == "new" and entries:
             what = "another run's files" if self.is_run() else "other files"
             raise RunDirError(
@@ -365,44 +316,12 @@ class RunDir:
         if mode == "resume" and not self.is_run():
             raise RunDirError(f"{out} holds no sfseg run to resume (no {self.MARKER} or {self.STATE})")
 
-    def _entries(self) -> list[str]:
-        if not self.path.is_dir():
-            return []
-        return sorted(p.name for p in self.path.iterdir() if p.name != self.LOCK)
-
-    def _is_own_file(self, p: Path) -> bool:
-        name = p.name
-        return _is_regular(p) and (
-            name in self.OWN_FILES
-            or bool(_ROUND.match(name))
-            or bool(re.fullmatch(_TMP, name))
-            or name.startswith(".sfseg-write-test-")
-        )
+    def entries(self) -> list[str]:
+        return ownership.entries(self.path)
 
     def clear(self, keep_marker: bool = True) -> list[str]:
-        """Delete the files sfseg writes here, by name, and the folders it made once they are empty (a
-        marked stage directory inside is cleared the same way). Links are never followed nor deleted.
-        Returns the paths (relative to the run directory) of everything kept."""
-        kept = []
-        for name in self._entries():
-            p = self.path / name
-            if p.is_symlink():
-                kept.append(name)
-            elif p.is_dir() and name in _OWN_TREE:
-                kept += [f"{name}/{k}" for k in _clear_tree(p, *_OWN_TREE[name])]
-            elif p.is_dir() and RunDir(p).is_marked:
-                inner = RunDir(p)
-                rest = inner.clear(keep_marker=False)
-                if rest:
-                    kept += [f"{name}/{r}" for r in rest]
-                else:
-                    (p / self.LOCK).unlink(missing_ok=True)
-                    p.rmdir()
-            elif self._is_own_file(p) and (name != self.MARKER or not keep_marker):
-                p.unlink()
-            elif not (name == self.MARKER and keep_marker):
-                kept.append(name)
-        return kept
+        """Delete the files sfseg writes here, by name; returns what was kept (see :mod:`.ownership`)."""
+        return ownership.clear(self.path, keep_marker)
 
     def input_files(self) -> list[Path]:
         """The files of this run a command reading it may read (for :func:`sfseg.fileio.check_outputs`)."""
@@ -412,40 +331,6 @@ class RunDir:
             + [p for _, p in self.round_checkpoints()]
             + [p for _, p in self.prediction_grids()]
         )
-
-
-def _is_regular(p: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.lstat(p).st_mode)
-    except OSError:
-        return False
-
-
-def _refuse_links_in_tree(folder: Path, files: list[str], dirs: dict) -> None:
-    for p in folder.iterdir():
-        sub = next((spec for pattern, spec in dirs.items() if re.fullmatch(pattern, p.name)), None)
-        if p.is_symlink() and (sub is not None or _matches(p.name, files)):
-            refuse_links(p)
-        elif sub is not None and p.is_dir():
-            _refuse_links_in_tree(p, *sub)
-
-
-def _clear_tree(folder: Path, files: list[str], dirs: dict) -> list[str]:
-    """Delete, in ``folder``, the regular files whose names match ``files`` and (recursively) the folders
-    matching ``dirs``; remove ``folder`` when nothing else is left. Returns what was kept (relative)."""
-    kept = []
-    for p in sorted(folder.iterdir()):
-        st = os.lstat(p)
-        sub = next((spec for pattern, spec in dirs.items() if re.fullmatch(pattern, p.name)), None)
-        if stat.S_ISDIR(st.st_mode) and sub is not None:
-            kept += [f"{p.name}/{k}" for k in _clear_tree(p, *sub)]
-        elif stat.S_ISREG(st.st_mode) and _matches(p.name, files):
-            p.unlink()
-        else:
-            kept.append(p.name)
-    if not kept:
-        folder.rmdir()
-    return kept
 
 
 def _read_holder(fd: int) -> str:

@@ -13,6 +13,7 @@ input, 2 GB in float32).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,10 @@ from sfseg.adapt.pseudo_labels import PseudoLabeller, confidence_scores
 from sfseg.data.classes import ClassProtocol
 from sfseg.engine.evaluation.inference import Inference, LabelsView, batch_size_hw
 from sfseg.engine.runtime import distributed
-from sfseg.engine.runtime.loading import sharded_batches, sharded_loader
+from sfseg.engine.runtime.loading import read_label_png, sharded_batches, sharded_loader
+from sfseg.engine.runtime.rundir import RunDir
 from sfseg.engine.training.label_io import LogitCache, PseudoLabelWriter, submit_copy, to_host
+from sfseg.errors import ResumeError
 from sfseg.models.ops import argmax_classes, count_into
 
 
@@ -336,3 +339,27 @@ def collapse_check(
         detail = ", ".join(f"{n} {100 * share[n]:.2f}% (was {100 * start_share[n]:.2f}%)" for n in collapsed)
         warn(f"warning: {when}: class share collapsed below {fraction:g}x its start: {detail}")
     return collapsed
+
+
+def check_round_labels(run_dir: RunDir, r: int, dataset: Dataset, protocol: ClassProtocol) -> list[Path]:
+    """Round ``r``'s pseudo-labels when a run resumes mid-round, each decoded and checked (present,
+    readable, the size of its image, class indices or 255), so that a damaged file is one error now, not
+    a failure mid-round."""
+    paths = [run_dir.pseudo_labels(r) / f"{i:05d}.png" for i in range(len(dataset))]
+    missing = [p for p in paths if not os.path.lexists(p)]
+    if missing:
+        raise ResumeError(
+            f"{len(missing)} pseudo-label file(s) of round {r} are missing (e.g. {missing[0]}); the run "
+            "cannot continue mid-round without them. Start it again with --overwrite"
+        )
+    sizes = getattr(dataset, "image_sizes", None)
+    for i, p in enumerate(paths):
+        label = read_label_png(p, run_dir.path)
+        wrong_size = sizes is not None and (label.shape[1], label.shape[0]) != tuple(sizes[i])
+        if wrong_size or ((label >= protocol.num_classes) & (label != IGNORE_INDEX)).any():
+            what = "wrong size" if wrong_size else "values outside the classes"
+            raise ResumeError(
+                f"{p}: a pseudo-label file is damaged ({what}); the round cannot continue from it. Start the "
+                "run again with --overwrite"
+            )
+    return paths

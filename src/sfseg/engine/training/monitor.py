@@ -19,6 +19,7 @@ from sfseg.engine.evaluation.validators import score_model
 from sfseg.engine.reporting.board import Board, grid_indices, log_eval, log_pseudo_labels, prediction_grid
 from sfseg.engine.reporting.report import figure_rgb, has_diagnostics, pl_diagnostics_figure
 from sfseg.engine.runtime import distributed
+from sfseg.engine.runtime.config import RuntimeConfig
 from sfseg.engine.runtime.rundir import RunDir
 from sfseg.engine.runtime.runlog import MetricsLog
 from sfseg.engine.training.labelling import collapse_check
@@ -33,10 +34,10 @@ class RunMonitor:
         run_dir: the run directory.
         log: its metrics log.
         inference: the run's one inference path.
-        train_set, val_set: the target splits (val may be None: no scoring).
+        splits: the target splits ``(train, val)`` (val may be None: no scoring).
         protocol: the class protocol.
         dist: the process layout.
-        batch_size, workers: of the evaluation passes.
+        runtime: the recipe's runtime group (batch size and workers of the evaluation passes).
         progress: show progress bars.
     """
 
@@ -46,19 +47,17 @@ class RunMonitor:
         run_dir: RunDir,
         log: MetricsLog,
         inference: Inference,
-        train_set: Dataset,
-        val_set: Dataset | None,
+        splits: tuple[Dataset, Dataset | None],
         protocol: ClassProtocol,
         dist: distributed.Dist,
-        batch_size: int,
-        workers: int,
+        runtime: RuntimeConfig,
         progress: bool,
     ):
         self.name, self.dir, self.log, self.inference = name, run_dir, log, inference
-        self.train_set, self.val_set, self.protocol, self.dist = train_set, val_set, protocol, dist
-        self.batch_size, self.workers, self.progress = batch_size, workers, progress
+        (self.train_set, self.val_set), self.protocol, self.dist = splits, protocol, dist
+        self.batch_size, self.workers, self.progress = runtime.eval_batch_size, runtime.num_workers, progress
         self.board = Board(run_dir.tensorboard, enabled=False)
-        self.grid_images = grid_indices(len(train_set))
+        self.grid_images = grid_indices(len(self.train_set))
 
     def open_board(self, enabled: bool, purge_step: int | None = None) -> None:
         """Start writing TensorBoard events (a resumed run purges those after its saved state)."""

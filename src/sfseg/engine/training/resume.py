@@ -18,7 +18,7 @@ from sfseg.errors import CheckpointError, ConfigError, ResumeError
 from sfseg.models.checkpoint import read_tensors
 
 STATE_FORMAT = "sfseg-run-state-v1"
-_STATE_KEYS = ("config", "round", "labelled", "epoch", "batch", "step", "model", "optimizer", "rng")
+_STATE_KEYS = ("config", "round", "epoch", "batch", "step", "model", "optimizer", "rng")
 # Keys of the recipe a resumed run may change: where and how fast it runs, not what it computes. ``out``
 # is where the run lives: a run directory moved or copied elsewhere resumes (or is reused) in its new place.
 RESUMABLE_CHANGES = (

@@ -5,7 +5,8 @@ At the end of round ``r``: the round's losses are logged; the weights are checke
 the target val split (monitoring only: ``final.pt`` is the last round, whatever the scores say);
 ``round_<r>.pt`` is written; the round's pictures are drawn; a label-free validator scores the model (when
 the recipe names one); the round's pseudo-labels are deleted (when the recipe does not keep them). At the
-end of the run: ``final.pt``, then the validator's choice as ``selected.pt``.
+end of the run: ``final.pt``, the validator's choice as ``selected.pt``, the adapted model's own class
+shares (has training itself swallowed a class?), the summary and the finished state.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import math
 import time
 
 from sfseg.engine.runtime import distributed
+from sfseg.engine.training.labelling import collapse_check
 from sfseg.engine.training.loop import Hook
 from sfseg.engine.training.optim import unwrap
-from sfseg.fileio import atomic_write_bytes
+from sfseg.engine.training.trainer import peak_memory
+from sfseg.fileio import atomic_write_bytes, atomic_write_text
 from sfseg.models import load_checkpoint
 
 
@@ -170,3 +173,38 @@ class PseudoLabelCleanup(Hook):
         if not self.keep and t.pseudo_paths and t.dist.is_main:
             for p in t.pseudo_paths:
                 p.unlink(missing_ok=True)
+
+
+class RunSummary(Hook):
+    """The end of the run, after ``final.pt`` and ``selected.pt``: the adapted model's own class shares
+    (BatchNorm buffers restored afterwards), ``summary.json`` and the finished state."""
+
+    def after_train(self) -> None:
+        t = self.trainer
+        end = None
+        if t.cfg.schedule.rounds > 0:
+            t.method.set_mode(t.model, "label")
+            end = t.shares()
+            end["collapsed"] = collapse_check(
+                t.start_share, end, t.method.collapse_warning, "after the last round", t.monitor.warn
+            )
+            t.log.write({"phase": "final_shares", **end})
+        history, final = t.evals.history, t.evals.history[-1]
+        t.summary = {
+            "method": t.cfg.name,
+            **peak_memory(),
+            "seed": t.cfg.seed,
+            "final": final,
+            "final_checkpoint": str(t.final_path),
+            "val_miou_per_round": [h["miou"] if h else None for h in history],
+            "round_stats": t.round_stats,
+            "final_shares": end,
+            "selected": t.selection.best,
+            "seconds": round(t.seconds, 1),
+        }
+        done = {"phase": "done", "method": t.cfg.name, "miou": None if final is None else final["miou"]}
+        t.log.write({**done, "seconds": t.summary["seconds"], **peak_memory()})
+        if t.dist.is_main:
+            atomic_write_text(t.dir.summary, json.dumps(t.summary, indent=1), root=t.dir.path)
+            t.monitor.close()
+        t.save_done()

@@ -22,8 +22,6 @@ logs, states and checkpoints.
 from __future__ import annotations
 
 import json
-import os
-import resource
 import time
 from pathlib import Path
 
@@ -44,14 +42,12 @@ from sfseg.engine.runtime.loading import (
     collate,
     epoch_batches,
     finish_crops,
-    read_label_png,
     require_steps,
-    sharded_loader,
     step_generator,
 )
 from sfseg.engine.runtime.rundir import RunDir
 from sfseg.engine.runtime.runlog import seed_everything
-from sfseg.engine.training.labelling import class_shares, collapse_check, label_round
+from sfseg.engine.training.labelling import check_round_labels, class_shares, label_round
 from sfseg.engine.training.monitor import RunMonitor
 from sfseg.engine.training.optim import build_optimizer, unwrap
 from sfseg.engine.training.recipe import AdaptConfig
@@ -63,20 +59,18 @@ from sfseg.engine.training.round_hooks import (
     RoundEvaluation,
     RoundLosses,
     RoundPictures,
+    RunSummary,
 )
 from sfseg.engine.training.step import TrainStep, random_flip, wrap_for_training
-from sfseg.engine.training.trainer import FaultInjection, PeriodicState, ProgressBar, RunTrainer, fault
-from sfseg.errors import ResumeError
-from sfseg.fileio import atomic_write_text
+from sfseg.engine.training.trainer import (
+    FaultInjection,
+    PeriodicState,
+    ProgressBar,
+    RunTrainer,
+    TargetPasses,
+    fault,
+)
 from sfseg.models import Checkpoint, load_checkpoint
-
-
-def peak_memory() -> dict:
-    """Peak resident memory of this process and, on CUDA, peak allocated GPU memory (GiB)."""
-    out = {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
-    if torch.cuda.is_available():
-        out["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    return out
 
 
 class AdaptationRun(RunTrainer):
@@ -101,9 +95,33 @@ class AdaptationRun(RunTrainer):
         self.cfg, self.out = cfg, self.dir.path
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)  # the summary reports this run's peak
-        data, sched, rt = cfg.data, cfg.schedule, cfg.runtime
+        self._load_inputs()
+        self._build_network()
+        self.epochs_per_stage = cfg.schedule.epochs_per_round
+        self.labelled, self.pseudo_paths = False, None
+        self.round_stats: list[dict] = []
+        self.start_share: dict[str, float] | None = None
+        self.evals = RoundEvaluation()
+        self.selection = LabelFreeSelection(cfg.select.validator, cfg.select.max_images)
+        rt = cfg.runtime
+        self.register(
+            ProgressBar(lambda r: f"round {r} train"),
+            RoundLosses(),
+            self.evals,
+            RoundCheckpoints(),
+            RoundPictures(),
+            self.selection,
+            PseudoLabelCleanup(rt.save_pseudo_labels),
+            PeriodicState(rt.save_every),
+            FaultInjection(cfg.name),
+            RunSummary(),
+        )
+
+    def _load_inputs(self) -> None:
+        """The method, the checkpoint and the target data, each checked against the others."""
+        cfg, data = self.cfg, self.cfg.data
         self.protocol = dataset_protocol(data.dataset, data.protocol)
-        self.method = build_method(cfg.method, self.protocol.num_classes, sched.rounds)
+        self.method = build_method(cfg.method, self.protocol.num_classes, cfg.schedule.rounds)
         self.ckpt = load_checkpoint(cfg.checkpoint, family=cfg.checkpoint_family, classes=self.protocol.name)
         self.ckpt.check_classes(self.protocol.names, data.root)
         # Target train labels (where the split has them) feed only the pseudo-label diagnostics, never a loss.
@@ -121,54 +139,29 @@ class AdaptationRun(RunTrainer):
                 data.dataset, data.root, data.val_split, self.protocol.name, progress=self.progress
             )
         self._check_sizes()
+
+    def _build_network(self) -> None:
+        """The network as the method prepares it, its inference, its training wrapper, the monitor and the
+        divergence guard."""
+        cfg, rt, sched = self.cfg, self.cfg.runtime, self.cfg.schedule
         self.norm, self.amp = self.ckpt.normalization, use_amp(rt.amp, self.device)
         self.model = self.ckpt.build().to(self.device)
-        settings = inference_settings(data, rt, self.device)
+        settings = inference_settings(cfg.data, rt, self.device)
         if settings.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.method.prepare(self.model)
-        self.method.start(self.model, self.device, data.align_corners)
+        self.method.start(self.model, self.device, cfg.data.align_corners)
         self.inference = Inference.from_settings(self.model, self.norm, settings)
-        self.train_model = (
-            wrap_for_training(self.model, rt, dist, self.device) if sched.rounds else self.model
-        )
+        self.train_model = self.model
+        if sched.rounds:
+            self.train_model = wrap_for_training(self.model, rt, self.dist, self.device)
+        splits = (self.train_set, self.val_set)
         self.monitor = RunMonitor(
-            cfg.name,
-            self.dir,
-            self.log,
-            self.inference,
-            self.train_set,
-            self.val_set,
-            self.protocol,
-            dist,
-            rt.eval_batch_size,
-            rt.num_workers,
-            self.progress,
+            cfg.name, self.dir, self.log, self.inference, splits, self.protocol, self.dist, rt, self.progress
         )
-        hint = (
-            f"Is the learning rate too large (schedule.optim.lr is {sched.optim.lr:g})? Check also the loss "
-        )
+        hint = f"Is the learning rate too large (schedule.optim.lr is {sched.optim.lr:g})? Check also the "
         self.guard = DivergenceGuard(
-            self.model, sched.max_weight_growth, sched.max_loss, hint + "weights and the checkpoint."
-        )
-        self.epochs_per_stage = sched.epochs_per_round
-        self.labelled, self.pseudo_paths = False, None
-        self.round_stats: list[dict] = []
-        self.start_share: dict[str, float] | None = None
-        self.evals, self.selection = (
-            RoundEvaluation(),
-            LabelFreeSelection(cfg.select.validator, cfg.select.max_images),
-        )
-        self.register(
-            ProgressBar(lambda r: f"round {r} train"),
-            RoundLosses(),
-            self.evals,
-            RoundCheckpoints(),
-            RoundPictures(),
-            self.selection,
-            PseudoLabelCleanup(rt.save_pseudo_labels),
-            PeriodicState(rt.save_every),
-            FaultInjection(cfg.name),
+            self.model, sched.max_weight_growth, sched.max_loss, hint + "loss weights and the checkpoint."
         )
 
     def _check_sizes(self) -> None:
@@ -238,7 +231,7 @@ class AdaptationRun(RunTrainer):
             try:
                 self.begin(mode, state)
                 self.train(self.cfg.schedule.rounds)
-                return self.finish()
+                return self.summary
             except NonFiniteOutput as e:
                 self.guard.outputs(e, self.step, self.last_good())  # raises the run's divergence
         except DivergenceError as e:
@@ -255,7 +248,7 @@ class AdaptationRun(RunTrainer):
         if mode == "resume":
             self.load_state_dict(state if state is not None else resumable_state(self.out, self.recipe))
             if self.labelled and self.method.uses_pseudo_labels:
-                self.pseudo_paths = self._existing_pseudo_labels(self.stage)
+                self.pseudo_paths = check_round_labels(self.dir, self.stage, self.train_set, self.protocol)
             self.monitor.open_board(rt.tensorboard, purge_step=self.step)
             self.log.write({"phase": "resume", "round": self.stage, "step": self.step, "time": _now()})
             return
@@ -276,7 +269,10 @@ class AdaptationRun(RunTrainer):
             }
         )
         self.evals.evaluate(-1, "source_model")
-        for phase in self.method.on_start(self.model, _TargetPasses(self)):
+        target = TargetPasses(
+            self.inference, self.train_set, rt.eval_batch_size, rt.num_workers, self.dist, self.progress
+        )
+        for phase in self.method.on_start(self.model, target):
             self.evals.evaluate(-1, phase)
 
     # ---------------------------------------------------------------------------------------- rounds
@@ -313,7 +309,7 @@ class AdaptationRun(RunTrainer):
             )
             stats["seconds"] = round(time.time() - t0, 1)
         else:
-            stats = self._shares()
+            stats = self.shares()
         self.start_share = self.start_share or stats["pred_share"]
         stats = self.monitor.round_statistics(
             r, stats, self.start_share, self.method.collapse_warning, self.step
@@ -321,7 +317,7 @@ class AdaptationRun(RunTrainer):
         self.round_stats.append(stats)
         return paths
 
-    def _shares(self) -> dict:
+    def shares(self) -> dict:
         """The model's own class shares on the target train set; BatchNorm buffers restored afterwards,
         so the probe cannot change the model."""
         rt = self.cfg.runtime
@@ -335,28 +331,6 @@ class AdaptationRun(RunTrainer):
                 self.dist,
                 self.progress,
             )
-
-    def _existing_pseudo_labels(self, r: int) -> list[Path]:
-        """The round's pseudo-labels on resume, each decoded and checked (present, readable, the size of
-        its image, class indices or 255), so that a damaged file is one error now, not a failure mid-round."""
-        paths = [self.dir.pseudo_labels(r) / f"{i:05d}.png" for i in range(len(self.train_set))]
-        missing = [p for p in paths if not os.path.lexists(p)]
-        if missing:
-            raise ResumeError(
-                f"{len(missing)} pseudo-label file(s) of round {r} are missing (e.g. {missing[0]}); the run "
-                "cannot continue mid-round without them. Start it again with --overwrite"
-            )
-        sizes = getattr(self.train_set, "image_sizes", None)
-        for i, p in enumerate(paths):
-            label = read_label_png(p, self.dir.path)
-            wrong_size = sizes is not None and (label.shape[1], label.shape[0]) != tuple(sizes[i])
-            if wrong_size or ((label >= self.protocol.num_classes) & (label != 255)).any():
-                what = "wrong size" if wrong_size else "values outside the classes"
-                raise ResumeError(
-                    f"{p}: a pseudo-label file is damaged ({what}); the round cannot continue from it. Start "
-                    "the run again with --overwrite"
-                )
-        return paths
 
     def stage_batches(self):
         """The rest of the round's batches, one loader spanning its epochs (workers start once)."""
@@ -409,66 +383,6 @@ class AdaptationRun(RunTrainer):
         self.optimizer, self.labelled = None, False
 
     # --------------------------------------------------------------------------------------- the end
-    def finish(self) -> dict:
-        """The summary (``final.pt`` and ``selected.pt`` were written by the hooks), the adapted model's
-        own class shares (has training itself swallowed a class?) and the finished state."""
-        cfg = self.cfg
-        end = None
-        if cfg.schedule.rounds > 0:
-            self.method.set_mode(self.model, "label")
-            end = self._shares()
-            end["collapsed"] = collapse_check(
-                self.start_share, end, self.method.collapse_warning, "after the last round", self.monitor.warn
-            )
-            self.log.write({"phase": "final_shares", **end})
-        history = self.evals.history
-        summary = {
-            "method": cfg.name,
-            **peak_memory(),
-            "seed": cfg.seed,
-            "final": history[-1],
-            "final_checkpoint": str(self.final_path),
-            "val_miou_per_round": [h["miou"] if h else None for h in history],
-            "round_stats": self.round_stats,
-            "final_shares": end,
-            "selected": self.selection.best,
-            "seconds": round(self.seconds, 1),
-        }
-        final = history[-1]
-        self.log.write(
-            {
-                "phase": "done",
-                "method": cfg.name,
-                "miou": None if final is None else final["miou"],
-                "seconds": summary["seconds"],
-                **peak_memory(),
-            }
-        )
-        if self.dist.is_main:
-            atomic_write_text(self.dir.summary, json.dumps(summary, indent=1), root=self.dir.path)
-            self.monitor.close()
-        self.save_done()
-        return summary
-
-
-class _TargetPasses:
-    """The target train images as the method sees them before round 0 (see ``Method.on_start``)."""
-
-    def __init__(self, run: AdaptationRun):
-        self.run, self.progress = run, run.progress
-
-    def inputs(self):
-        rt, inf = self.run.cfg.runtime, self.run.inference
-        loader = sharded_loader(
-            inf.view(self.run.train_set), rt.eval_batch_size, rt.num_workers, self.run.dist
-        )
-        return (inf.network_input(b["image"]) for b in loader)
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        return distributed.all_reduce_sum(t)
-
-    def autocast(self):
-        return self.run.inference.autocast()
 
 
 def _now() -> str:

@@ -9,6 +9,7 @@ loop, the same state file, the same ``--resume``.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
 
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from sfseg.config import to_dict
 from sfseg.engine.runtime import distributed
 from sfseg.engine.runtime.guard import DivergenceGuard
+from sfseg.engine.runtime.loading import sharded_loader
 from sfseg.engine.runtime.rundir import RunDir
 from sfseg.engine.runtime.runlog import MetricsLog
 from sfseg.engine.training.loop import Hook, Trainer
@@ -191,3 +193,30 @@ def fault(name: str, point: str, value: int) -> None:
     spec = os.environ.get("SFSEG_FAULT_KILL")
     if spec and spec == f"{name}:{point}:{value}":
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def peak_memory() -> dict:
+    """Peak resident memory of this process and, on CUDA, peak allocated GPU memory (GiB)."""
+    out = {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+    if torch.cuda.is_available():
+        out["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return out
+
+
+class TargetPasses:
+    """The target train images as a method sees them before round 0 (``Method.on_start``): passes of
+    normalised network inputs over this process's share, and their reduction across processes."""
+
+    def __init__(self, inference, dataset, batch_size: int, workers: int, dist, progress: bool):
+        self.inference, self.dataset, self.dist, self.progress = inference, dataset, dist, progress
+        self.batch_size, self.workers = batch_size, workers
+
+    def inputs(self):
+        loader = sharded_loader(self.inference.view(self.dataset), self.batch_size, self.workers, self.dist)
+        return (self.inference.network_input(b["image"]) for b in loader)
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return distributed.all_reduce_sum(t)
+
+    def autocast(self):
+        return self.inference.autocast()
