@@ -18,12 +18,20 @@ Reads ``ROOT/<world>/<recipe>/seed<s>/summary.json`` (what the bench writes) for
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from sfseg.data.classes import TOYCITY
+from sfseg.engine.reporting.studies import (
+    delta,
+    diagnostics_table,
+    load_runs,
+    minority_miou,
+    miou,
+    ranks,
+    round_summary,
+    score_table,
+)
 
 # behaviour: (description, recipe with it switched on from ld, recipe with it switched off from ld_refcode)
 BEHAVIOURS = {
@@ -34,55 +42,6 @@ BEHAVIOURS = {
     "labelling batch 1": ("per-image BN statistics when labelling", "on_bs1", "off_bs1"),
     "downsample BN affine": ("downsample branches' BN scale/shift train", "on_dsaffine", "off_dsaffine"),
 }
-
-
-def load(root: Path) -> dict[str, dict[str, list[dict]]]:
-    """``{world: {recipe: [summary per seed]}}`` for every finished run under ``root``."""
-    runs: dict[str, dict[str, list[dict]]] = {}
-    for f in sorted(root.glob("*/*/seed*/summary.json")):
-        world, recipe = f.parts[-4], f.parts[-3]
-        runs.setdefault(world, {}).setdefault(recipe, []).append(json.loads(f.read_text()))
-    return runs
-
-
-def miou(runs: list[dict]) -> np.ndarray:
-    return np.array([r["final"]["miou"] for r in runs])
-
-
-def std(x: np.ndarray) -> float:
-    """Sample standard deviation (0 for one seed)."""
-    return float(x.std(ddof=1)) if len(x) > 1 else 0.0
-
-
-def minority_miou(runs: list[dict]) -> float:
-    """Seed-mean IoU over ToyCity's minority classes."""
-    names = [TOYCITY.names[i] for i in TOYCITY.minority]
-    return float(np.mean([np.mean([r["final"]["per_class"][n] for n in names]) for r in runs]))
-
-
-def ranks(runs, worlds, recipes) -> dict[str, float]:
-    """Mean rank over worlds (1 = best seed-mean mIoU of ``recipes`` in a world; ties share the mean rank)."""
-    out = {m: [] for m in recipes}
-    for w in worlds:
-        score = {m: round(float(miou(runs[w][m]).mean()), 6) for m in recipes}
-        for m in recipes:
-            better = sum(v > score[m] for v in score.values())
-            tied = sum(v == score[m] for v in score.values()) - 1
-            out[m].append(1 + better + tied / 2)
-    return {m: float(np.mean(v)) for m, v in out.items()}
-
-
-def score_table(runs, worlds, recipes) -> str:
-    rk = ranks(runs, worlds, recipes)
-    lines = [
-        "| recipe | " + " | ".join(worlds) + " | mean | mean rank |",
-        "|---|" + "---:|" * (len(worlds) + 2),
-    ]
-    for m in sorted(recipes, key=lambda m: rk[m]):
-        cells = [f"{miou(runs[w][m]).mean():.1f} ± {std(miou(runs[w][m])):.1f}" for w in worlds]
-        mean = np.mean([miou(runs[w][m]).mean() for w in worlds])
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean:.1f} | {rk[m]:.1f} |")
-    return "\n".join(lines)
 
 
 def decision_table(runs, worlds, candidates) -> str:
@@ -98,14 +57,6 @@ def decision_table(runs, worlds, candidates) -> str:
         mino = np.mean([minority_miou(runs[w][m]) for w in worlds])
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean:.1f} | {mino:.1f} | {rk[m]:.1f} |")
     return "\n".join(lines)
-
-
-def delta(runs, worlds, a: str, b: str) -> tuple[list[float], int, int]:
-    """``a - b`` per world (seed means), and how many (world, seed) pairs agree with the mean's sign."""
-    per_world = [float(miou(runs[w][a]).mean() - miou(runs[w][b]).mean()) for w in worlds]
-    pairs = np.concatenate([miou(runs[w][a]) - miou(runs[w][b]) for w in worlds])
-    sign = np.sign(np.mean(per_world))
-    return per_world, int((np.sign(pairs) == sign).sum()), len(pairs)
 
 
 def effect_table(runs, worlds) -> tuple[str, list[tuple[float, str]]]:
@@ -127,59 +78,6 @@ def effect_table(runs, worlds) -> tuple[str, list[tuple[float, str]]]:
     return "\n".join(lines), sorted(sizes, reverse=True)
 
 
-def _class_means(runs, worlds, recipe, key, stat_round=-1) -> dict[str, float]:
-    acc: dict[str, list[float]] = {}
-    for w in worlds:
-        for r in runs[w][recipe]:
-            src = r["final"]["per_class"] if key == "iou" else r["round_stats"][stat_round].get(key) or {}
-            for c, v in src.items():
-                if v is not None:  # None: nothing selected for the class, no accuracy to average
-                    acc.setdefault(c, []).append(v if key == "iou" else 100 * v)
-    return {c: float(np.mean(v)) for c, v in acc.items()}
-
-
-def round_summary(runs, worlds, recipe) -> str:
-    keys = {
-        "selected_fraction": "selected",
-        "pl_accuracy": "accuracy",
-        "pl_recall": "recall",
-        "nl_error": "NL error",
-    }
-    n = min(len(r["round_stats"]) for w in worlds for r in runs[w][recipe])
-    cells = []
-    for i in range(n):
-        stats = [r["round_stats"][i] for w in worlds for r in runs[w][recipe]]
-        vals = [
-            f"{name} {np.mean([100 * st[k] for st in stats]):.{2 if k == 'nl_error' else 1}f} %"
-            for k, name in keys.items()
-            if all(st.get(k) is not None for st in stats)  # methods without negative labels have no NL error
-        ]
-        cells.append(f"round {i + 1}: " + ", ".join(vals))
-    return "; ".join(cells)
-
-
-def diagnostics_table(runs, worlds, a: str, b: str) -> str:
-    cols = [
-        ("true_share", "true share"),
-        ("pl_share", "selected share"),
-        ("pl_recall_per_class", "recall"),
-        ("pl_accuracy_per_class", "accuracy"),
-        ("nl_error_per_class", "NL error"),
-        ("iou", "final IoU"),
-    ]
-    data = {(k, m): _class_means(runs, worlds, m, k) for k, _ in cols for m in (a, b)}
-    classes = list(data[("iou", a)])
-    head = "| class | " + " | ".join(f"{t} {a} / {b}" for _, t in cols) + " |"
-    lines = [head, "|---|" + "---:|" * len(cols)]
-    for c in classes:
-        cells = []
-        for k, _ in cols:
-            x, y = data[(k, a)].get(c, float("nan")), data[(k, b)].get(c, float("nan"))
-            cells.append(f"{x:.2f} / {y:.2f}" if k != "iou" else f"{x:.1f} / {y:.1f}")
-        lines.append(f"| {c} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("root", type=Path, help="the --out of the ablation's sfseg bench command")
@@ -188,7 +86,7 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--explain", type=int, default=2, help="how many of the largest effects to explain")
     args = ap.parse_args(argv)
-    runs = load(args.root)
+    runs = load_runs(args.root)
     recipes = sorted(set.intersection(*(set(r) for r in runs.values())))
     worlds = [w for w in runs if all(m in runs[w] for m in recipes)]
     seeds = sorted({r["seed"] for w in worlds for m in recipes for r in runs[w][m]})

@@ -21,8 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
 from sfseg.errors import MethodError
-
-NORM_TYPES = (_BatchNorm, nn.LayerNorm, nn.GroupNorm)
+from sfseg.models.base import NORM_TYPES
 
 
 def bn_layers(model: nn.Module) -> list[_BatchNorm]:

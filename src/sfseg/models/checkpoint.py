@@ -159,17 +159,22 @@ class Checkpoint:
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as e:
-            head = head_classes(self.arch, self.state_dict)
-            if head is not None and head != self.num_classes:
-                raise CheckpointError(
-                    f"{where}: its head predicts {head} classes but it declares {self.num_classes} class "
-                    f"names {self.class_names}; the file's metadata and weights disagree (re-export it)"
-                ) from None
+            self.check_head(where)
             lines = [ln.strip() for ln in str(e).splitlines()[1:4]]
             raise CheckpointError(
                 f"{where}: its weights do not fit {self.arch} {self.arch_kwargs}: {' '.join(lines)}"
             ) from None
         return model
+
+    def check_head(self, where: str) -> None:
+        """Raise if the head's output count (the architecture's ``classes_key`` hook) differs from the
+        number of class names the file declares."""
+        head = head_classes(self.arch, self.state_dict)
+        if head is not None and head != self.num_classes:
+            raise CheckpointError(
+                f"{where}: its head predicts {head} classes but it declares {self.num_classes} class names "
+                f"{self.class_names}; the file's metadata and weights disagree (re-export it)"
+            )
 
     def check_classes(self, class_names: list[str] | tuple[str, ...], where: str) -> None:
         """Raise if this checkpoint's classes differ from those of the data at ``where``."""

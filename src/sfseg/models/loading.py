@@ -15,7 +15,6 @@ from sfseg.models.checkpoint import (
     Checkpoint,
     InferenceSettings,
     check_finite,
-    head_classes,
     read_tensors,
 )
 from sfseg.models.foreign import import_payload
@@ -69,12 +68,7 @@ def load_checkpoint(
             f"{path}: an sfseg checkpoint of architecture {ckpt.arch!r}, which this installation does not "
             f"have (registered: {MODELS.names()}); is a plugin missing (SFSEG_PLUGINS)?"
         )
-    head = head_classes(ckpt.arch, ckpt.state_dict)
-    if head is not None and head != ckpt.num_classes:
-        raise CheckpointError(
-            f"{path}: its head predicts {head} classes but it declares {ckpt.num_classes} class names "
-            f"{ckpt.class_names}; the file's metadata and weights disagree (re-export it)"
-        )
+    ckpt.check_head(str(path))
     return ckpt
 
 

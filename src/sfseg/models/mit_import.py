@@ -84,16 +84,28 @@ _HF_EMBED = re.compile(
 _HF_NORM = re.compile(r"(?:encoder\.layer_norm\.(\d+)|stages\.(\d+)\.layer_norm)\.(\w+)$")
 _HF_BLOCK = re.compile(r"(?:encoder\.block\.(\d+)|stages\.(\d+)\.blocks)\.(\d+)\.(.+)\.(\w+)$")
 _HF_BLOCK_NAMES = {
-    "layer_norm_1": "norm1", "layernorm_before": "norm1", "layer_norm_2": "norm2", "layernorm_after": "norm2",
-    "attention.self.query": "attn.q", "attention.q_proj": "attn.q",
-    "attention.self.key": "attn.k", "attention.k_proj": "attn.k",
-    "attention.self.value": "attn.v", "attention.v_proj": "attn.v",
-    "attention.output.dense": "attn.proj", "attention.o_proj": "attn.proj",
-    "attention.self.sr": "attn.sr", "attention.sequence_reduction.sequence_reduction": "attn.sr",
-    "attention.self.layer_norm": "attn.norm", "attention.sequence_reduction.layer_norm": "attn.norm",
-    "mlp.dense1": "mlp.fc1", "mlp.fc1": "mlp.fc1", "mlp.dense2": "mlp.fc2", "mlp.fc2": "mlp.fc2",
+    "layer_norm_1": "norm1",
+    "layernorm_before": "norm1",
+    "layer_norm_2": "norm2",
+    "layernorm_after": "norm2",
+    "attention.self.query": "attn.q",
+    "attention.q_proj": "attn.q",
+    "attention.self.key": "attn.k",
+    "attention.k_proj": "attn.k",
+    "attention.self.value": "attn.v",
+    "attention.v_proj": "attn.v",
+    "attention.output.dense": "attn.proj",
+    "attention.o_proj": "attn.proj",
+    "attention.self.sr": "attn.sr",
+    "attention.sequence_reduction.sequence_reduction": "attn.sr",
+    "attention.self.layer_norm": "attn.norm",
+    "attention.sequence_reduction.layer_norm": "attn.norm",
+    "mlp.dense1": "mlp.fc1",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.dense2": "mlp.fc2",
+    "mlp.fc2": "mlp.fc2",
     "mlp.dwconv.dwconv": "mlp.dwconv.dwconv",
-}  # fmt: skip
+}
 
 
 def _encoder_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -222,71 +234,95 @@ def detect(sd: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def _daformer(sd: dict, family: str, where: str) -> tuple:
+    """DAFormer / HRDA / MIC / ATP files (the student ``model.*`` or the EMA teacher ``ema_model.*``)."""
+    prefix = {"daformer": "model.", "daformer_ema": "ema_model."}[family]
+    if not any(k.startswith(prefix) for k in sd):
+        if family == "daformer_ema":
+            raise CheckpointFormatError(f"{where}: no EMA teacher (ema_model.*) in this file")
+        prefix = ""
+    model, unused = _split(sd, prefix) if prefix else (sd, [])
+    encoder, rest = _split(model, "backbone.")
+    head, others = _split({k: model[k] for k in rest}, "decode_head.")
+    unused += [prefix + k for k in others]
+    if any(k.startswith("head.") for k in head):  # HRDA / MIC: the DAFormer head under .head
+        unused += [f"{prefix}decode_head.{k}" for k in head if not k.startswith("head.")]
+        head = {k[5:]: v for k, v in head.items() if k.startswith("head.")}
+    if "fuse_layer.aspp_modules.1.depthwise_conv.conv.weight" not in head:
+        raise CheckpointFormatError(
+            f"{where}: a DAFormer file whose decoder is not DAFormer's separable-ASPP fusion (the "
+            "published DAFormer head); only that decoder is supported"
+        )
+    extra = {"head_dim": int(head["embed_layers.0.proj.weight"].shape[0])}
+    return encoder, head, unused, "daformer_mit", "conv_seg.weight", extra
+
+
+def _segformer(sd: dict, family: str, where: str) -> tuple:
+    """NVlabs SegFormer files, and DAFormer's SegFormer head."""
+    encoder, rest = _split(sd, "backbone.")
+    head, others = _split({k: sd[k] for k in rest}, "decode_head.")
+    unused = others + [f"decode_head.{k}" for k in head if k.startswith("conv_seg.")]  # unused by this head
+    if family == "segformer_nvlabs":
+        head = _head_nvlabs(head)
+    else:
+        head = {k: v for k, v in head.items() if not k.startswith("conv_seg.")}
+    extra = {"head_dim": int(head["linear_c.0.proj.weight"].shape[0])}
+    return encoder, head, unused, "segformer_mit", "linear_pred.weight", extra
+
+
+def _segformer_hf(sd: dict, family: str, where: str) -> tuple:
+    """Hugging Face SegFormer (its LayerNorms keep PyTorch's default eps 1e-5)."""
+    encoder = _encoder_hf({k: v for k, v in sd.items() if not k.startswith("decode_head.")})
+    head = _head_hf(sd)
+    unused = [k for k in sd if k.startswith(("classifier.", "decode_head.")) and not _hf_used(k)]
+    extra = {"aux_eps": 1e-5, "eps": 1e-5}
+    if not head:
+        return encoder, head, unused, "segformer_mit", "", extra
+    extra["head_dim"] = int(head["linear_c.0.proj.weight"].shape[0])
+    return encoder, head, unused, "segformer_mit", "linear_pred.weight", extra
+
+
+def _mit_imagenet(sd: dict, family: str, where: str) -> tuple:
+    """An ImageNet MiT encoder (no segmentation head)."""
+    encoder = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    return encoder, {}, [k for k in sd if k.startswith("head.")], "daformer_mit", "", {}
+
+
+def _mmseg(sd: dict, family: str, where: str) -> tuple:
+    """mmsegmentation's converted MiT, with its SegFormer head for ``segformer_mmseg``."""
+    inside = {k.removeprefix("backbone."): v for k, v in sd.items()}
+    encoder = _encoder_mmseg(inside)
+    unused = [k for k in sd if not k.removeprefix("backbone.").startswith("layers.")]
+    extra = {"aux_eps": 1e-6}  # mmsegmentation builds every MiT LayerNorm with eps 1e-6
+    if family != "segformer_mmseg":
+        return encoder, {}, unused, "daformer_mit", "", extra
+    head = _head_mmseg(_split(sd, "decode_head.")[0])
+    extra["head_dim"], extra["embed"] = int(head["linear_fuse.conv.weight"].shape[0]), "conv"
+    loaded = tuple(f"decode_head.{n}." for n in _MMSEG_HEAD)
+    unused = [k for k in unused if not k.startswith(loaded)]
+    return encoder, head, unused, "segformer_mit", "linear_pred.weight", extra
+
+
+_SPLITS = {
+    "daformer": _daformer,
+    "daformer_ema": _daformer,
+    "segformer_nvlabs": _segformer,
+    "segformer_daformer": _segformer,
+    "segformer_hf": _segformer_hf,
+    "mit_imagenet": _mit_imagenet,
+    "mit_mmseg": _mmseg,
+    "segformer_mmseg": _mmseg,
+}
+
+
 def convert(
     sd: dict[str, torch.Tensor], family: str, protocol: ClassProtocol | None, where: str
 ) -> Checkpoint:
-    """Convert a cleaned state dict of ``family`` into an sfseg :class:`Checkpoint`."""
-    extra: dict = {}
-    if family in ("daformer", "daformer_ema"):
-        prefix = {"daformer": "model.", "daformer_ema": "ema_model."}[family]
-        if not any(k.startswith(prefix) for k in sd):
-            if family == "daformer_ema":
-                raise CheckpointFormatError(f"{where}: no EMA teacher (ema_model.*) in this file")
-            prefix = ""
-        model, unused = _split(sd, prefix) if prefix else (sd, [])
-        encoder, rest = _split(model, "backbone.")
-        head, others = _split({k: model[k] for k in rest}, "decode_head.")
-        unused += [prefix + k for k in others]
-        if any(k.startswith("head.") for k in head):  # HRDA / MIC: the DAFormer head under .head
-            unused += [f"{prefix}decode_head.{k}" for k in head if not k.startswith("head.")]
-            head = {k[5:]: v for k, v in head.items() if k.startswith("head.")}
-        if "fuse_layer.aspp_modules.1.depthwise_conv.conv.weight" not in head:
-            raise CheckpointFormatError(
-                f"{where}: a DAFormer file whose decoder is not DAFormer's separable-ASPP fusion (the "
-                "published DAFormer head); only that decoder is supported"
-            )
-        arch, head_key = "daformer_mit", "conv_seg.weight"
-        extra["head_dim"] = int(head["embed_layers.0.proj.weight"].shape[0])
-    elif family in ("segformer_nvlabs", "segformer_daformer"):
-        encoder, rest = _split(sd, "backbone.")
-        head, others = _split({k: sd[k] for k in rest}, "decode_head.")
-        unused = others + [
-            f"decode_head.{k}" for k in head if k.startswith("conv_seg.")
-        ]  # unused by this head
-        head = (
-            _head_nvlabs(head)
-            if family == "segformer_nvlabs"
-            else {k: v for k, v in head.items() if not k.startswith("conv_seg.")}
-        )
-        arch, head_key = "segformer_mit", "linear_pred.weight"
-        extra["head_dim"] = int(head["linear_c.0.proj.weight"].shape[0])
-    elif family == "segformer_hf":
-        encoder = _encoder_hf({k: v for k, v in sd.items() if not k.startswith("decode_head.")})
-        head = _head_hf(sd)
-        unused = [k for k in sd if k.startswith(("classifier.", "decode_head.")) and not _hf_used(k)]
-        if head:
-            arch, head_key = "segformer_mit", "linear_pred.weight"
-            extra["head_dim"] = int(head["linear_c.0.proj.weight"].shape[0])
-        else:
-            arch, head_key = "segformer_mit", ""
-        extra["aux_eps"], extra["eps"] = 1e-5, 1e-5  # Hugging Face's LayerNorms keep PyTorch's default eps
-    elif family == "mit_imagenet":
-        encoder = {k: v for k, v in sd.items() if not k.startswith("head.")}
-        head, unused, arch, head_key = {}, [k for k in sd if k.startswith("head.")], "daformer_mit", ""
-    elif family in ("mit_mmseg", "segformer_mmseg"):
-        inside = {k.removeprefix("backbone."): v for k, v in sd.items()}
-        encoder = _encoder_mmseg(inside)
-        head, arch, head_key = {}, "daformer_mit", ""
-        unused = [k for k in sd if not k.removeprefix("backbone.").startswith("layers.")]
-        if family == "segformer_mmseg":
-            head = _head_mmseg(_split(sd, "decode_head.")[0])
-            arch, head_key = "segformer_mit", "linear_pred.weight"
-            extra["head_dim"], extra["embed"] = int(head["linear_fuse.conv.weight"].shape[0]), "conv"
-            loaded = tuple(f"decode_head.{n}." for n in _MMSEG_HEAD)
-            unused = [k for k in unused if not k.startswith(loaded)]
-        extra["aux_eps"] = 1e-6  # mmsegmentation builds every MiT LayerNorm with eps 1e-6
-    else:
+    """Convert a cleaned state dict of ``family`` into an sfseg :class:`Checkpoint`: the family's split into
+    encoder, head and unused keys, then one strict load."""
+    if family not in _SPLITS:
         raise CheckpointFormatError(f"{where}: not a MiT family: {family!r}")
+    encoder, head, unused, arch, head_key, extra = _SPLITS[family](sd, family, where)
     variant = mit_variant(encoder, where)
     weights = {f"backbone.{k}": v for k, v in encoder.items()} | {
         f"decode_head.{k}": v for k, v in head.items()
@@ -299,17 +335,19 @@ def convert(
         )
     else:
         num_classes = protocol.num_classes
+    names = class_names_for(num_classes, protocol, where)
+    new_head = "decode_head." if not head_key else ""
     return load_converted(
         arch,
         {"variant": variant, **extra},
         weights,
-        class_names_for(num_classes, protocol, where),
+        names,
         IMAGENET,
         where,
         family,
         FAMILIES[family],
         unused,
-        new_head="decode_head." if not head_key else "",
+        new_head=new_head,
     )
 
 

@@ -94,7 +94,8 @@ def _u(rng: np.random.Generator, r: tuple[float, float]) -> float:
 
 
 def generate_scene(rng: np.random.Generator, style: LayoutStyle, height: int, width: int) -> Scene:
-    """Draw one street scene. Deterministic given the generator state."""
+    """Draw one street scene. Deterministic given the generator state (the draws happen in a fixed order:
+    the horizon and road, the facades, the trees, the ground, then the objects far to near)."""
     cv = _Canvas(height, width)
     h, w = height, width
     hz = int(round(h * _u(rng, style.horizon)))
@@ -102,9 +103,15 @@ def generate_scene(rng: np.random.Generator, style: LayoutStyle, height: int, wi
     road_hw = _u(rng, style.road_half_width) * w
     side_w = _u(rng, style.sidewalk_width) * w
     depth = np.clip((cv.yy - hz) / (h - hz), 0, 1)
-    ground = cv.yy >= hz
+    _draw_skyline(cv, rng, style, hz)
+    _draw_ground(cv, rng, style, hz, vx, road_hw, side_w, depth)
+    _draw_objects(cv, rng, style, hz, vx, road_hw, side_w)
+    return Scene(cv.label, cv.inst, cv.inst_class, hz, depth.astype(np.float32))
 
-    # Facades along the skyline.
+
+def _draw_skyline(cv: _Canvas, rng: np.random.Generator, style: LayoutStyle, hz: int) -> None:
+    """Facades along the skyline, then background trees standing on the horizon."""
+    h, w = cv.label.shape
     x = 0.0
     while x < w:
         bw = rng.uniform(0.08, 0.22) * w
@@ -112,14 +119,19 @@ def generate_scene(rng: np.random.Generator, style: LayoutStyle, height: int, wi
             top = hz - _u(rng, style.building_height) * hz
             cv.paint(cv.rect(top, hz + 1, x, x + bw), C["building"])
         x += bw
-
-    # Background trees standing on the horizon.
     for _ in range(rng.integers(style.trees[0], style.trees[1] + 1)):
         r = _u(rng, style.tree_radius) * h
         cx = rng.uniform(0, w)
         cv.paint(cv.ellipse(hz - 0.6 * r, cx, r, r * rng.uniform(0.8, 1.4)), C["vegetation"])
 
-    # Ground plane: road, sidewalks, then terrain or facades down to the street on each side.
+
+def _draw_ground(
+    cv, rng, style: LayoutStyle, hz: int, vx: float, road_hw: float, side_w: float, depth
+) -> None:
+    """The ground plane: terrain or facades down to the street on each side (with a fence, maybe), the
+    sidewalks, then the road."""
+    h = cv.label.shape[0]
+    ground = cv.yy >= hz
     dx = cv.xx - vx
     half = depth * road_hw + 1
     outer = half + depth * side_w + 1
@@ -136,11 +148,14 @@ def generate_scene(rng: np.random.Generator, style: LayoutStyle, height: int, wi
             m = (dx * sign > 0) & (t_edge >= t0) & (t_edge <= t1)
             m &= (cv.yy <= y_edge) & (cv.yy >= y_edge - fence_h) & (np.abs(dx) >= outer - 1)
             cv.paint(m, C["fence"])
-    sidewalk = ground & (np.abs(dx) > half) & (np.abs(dx) <= outer)
-    cv.paint(sidewalk, C["sidewalk"])
+    cv.paint(ground & (np.abs(dx) > half) & (np.abs(dx) <= outer), C["sidewalk"])
     cv.paint(ground & (np.abs(dx) <= half), C["road"])
 
-    # Objects, drawn far to near so that near objects occlude far ones.
+
+def _draw_objects(cv, rng, style: LayoutStyle, hz: int, vx: float, road_hw: float, side_w: float) -> None:
+    """Poles (with a sign or a light), cars and persons, drawn far to near so that near objects occlude
+    far ones."""
+    h, w = cv.label.shape
     objects: list[tuple[float, str]] = []
     objects += [(rng.uniform(0.1, 0.95), "pole") for _ in range(rng.integers(*_incl(style.poles)))]
     objects += [(rng.uniform(0.08, 1.0), "car") for _ in range(rng.integers(*_incl(style.cars)))]
@@ -150,25 +165,15 @@ def generate_scene(rng: np.random.Generator, style: LayoutStyle, height: int, wi
         y = hz + t * (h - hz)
         s = rng.choice((-1, 1))
         if kind == "pole":
-            x = vx + s * (t * road_hw + t * side_w * rng.uniform(0.5, 0.9) + 1)
-            ph = t * style.pole_height * h + 4
-            pw = max(1.0 if style.thin_poles else 2.0, round(style.pole_width[0] + t * style.pole_width[1]))
-            cv.paint(cv.rect(y - ph, y, x, x + pw), C["pole"])
-            if rng.random() < style.sign_p:
-                r = max(2.5, t * style.sign_size * h)
-                cv.paint(cv.rect(y - ph - r, y - ph + r, x + pw / 2 - r, x + pw / 2 + r), C["traffic sign"])
-            elif rng.random() < style.light_p:
-                lw = max(3.0, t * style.light_size * h)
-                cv.paint(cv.rect(y - ph, y - ph + 2.5 * lw, x - s * lw, x - s * lw + lw), C["traffic light"])
+            _draw_pole(
+                cv, rng, style, t, y, vx + s * (t * road_hw + t * side_w * rng.uniform(0.5, 0.9) + 1), s
+            )
         elif kind == "car":
             cw = t * style.car_width * w + 3
             ch = 0.6 * cw
             x = vx + rng.uniform(-0.75, 0.75) * t * road_hw
-            cv.paint(
-                cv.rect(y - 0.55 * ch, y, x - cw / 2, x + cw / 2)
-                | cv.rect(y - ch, y - 0.5 * ch, x - 0.33 * cw, x + 0.33 * cw),
-                C["car"],
-            )
+            body = cv.rect(y - 0.55 * ch, y, x - cw / 2, x + cw / 2)
+            cv.paint(body | cv.rect(y - ch, y - 0.5 * ch, x - 0.33 * cw, x + 0.33 * cw), C["car"])
         else:
             x = vx + s * (t * road_hw + t * side_w * rng.uniform(0.2, 0.8) + 1)
             hh = t * style.person_height * h + 3
@@ -176,7 +181,19 @@ def generate_scene(rng: np.random.Generator, style: LayoutStyle, height: int, wi
             head = cv.ellipse(y - 0.9 * hh, x, 0.1 * hh + 0.4, 0.1 * hh + 0.4)
             cv.paint(body | head, C["person"])
 
-    return Scene(cv.label, cv.inst, cv.inst_class, hz, depth.astype(np.float32))
+
+def _draw_pole(cv, rng, style: LayoutStyle, t: float, y: float, x: float, s: int) -> None:
+    """A pole at depth ``t`` standing at ``(x, y)``, with a traffic sign or, failing that, maybe a light."""
+    h = cv.label.shape[0]
+    ph = t * style.pole_height * h + 4
+    pw = max(1.0 if style.thin_poles else 2.0, round(style.pole_width[0] + t * style.pole_width[1]))
+    cv.paint(cv.rect(y - ph, y, x, x + pw), C["pole"])
+    if rng.random() < style.sign_p:
+        r = max(2.5, t * style.sign_size * h)
+        cv.paint(cv.rect(y - ph - r, y - ph + r, x + pw / 2 - r, x + pw / 2 + r), C["traffic sign"])
+    elif rng.random() < style.light_p:
+        lw = max(3.0, t * style.light_size * h)
+        cv.paint(cv.rect(y - ph, y - ph + 2.5 * lw, x - s * lw, x - s * lw + lw), C["traffic light"])
 
 
 def _incl(r: tuple[int, int]) -> tuple[int, int]:

@@ -97,9 +97,6 @@ class ConfusionMatrix:
         lut[IGNORE_INDEX] = self.num_classes
         return lut
 
-    def merge(self, other: ConfusionMatrix) -> None:
-        self._counts = self._counts + other._counts.to(self._counts.device)
-
     def reduce_from_all_processes(self, all_reduce_sum) -> None:
         """Sum the matrix over ``torchrun`` ranks with ``all_reduce_sum`` (the identity in one process)."""
         self._counts = all_reduce_sum(self._counts)

@@ -21,7 +21,8 @@ from sfseg.data.classes import TOYCITY
 from sfseg.data.toycity import ToyCitySpec, generate, is_generated
 from sfseg.data.toycity.dataset import check_toycity_root
 from sfseg.engine.experiments.jobs import Job, run_jobs
-from sfseg.engine.reporting.report import per_class_table, plot_per_class, share_table, trajectory_table
+from sfseg.engine.reporting.report import per_class_table, plot_per_class, trajectory_table
+from sfseg.engine.reporting.studies import share_table, suite_report
 from sfseg.engine.runtime.rundir import RunDir
 from sfseg.engine.training.recipe import AdaptConfig, SourceConfig, config_dir, recipe_path
 from sfseg.engine.training.resume import describe_differences, read_state
@@ -279,8 +280,6 @@ def run_suite(
     ``<out>/<variant>-w<world>/`` and the suite summary (``<out>/suite.md``, ``suite.json``). Source
     models are cached in ``<source_dir>/sources-w<world>/`` (default ``source_dir``: ``out``), so several
     suites can share them."""
-    from sfseg.engine.reporting.report import suite_tables
-
     configs = config_dir(recipes)
     out = Path(out)
     overrides = list(overrides or [])
@@ -312,7 +311,7 @@ def run_suite(
         runs = {m: [done[k[(m, s)]] for s in seeds] for m in methods}
         write_world_report(out / name, runs, seeds, f"ToyCity {name}")
         per_world[name] = runs
-    summary = suite_tables(per_world, methods, TOYCITY)
+    summary = suite_report(per_world, methods, TOYCITY)
     atomic_write_text(out / "suite.json", json.dumps({"seeds": seeds, "worlds": per_world}, indent=1))
     atomic_write_text(out / "suite.md", summary)
     print(summary)

@@ -25,6 +25,7 @@ from sfseg.engine.evaluation.evaluate import evaluate
 from sfseg.engine.evaluation.inference import Inference
 from sfseg.engine.experiments.bench import ensure_world, source_config, train_or_reuse_source, world_root
 from sfseg.engine.experiments.jobs import Job, run_jobs
+from sfseg.engine.reporting.studies import format_mean_std
 from sfseg.engine.runtime.loading import sharded_loader
 from sfseg.engine.training.labelling import class_shares
 from sfseg.engine.training.recipe import config_dir
@@ -146,35 +147,31 @@ def calibrate(
     return numbers
 
 
-def _ms(v: list[float]) -> str:
-    return f"{np.mean(v):.1f} ± {np.std(v, ddof=1):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
-
-
 def contract(w: dict, variant: str) -> list[tuple[str, str, str, bool | None]]:
     """(measure, value, target, met) rows of one world."""
     rows = [
         (
             "source model on source val",
-            _ms(w["source_on_source_val"]),
+            format_mean_std(w["source_on_source_val"]),
             ">= 85",
             min(w["source_on_source_val"]) >= 85,
         ),
         (
             "oracle on target val",
-            _ms(w["oracle_on_target_val"]),
+            format_mean_std(w["oracle_on_target_val"]),
             ">= 75",
             min(w["oracle_on_target_val"]) >= 75,
         ),
         (
             "source-only on target val",
-            _ms(w["source_only_on_target_val"]),
+            format_mean_std(w["source_only_on_target_val"]),
             "25 .. 55",
             all(25 <= s <= 55 for s in w["source_only_on_target_val"]),
         ),
-        ("AdaBN on target val", _ms(w["adabn_on_target_val"]), "", None),
+        ("AdaBN on target val", format_mean_std(w["adabn_on_target_val"]), "", None),
         (
             "gap closed by AdaBN (%)",
-            _ms(w["adabn_gap_closed_pct"]),
+            format_mean_std(w["adabn_gap_closed_pct"]),
             "<= 40",
             max(w["adabn_gap_closed_pct"]) <= 40,
         ),

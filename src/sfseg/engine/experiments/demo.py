@@ -97,6 +97,13 @@ def run_demo(
         jobs=jobs,
     )
     phases.append(("adaptation runs", time.time() - t, f"{len(methods)} methods, {jobs} at a time"))
+    _show(res, methods, spec, out, phases)
+    print(f"Demo finished in {time.time() - t0:.0f} s")
+    return res
+
+
+def _show(res: dict, methods: list[str], spec: ToyCitySpec, out: Path, phases: list) -> None:
+    """The demo's figures, per-class table, winner-takes-all lines and time per phase."""
     figures = [out / "per_class_iou.png"]
     for m in methods:
         stats = res["runs"][m][0]["round_stats"]
@@ -140,5 +147,3 @@ def run_demo(
         if name == "adaptation runs":
             for m in methods:
                 print(f"    {m:<18} {res['runs'][m][0]['seconds']:6.1f} s")
-    print(f"Demo finished in {time.time() - t0:.0f} s")
-    return res

@@ -127,63 +127,87 @@ def _labels(runs: list[dict]) -> list[str]:
 
 
 def write_report(run_dirs: list[Path], out: Path, title: str = "sfseg runs") -> Path:
+    """Write one self-contained HTML page comparing ``run_dirs``; every run is read (and checked) before
+    anything is written, and the page may not overwrite any of the runs' files."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     check_outputs(
         [Place("--out", Path(out))],
         [Place(f"run {r}", p) for r in run_dirs for p in RunDir(r).input_files()],
     )
-    runs = [load_run(r) for r in run_dirs]  # every run is read (and checked) before anything is written
+    runs = [load_run(r) for r in run_dirs]
     labels = _labels(runs)
     protocol = _protocol(runs[0])
-    parts = [f"<h1>{html.escape(title)}</h1>"]
-    parts.append(
-        f'<p class="note">{len(runs)} run(s): ' + ", ".join(html.escape(str(r["dir"])) for r in runs)
+    listing = ", ".join(html.escape(str(r["dir"])) for r in runs)
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="note">{len(runs)} run(s): {listing}. Scores are on the target val split after each '
+        "run's last round; a validator's choice, where a recipe asked for one, is listed beside it (chosen "
+        "without target labels).</p>",
+    ]
+    finals = {lab: r["evals"][-1] for lab, r in zip(labels, runs) if r["evals"]}
+    parts += _summary_section(labels, runs)
+    parts += _per_class_section(finals, protocol)
+    parts += _miou_section(labels, runs)
+    parts += _shares_section(labels, runs, protocol)
+    parts += _diagnostics_section(labels, runs, protocol)
+    parts += _grids_section(labels, runs)
+    page = (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>'
+        f"{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+        + "\n".join(parts)
+        + "</body></html>"
     )
-    parts.append(
-        ". Scores are on the target val split after each run's last round; a validator's choice, where a "
-        "recipe asked for one, is listed beside it (chosen without target labels).</p>"
-    )
-    # Summary table.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, page)
+    return out
+
+
+def _number(v) -> str:
+    return f"{v:.1f}" if isinstance(v, int | float) else "-"
+
+
+def _summary_section(labels: list[str], runs: list[dict]) -> list[str]:
     rows = [
         "| run | final mIoU | majority | minority | rounds | selected round (validator) | seconds |",
         "|---|---:|---:|---:|---:|---|---:|",
     ]
-    finals = {}
     for lab, r in zip(labels, runs):
-        final = r["evals"][-1] if r["evals"] else None
-        if final:
-            finals[lab] = final
+        final = r["evals"][-1] if r["evals"] else {}
         sel = r["selected"]
         sel_text = f"{sel['round']} ({sel['validator']})" if sel else "-"
         secs = r["summary"]["seconds"] if r["summary"] else "-"
-        fmt = lambda v: f"{v:.1f}" if isinstance(v, int | float) else "-"  # noqa: E731
         rounds = sum(1 for e in r["evals"] if e["phase"] == "round")
-        rows.append(
-            f"| {lab} | {fmt(final and final['miou'])} | {fmt(final and final.get('majority_miou'))} | "
-            f"{fmt(final and final.get('minority_miou'))} | {rounds} | {sel_text} | {secs} |"
-        )
-    parts += ["<h2>Summary</h2>", markdown_table_to_html("\n".join(rows))]
-    if finals:
-        parts += ["<h2>Per-class IoU</h2>", markdown_table_to_html(per_class_table(finals, protocol))]
-        classes = list(next(iter(finals.values()))["per_class"])
-        fig, ax = plt.subplots(figsize=(max(8, 0.8 * len(classes)), 3.8))
-        x = np.arange(len(classes))
-        width = 0.85 / len(finals)
-        for i, (lab, res) in enumerate(finals.items()):
-            vals = [np.nan if res["per_class"][c] is None else res["per_class"][c] for c in classes]
-            ax.bar(x + (i - (len(finals) - 1) / 2) * width, vals, width, label=lab)
-        ax.set_xticks(x, classes, rotation=35, ha="right")
-        ax.set_ylabel("IoU (%)")
-        ax.set_ylim(0, 100)
-        ax.legend(fontsize=8, ncol=min(4, len(finals)))
-        ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        parts.append(_img_tag(_png(fig), "per-class IoU"))
-    # mIoU per round.
+        scores = " | ".join(_number(final.get(k)) for k in ("miou", "majority_miou", "minority_miou"))
+        rows.append(f"| {lab} | {scores} | {rounds} | {sel_text} | {secs} |")
+    return ["<h2>Summary</h2>", markdown_table_to_html("\n".join(rows))]
+
+
+def _per_class_section(finals: dict[str, dict], protocol: ClassProtocol) -> list[str]:
+    if not finals:
+        return []
+    import matplotlib.pyplot as plt
+
+    classes = list(next(iter(finals.values()))["per_class"])
+    fig, ax = plt.subplots(figsize=(max(8, 0.8 * len(classes)), 3.8))
+    x, width = np.arange(len(classes)), 0.85 / len(finals)
+    for i, (lab, res) in enumerate(finals.items()):
+        vals = [np.nan if res["per_class"][c] is None else res["per_class"][c] for c in classes]
+        ax.bar(x + (i - (len(finals) - 1) / 2) * width, vals, width, label=lab)
+    ax.set_xticks(x, classes, rotation=35, ha="right")
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8, ncol=min(4, len(finals)))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    table = markdown_table_to_html(per_class_table(finals, protocol))
+    return ["<h2>Per-class IoU</h2>", table, _img_tag(_png(fig), "per-class IoU")]
+
+
+def _miou_section(labels: list[str], runs: list[dict]) -> list[str]:
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 3.4))
     for lab, r in zip(labels, runs):
         ys = [e["miou"] for e in r["evals"]]
@@ -194,14 +218,18 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "sfseg runs") -> 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    parts += ["<h2>Target-val mIoU per round</h2>", _img_tag(_png(fig), "mIoU per round")]
-    # Shares per round.
-    parts.append("<h2>Class shares per round</h2>")
-    parts.append(
+    return ["<h2>Target-val mIoU per round</h2>", _img_tag(_png(fig), "mIoU per round")]
+
+
+def _shares_section(labels: list[str], runs: list[dict], protocol: ClassProtocol) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    parts = [
+        "<h2>Class shares per round</h2>",
         '<p class="note">Each class\'s share of the pseudo-labels (or of the predictions, for methods '
         "without pseudo-labels), per round; dashed lines are minority classes. A line falling to zero is a "
-        'class being swallowed (winner-takes-all).</p><div class="grid">'
-    )
+        'class being swallowed (winner-takes-all).</p><div class="grid">',
+    ]
     legend_drawn = False
     for lab, r in zip(labels, runs):
         if not r["pseudo_labels"]:
@@ -209,8 +237,15 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "sfseg runs") -> 
         fig, ax = plt.subplots(figsize=(5.5, 3.4))
         for c, n in enumerate(protocol.names):
             ys = [100 * s.get("pl_share", s["pred_share"])[n] for s in r["pseudo_labels"]]
-            ax.plot(range(len(ys)), ys, marker="o", color=np.array(protocol.colors[c]) / 255,
-                    linestyle="-" if c in protocol.majority else "--", label=n)  # fmt: skip
+            style = "-" if c in protocol.majority else "--"
+            ax.plot(
+                range(len(ys)),
+                ys,
+                marker="o",
+                color=np.array(protocol.colors[c]) / 255,
+                linestyle=style,
+                label=n,
+            )
         ax.set_yscale("log")
         ax.set_xlabel("round")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -223,43 +258,41 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "sfseg runs") -> 
             legend_drawn = True
         fig.tight_layout()
         parts.append(f"<figure>{_img_tag(_png(fig), lab)}</figure>")
-    parts.append("</div>")
-    # Pseudo-label diagnostics (runs whose split had labels).
+    return [*parts, "</div>"]
+
+
+def _diagnostics_section(labels: list[str], runs: list[dict], protocol: ClassProtocol) -> list[str]:
+    """Pseudo-label diagnostics, for the runs whose split had labels."""
     diagnosed = [(lab, r) for lab, r in zip(labels, runs) if has_diagnostics(r["pseudo_labels"])]
-    if diagnosed:
-        parts.append("<h2>Pseudo-label quality</h2>")
-        parts.append(
-            '<p class="note">Measured against the target train labels, which no method ever trains on: '
-            "each class's share of the pseudo-labels against its true share (blue: the class is being "
-            "swallowed; red: it swallows others), the pseudo-labels' accuracy and recall per class, and how "
-            'often a complementary label ("not this class") is wrong. For seeing why a recipe wins or '
-            "collapses; never used to choose anything.</p>"
-        )
-        for lab, r in diagnosed:
-            fig = pl_diagnostics_figure(r["pseudo_labels"], protocol, lab)
-            parts.append(f"<figure>{_img_tag(_png(fig), f'{lab}: pseudo-label quality')}</figure>")
-    # Grids.
-    parts.append("<h2>Predictions</h2>")
-    parts.append(
+    if not diagnosed:
+        return []
+    parts = [
+        "<h2>Pseudo-label quality</h2>",
+        '<p class="note">Measured against the target train labels, which no method ever trains on: each '
+        "class's share of the pseudo-labels against its true share (blue: the class is being swallowed; red: "
+        "it swallows others), the pseudo-labels' accuracy and recall per class, and how often a "
+        'complementary label ("not this class") is wrong. For seeing why a recipe wins or collapses; never '
+        "used to choose anything.</p>",
+    ]
+    for lab, r in diagnosed:
+        fig = pl_diagnostics_figure(r["pseudo_labels"], protocol, lab)
+        parts.append(f"<figure>{_img_tag(_png(fig), f'{lab}: pseudo-label quality')}</figure>")
+    return parts
+
+
+def _grids_section(labels: list[str], runs: list[dict]) -> list[str]:
+    parts = [
+        "<h2>Predictions</h2>",
         '<p class="note">Per round, fixed target train images: image | pseudo-label | prediction | ground '
-        "truth (where the split has labels; for looking only). Black: no pseudo-label.</p>"
-    )
+        "truth (where the split has labels; for looking only). Black: no pseudo-label.</p>",
+    ]
     for lab, r in zip(labels, runs):
         if not r["figures"]:
             continue
         parts.append(f'<h3>{html.escape(lab)}</h3><div class="grid">')
         for f in r["figures"]:
-            parts.append(
-                f"<figure><figcaption>{html.escape(f.stem.replace('_', ' '))}</figcaption>"
-                f"{_img_tag(_file_b64(f, r['dir']), f.stem)}</figure>"
-            )
+            caption = html.escape(f.stem.replace("_", " "))
+            image = _img_tag(_file_b64(f, r["dir"]), f.stem)
+            parts.append(f"<figure><figcaption>{caption}</figcaption>{image}</figure>")
         parts.append("</div>")
-    page = (
-        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>'
-        f"{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-        + "\n".join(parts)
-        + "</body></html>"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, page)
-    return out
+    return parts

@@ -7,17 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from sfseg.data.classes import ClassProtocol
+from sfseg.engine.reporting.studies import format_mean_std
 
 ROWS_HEAD = (("mIoU", "miou"), ("majority mIoU", "majority_miou"), ("minority mIoU", "minority_miou"))
-
-
-def _fmt(values: list[float | None]) -> str:
-    v = np.array([np.nan if x is None else x for x in values], dtype=float)
-    if np.isnan(v).all():
-        return "-"
-    if len(v) == 1:
-        return f"{v[0]:.1f}"
-    return f"{np.nanmean(v):.1f} ± {np.nanstd(v, ddof=1) if np.isfinite(v).sum() > 1 else 0.0:.1f}"
 
 
 def per_class_table(results: dict[str, dict | list[dict]], protocol: ClassProtocol | None = None) -> str:
@@ -40,13 +32,15 @@ def per_class_table(results: dict[str, dict | list[dict]], protocol: ClassProtoc
     for title, key in ROWS_HEAD + subsets:
         if key in first:
             lines.append(
-                f"| **{title}** | " + " | ".join(_fmt([r[key] for r in rs]) for rs in runs.values()) + " |"
+                f"| **{title}** | "
+                + " | ".join(format_mean_std([r[key] for r in rs]) for rs in runs.values())
+                + " |"
             )
     for c in classes:
         tag = " (maj.)" if c in majority else ""
         lines.append(
             f"| {c}{tag} | "
-            + " | ".join(_fmt([r["per_class"][c] for r in rs]) for rs in runs.values())
+            + " | ".join(format_mean_std([r["per_class"][c] for r in rs]) for rs in runs.values())
             + " |"
         )
     return "\n".join(lines)
@@ -224,72 +218,3 @@ def trajectory_table(runs: dict[str, list[dict]]) -> str:
             cells.append(f"{np.mean(vals):.1f}" if vals else "")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def share_table(runs: dict[str, list[dict]], protocol: ClassProtocol) -> str:
-    """The winner-takes-all view, label-free: minority classes' share of the target-train predictions
-    of the starting model (the source model; for a two-stage method, its first stage's model) and of the
-    adapted model, and the classes flagged as collapsed (per seed)."""
-    minority = [protocol.names[i] for i in protocol.minority]
-    lines = [
-        "| method | minority share at start (%) | after (%) | collapsed classes (per seed) |",
-        "|---|---:|---:|---|",
-    ]
-    for m, rs in runs.items():
-        if not rs[0].get("final_shares"):
-            continue
-        before = [100 * sum(r["round_stats"][0]["pred_share"][n] for n in minority) for r in rs]
-        after = [100 * sum(r["final_shares"]["pred_share"][n] for n in minority) for r in rs]
-        flagged = "; ".join(", ".join(r["final_shares"]["collapsed"]) or "none" for r in rs)
-        lines.append(f"| {m} | {_fmt(before)} | {_fmt(after)} | {flagged} |")
-    return "\n".join(lines)
-
-
-def _mean_std(v: list[float]) -> tuple[float, float]:
-    a = np.asarray([x for x in v if x is not None], dtype=float)
-    if not len(a):
-        return float("nan"), float("nan")
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
-
-
-def suite_tables(
-    per_world: dict[str, dict[str, list[dict]]], methods: list[str], protocol: ClassProtocol
-) -> str:
-    """The suite summary: per world, each method's target-val mIoU, majority and minority mIoU (mean ± std
-    over seeds); across worlds, each method's mean rank (1 = best mIoU in a world) and wins; and the
-    winner-takes-all view (minority classes' share of the predictions before and after) per world.
-
-    Args:
-        per_world: ``{world name: {method: [run summary per seed]}}``.
-    """
-    worlds = list(per_world)
-    lines = ["### Target-val mIoU (mean ± std over seeds)", ""]
-    lines.append("| method | " + " | ".join(worlds) + " | mean rank | wins |")
-    lines.append("|---|" + "---:|" * (len(worlds) + 2))
-    means = {
-        w: {m: _mean_std([r["final"]["miou"] for r in per_world[w][m]])[0] for m in methods} for w in worlds
-    }
-    ranks = {m: [] for m in methods}
-    wins = dict.fromkeys(methods, 0)
-    for w in worlds:
-        order = sorted(methods, key=lambda m: -means[w][m])
-        for i, m in enumerate(order):
-            ranks[m].append(i + 1)
-        wins[order[0]] += 1
-    for m in methods:
-        cells = []
-        for w in worlds:
-            mu, sd = _mean_std([r["final"]["miou"] for r in per_world[w][m]])
-            best = means[w][m] == max(means[w].values())
-            cells.append(f"**{mu:.1f} ± {sd:.1f}**" if best else f"{mu:.1f} ± {sd:.1f}")
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(ranks[m]):.1f} | {wins[m]} |")
-    for key, title in (("minority_miou", "Minority mIoU"), ("majority_miou", "Majority mIoU")):
-        lines += ["", f"### {title} (mean ± std over seeds)", ""]
-        lines.append("| method | " + " | ".join(worlds) + " |")
-        lines.append("|---|" + "---:|" * len(worlds))
-        for m in methods:
-            cells = [_fmt([r["final"][key] for r in per_world[w][m]]) for w in worlds]
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    for w in worlds:
-        lines += ["", f"### Winner-takes-all view: {w}", "", share_table(per_world[w], protocol)]
-    return "\n".join(lines) + "\n"
