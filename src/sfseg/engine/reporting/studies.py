@@ -207,7 +207,7 @@ def suite_report(runs: Runs, methods: list[str], protocol: ClassProtocol = TOYCI
         class_table(runs, worlds, methods, majority),
     ]
     for w in worlds:
-        parts += [f"Winner-takes-all view, {w}:", share_table({m: runs[w][m] for m in methods}, protocol)]
+        parts += [f"### Winner-takes-all view: {w}", share_table({m: runs[w][m] for m in methods}, protocol)]
     if any("source_only" in runs[w] for w in worlds):
         parts += [
             "Distance to the limit: the share of the source-only -> oracle gap closed (seed means), the mean "
