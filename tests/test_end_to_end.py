@@ -151,11 +151,12 @@ def test_bench_reuses_the_first_stage_of_a_two_stage_method(tiny_toycity, tmp_pa
 
 def test_suite_runs_every_variant_and_writes_the_summary(tmp_path):
     from sfseg.engine.experiments.bench import run_suite
+    from sfseg.models import load_checkpoint
 
     per_world = run_suite(
         ["materials", "fog"],
         [1],
-        ["source_only", "ld"],
+        ["source_only", "ld", "oracle"],
         [0],
         tmp_path / "suite",
         data_dir=tmp_path / "data",
@@ -171,6 +172,17 @@ def test_suite_runs_every_variant_and_writes_the_summary(tmp_path):
     text = (tmp_path / "suite" / "suite.md").read_text()
     assert "mean rank" in text and "Winner-takes-all view: fog-w1" in text and "| ld |" in text
     assert (tmp_path / "suite" / "fog-w1" / "results.md").is_file()
+    # The oracle: per (variant, world, seed), trained on the target labels, scored on the target val split.
+    oracle = per_world["fog-w1"]["oracle"][0]
+    assert (tmp_path / "suite" / "fog-w1" / "oracle" / "oracle_seed0.pt").is_file()
+    prov = load_checkpoint(oracle["checkpoint"]).provenance
+    assert prov["recipe"]["data"]["train_split"] == "train"
+    assert prov["target_val_miou"] == oracle["final"]["miou"]
+    assert "*oracle mIoU*" in text and "| oracle |" not in text.split("Distance to the limit")[0]
+    oracle = per_world["materials-w1"]["oracle"][0]  # the first column of the limit table
+    ld, so = (per_world["materials-w1"][m][0]["final"]["miou"] for m in ("ld", "source_only"))
+    assert oracle["final"]["miou"] > so  # (deterministic: the tiny world's oracle beats its source model)
+    assert f"| ld | {100 * (ld - so) / (oracle['final']['miou'] - so):.0f} % |" in text
 
 
 def test_the_shipped_demo_source_model_is_current():

@@ -25,7 +25,7 @@ def test_total_loss_is_the_weighted_sum_of_the_parts():
     pseudo = torch.randint(0, 5, (2, 4, 4), generator=g)
     pseudo[:, :2] = 255
     cfg = MethodConfig(
-        losses=sorted(LOSS_PARTS),
+        losses=sorted(set(LOSS_PARTS) - {"masked_consistency"}),
         loss_weights={"positive": 2.0, "negative": 0.5},
         teacher=TeacherConfig(ema=True),
     )
@@ -47,11 +47,34 @@ def test_total_loss_is_the_weighted_sum_of_the_parts():
         "diversity": L.diversity_loss(probs),
         "teacher_ce": L.confidence_weighted_ce(logits, t_label, t_conf, 0.97),
     }
-    assert set(expected) == set(LOSS_PARTS)
+    assert set(expected) == set(LOSS_PARTS) - {"masked_consistency"}
     for k, v in expected.items():
         assert values[k] == pytest.approx(v.item(), rel=1e-6)
     weights = {"positive": 2.0, "negative": 0.5}
     assert total.item() == pytest.approx(sum(weights.get(k, 1.0) * v.item() for k, v in expected.items()))
+
+
+def test_masked_consistency_runs_the_student_on_patch_masked_images():
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(2, 3, 10, 12, generator=g)
+    conv = torch.nn.Conv2d(3, 4, 1)
+    t_label = torch.randint(0, 4, (2, 10, 12), generator=g)
+    t_conf = torch.rand(2, 10, 12, generator=g)
+    cfg = MethodConfig(
+        losses=["masked_consistency"], teacher=TeacherConfig(ema=True, mask_ratio=0.5, mask_block=4)
+    )
+    ((_, part),) = build_loss_parts(cfg, 4)
+    inputs = StepInputs(conv(images), None, torch.Generator().manual_seed(3), t_label, t_conf, images, conv)
+    value = part(inputs)
+    # The reference: a 3 x 3 grid of 4-pixel blocks per image, each hidden with probability 0.5.
+    keep = torch.rand(2, 1, 3, 3, generator=torch.Generator().manual_seed(3)) >= 0.5
+    mask = keep.repeat_interleave(4, 2).repeat_interleave(4, 3)[:, :, :10, :12].float()
+    assert 0 < mask.mean() < 1
+    ce = torch.nn.functional.cross_entropy(conv(images * mask), t_label, reduction="none").mean((1, 2))
+    quality = (t_conf >= cfg.teacher.confidence_threshold).float().mean((1, 2))
+    assert value.item() == pytest.approx((quality * ce).mean().item(), rel=1e-6)
+    value.backward()
+    assert conv.weight.grad is not None
 
 
 def test_tent_trains_only_batchnorm_affine_parameters():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from sfseg import IGNORE_INDEX
+from sfseg.adapt.config import PseudoLabelConfig
 from sfseg.adapt.pseudo_labels import (
     MAX_SCORE,
     ConfidenceHistogram,
@@ -55,6 +56,32 @@ def test_histogram_thresholds_match_exact_sort_within_one_bin(alpha, bins):
         assert torch.all(mine | ~ref), "histogram selection must contain the exact selection"
         extra = score[mine & ~ref].double()
         assert torch.all(extra >= got[c]) and torch.all(extra < exact[c])
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.05, 0.2])
+def test_class_floor_raises_the_rare_classes_alpha_to_their_share(floor):
+    from sfseg.adapt.pseudo_labels import ClassBalancedLabeller
+
+    g = torch.Generator().manual_seed(4)
+    pred = torch.multinomial(torch.tensor([0.7, 0.25, 0.04, 0.01]), 40000, True, generator=g)
+    score = torch.rand(40000, generator=g) * 10
+    labeller = ClassBalancedLabeller(PseudoLabelConfig(class_floor=floor), 4, alpha=0.2)
+    labeller.observe(score, pred)
+    n = torch.bincount(pred, minlength=4).double()
+    # Brute force: class c keeps max(alpha, floor * alpha * N / N_c), at most all of it.
+    want = [min(1.0, max(0.2, floor * 0.2 * n.sum().item() / n[c].item())) for c in range(4)]
+    assert labeller.class_alphas.tolist() == pytest.approx(want)
+    thr = labeller.thresholds.double()
+    for c in range(4):
+        exact = exact_thresholds(score, pred, 4, want[c])[c]
+        assert exact - MAX_SCORE / 65536 - 1e-9 < thr[c] <= exact + 1e-9
+        kept = ((pred == c) & (score >= thr[c])).sum().item()
+        assert kept >= math.ceil(want[c] * n[c].item())
+    kept = torch.stack([((pred == c) & (score >= thr[c])).sum() for c in range(4)]).double()
+    # Every class keeps at least floor * alpha * N pixels (all of its own if it has fewer) ...
+    assert torch.all(kept >= torch.minimum(n, torch.full_like(n, floor * 0.2 * n.sum().item())))
+    if not floor:
+        assert (kept / n).tolist() == pytest.approx([0.2] * 4, abs=5e-3)  # ... the paper's rule at 0
 
 
 def test_exact_threshold_keeps_ceil_alpha_n():

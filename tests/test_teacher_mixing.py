@@ -41,6 +41,21 @@ def test_class_mix_masks_take_exactly_half_the_classes_of_each_image():
     assert not masks[1].any()  # one class: floor(1 / 2) = 0
 
 
+def test_rare_class_mix_favours_the_small_classes_of_each_image():
+    labels = torch.zeros(1, 20, 20, dtype=torch.long)
+    labels[0, :2, :2] = 1  # 4 pixels
+    labels[0, 10:, :] = 2  # 200 pixels
+    g = torch.Generator().manual_seed(0)
+    uniform = sum(bool(class_mix_masks(labels, g)[0, 0, 0]) for _ in range(400))
+    rare = sum(bool(class_mix_masks(labels, g, rare_power=0.5)[0, 0, 0]) for _ in range(400))
+    # One class of three is pasted: class 1 with probability 1/3 uniformly; with weights
+    # pixels ** -0.5 = (1/14, 1/2, 1/sqrt(200)) it is 0.5 / (1/14 + 0.5 + 1/sqrt(200)) = 0.78.
+    assert abs(uniform / 400 - 1 / 3) < 0.08
+    assert abs(rare / 400 - 0.5 / (1 / 14 + 0.5 + 200**-0.5)) < 0.08
+    masks = class_mix_masks(labels, g, rare_power=0.5)
+    assert labels[0][masks[0]].unique().numel() == 1  # still half the classes, whole classes
+
+
 def test_class_mix_pastes_image_i_onto_image_i_plus_one_consistently():
     b, h, w = 3, 4, 4
     images = torch.arange(b, dtype=torch.float).view(b, 1, 1, 1).expand(b, 3, h, w).clone()

@@ -32,6 +32,10 @@ class PseudoLabelConfig:
             score, with ``>=``) or ``released`` (the released code: ``k = int(alpha * N)``, float32
             confidences compared with ``>``; see docs/method-notes.md).
         bins: histogram bins for the intra-class thresholds (threshold error <= one bin width).
+        class_floor: each class keeps, by the intra-class thresholds, at least ``class_floor * alpha * N``
+            pixels (N: all pixels; all of the class if it has fewer): its ``alpha`` is raised to
+            ``class_floor * alpha * N / N_c`` (at most 1), a floor under the rare classes' share of the
+            pseudo-labels (0 = off: the paper's rule).
     """
 
     kind: str = "class_balanced"
@@ -42,6 +46,7 @@ class PseudoLabelConfig:
     channel_test: Literal["argmax", "any"] = "argmax"
     rank_rule: Literal["sfseg", "released"] = "sfseg"
     bins: int = 65536
+    class_floor: float = 0.0
 
     def check(self) -> None:
         if self.kind != "none":
@@ -50,6 +55,7 @@ class PseudoLabelConfig:
         require(0 <= self.alpha_step <= 1, "alpha_step", f"must be in [0, 1], got {self.alpha_step}")
         require(0 <= self.threshold <= 1, "threshold", f"must be in [0, 1], got {self.threshold}")
         in_range(self.bins, 16, 2**20, "bins")
+        in_range(self.class_floor, 0.0, 1.0, "class_floor")
 
 
 @dataclass
@@ -63,15 +69,21 @@ class TeacherConfig:
         confidence_threshold: ``teacher_ce`` weights each image by its share of pixels at or above this.
         loss_mean: how ``teacher_ce`` averages: ``positive`` (over pixels whose loss is > 0, as the
             released code's ``loss[loss > 0].mean()``) or ``labelled`` (over every labelled pixel).
+        mask_ratio, mask_block: the ``masked_consistency`` part (MIC): the share of ``mask_block`` x
+            ``mask_block`` patches hidden from the student (MIC: 0.7 of 64-pixel patches at 1024 x 512).
     """
 
     ema: bool = False
     max_decay: float = 0.99
     confidence_threshold: float = 0.97
     loss_mean: Literal["positive", "labelled"] = "positive"
+    mask_ratio: float = 0.7
+    mask_block: int = 8
 
     def check(self) -> None:
         require(0 <= self.max_decay < 1, "max_decay", f"must be in [0, 1), got {self.max_decay}")
+        require(0 <= self.mask_ratio < 1, "mask_ratio", f"must be in [0, 1), got {self.mask_ratio}")
+        in_range(self.mask_block, 1, 1024, "mask_block")
         require(
             0 <= self.confidence_threshold <= 1,
             "confidence_threshold",

@@ -194,3 +194,32 @@ def confidence_weighted_ce(
     if not counted.any():
         return logits.sum() * 0.0
     return (ce * weight.view(-1, 1, 1))[counted].mean()
+
+
+def patch_mask(shape: tuple[int, ...], block: int, ratio: float, generator: torch.Generator | None, device):
+    """MIC's random patch mask: each ``block x block`` patch is kept with probability ``1 - ratio``.
+
+    Shape:
+        shape (B, C, H, W) of the images -> (B, 1, H, W) float, 1 = kept.
+    """
+    b, _, h, w = shape
+    keep = torch.rand(b, 1, -(-h // block), -(-w // block), generator=generator) >= ratio
+    keep = keep.repeat_interleave(block, 2).repeat_interleave(block, 3)[:, :, :h, :w]
+    return keep.to(device=device, dtype=torch.float32)
+
+
+def masked_consistency(
+    masked_logits: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """MIC's loss: cross-entropy of the student on the masked images against the teacher's labels of the
+    whole images, each image weighted by its share of teacher pixels at least ``threshold`` confident.
+
+    Hoyer et al., "MIC: Masked Image Consistency for Context-Enhanced Domain Adaptation", CVPR 2023. It
+    needs only target images and a teacher, so it is source-free.
+
+    Shape:
+        masked_logits (B, C, H, W), labels and confidence (B, H, W) -> scalar.
+    """
+    quality = (confidence >= threshold).float().mean((1, 2))
+    ce = F.cross_entropy(masked_logits, labels.long(), ignore_index=IGNORE_INDEX, reduction="none")
+    return (quality * ce.mean((1, 2))).mean()

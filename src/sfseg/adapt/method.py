@@ -218,8 +218,11 @@ class SelfTraining(Method):
             mixed = self.mix(t_label if t_label is not None else pseudo, generator, x, *maps)
             x, rest = mixed[0], iter(mixed[1:])
             pseudo, t_label, t_conf = (None if t is None else next(rest) for t in (pseudo, t_label, t_conf))
-        logits = upsample_logits(forward(x), x.shape[-2:], self.align_corners)
-        return StepInputs(logits, pseudo, generator, teacher_labels=t_label, teacher_confidence=t_conf)
+
+        def student(images: torch.Tensor) -> torch.Tensor:
+            return upsample_logits(forward(images), images.shape[-2:], self.align_corners)
+
+        return StepInputs(student(x), pseudo, generator, t_label, t_conf, images=x, student=student)
 
     def loss(self, forward, x, pseudo, generator, step):
         return total_loss(self.parts, self.inputs(forward, x, pseudo, generator))

@@ -20,20 +20,30 @@ from sfseg.registry import MIXINGS
 ``labels`` (B, H, W) chooses what is pasted and every per-pixel tensor is mixed the same way."""
 
 
-def class_mix_masks(labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per image, the pixels of a random half of its classes.
+def class_mix_masks(
+    labels: torch.Tensor, generator: torch.Generator | None = None, rare_power: float = 0.0
+) -> torch.Tensor:
+    """Per image, the pixels of a random half of its classes: drawn uniformly, or (``rare_power`` > 0)
+    without replacement with weights ``(pixels of the class in the image) ** -rare_power``, so that the
+    small classes are pasted (and learnt in new contexts) more often.
 
     Shape:
         labels (B, H, W) int64 -> masks (B, H, W) bool.
     """
     masks = torch.zeros_like(labels, dtype=torch.bool)
     for i, lab in enumerate(labels):
-        present = lab.unique()
-        present = present[present != IGNORE_INDEX]
+        present, counts = lab.unique(return_counts=True)
+        keep = present != IGNORE_INDEX
+        present, counts = present[keep], counts[keep]
         k = present.numel() // 2
-        if k:
-            chosen = present[torch.randperm(present.numel(), generator=generator)[:k]]
-            masks[i] = torch.isin(lab, chosen)
+        if not k:
+            continue
+        if rare_power > 0:
+            weights = counts.double().cpu().pow(-rare_power)
+            order = torch.multinomial(weights, present.numel(), replacement=False, generator=generator)
+        else:
+            order = torch.randperm(present.numel(), generator=generator)
+        masks[i] = torch.isin(lab, present[order[:k].to(present.device)])
     return masks
 
 
@@ -62,3 +72,11 @@ def classmix(
 ) -> list[torch.Tensor]:
     """Selected ClassMix of ``tensors`` (images and per-pixel maps), the classes chosen from ``labels``."""
     return class_mix(class_mix_masks(labels, generator), *tensors)
+
+
+@MIXINGS.register("classmix_rare")
+def classmix_rare(
+    labels: torch.Tensor, generator: torch.Generator | None, *tensors: torch.Tensor
+) -> list[torch.Tensor]:
+    """ClassMix whose pasted classes favour each image's small ones (weights ``pixels ** -0.5``)."""
+    return class_mix(class_mix_masks(labels, generator, rare_power=0.5), *tensors)

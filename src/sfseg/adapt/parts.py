@@ -13,6 +13,7 @@ rejected when the method is built, before any data is read. New parts register i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -29,8 +30,9 @@ class StepInputs:
 
     Shape:
         logits (B, C, H, W); pseudo_labels (B, H, W) with 255 = unselected, or None; teacher_labels and
-        teacher_confidence (B, H, W) when the method keeps a teacher. With ClassMix, all of them are
-        those of the mixed images.
+        teacher_confidence (B, H, W) when the method keeps a teacher; images (B, 3, H, W), the student's
+        normalised input, and ``student``, its forward pass to label resolution, for parts that run it
+        again (MIC). With ClassMix, all of them are those of the mixed images.
     """
 
     logits: torch.Tensor
@@ -38,6 +40,8 @@ class StepInputs:
     generator: torch.Generator
     teacher_labels: torch.Tensor | None = None
     teacher_confidence: torch.Tensor | None = None
+    images: torch.Tensor | None = None
+    student: Callable[[torch.Tensor], torch.Tensor] | None = None
     _probs: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -144,6 +148,24 @@ class Diversity(LossPart):
 
     def __call__(self, inputs: StepInputs) -> torch.Tensor:
         return L.diversity_loss(inputs.probs)
+
+
+@LOSS_PARTS.register()
+class MaskedConsistency(LossPart):
+    """MIC: the student on randomly masked images (``teacher.mask_ratio`` of ``teacher.mask_block``-pixel
+    patches hidden) learns the teacher's labels of the whole images, each image weighted by its share of
+    confident teacher pixels."""
+
+    name, needs_teacher = "masked_consistency", True
+
+    def __call__(self, inputs: StepInputs) -> torch.Tensor:
+        t = self.cfg.teacher
+        x = inputs.images
+        mask = L.patch_mask(x.shape, t.mask_block, t.mask_ratio, inputs.generator, x.device)
+        masked = inputs.student(x * mask.to(x.dtype))
+        return L.masked_consistency(
+            masked, inputs.teacher_labels, inputs.teacher_confidence, t.confidence_threshold
+        )
 
 
 @LOSS_PARTS.register()

@@ -125,15 +125,17 @@ class ConfidenceHistogram:
         """(C, bins) counts."""
         return self.counts.view(self.num_classes, self.bins)
 
-    def thresholds(self, alpha: float, rule: str = "sfseg") -> torch.Tensor:
+    def thresholds(self, alpha: float | torch.Tensor, rule: str = "sfseg") -> torch.Tensor:
         """(C,) score thresholds for the top-``alpha`` fraction of each class; ``+inf`` if never predicted.
 
         Args:
+            alpha: one fraction for every class, or (C,) one per class.
             rule: ``sfseg`` (keep ``max(1, ceil(alpha N))``) or ``released`` (the ``int(alpha N)``-th
                 largest; the class minimum when that is 0).
         """
-        if not 0 < alpha <= 1:
-            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        alpha = torch.as_tensor(alpha, dtype=torch.float64)
+        if not bool(((alpha > 0) & (alpha <= 1)).all()):
+            raise ValueError(f"alpha must be in (0, 1], got {alpha.tolist()}")
         table = self.table.cpu()
         n = table.sum(1)
         if rule == "sfseg":
@@ -352,9 +354,20 @@ class ClassBalancedLabeller(PseudoLabeller):
         self.hist.counts = all_reduce_sum(self.hist.counts)
 
     @property
+    def class_alphas(self) -> torch.Tensor:
+        """(C,) each class's selection fraction: ``alpha``, raised to ``class_floor * alpha * N / N_c`` (at
+        most 1) so that a class keeps at least ``class_floor * alpha * N`` of the N pixels."""
+        n = self.hist.table.sum(1).double().cpu()
+        alpha = torch.full_like(n, self.alpha)
+        if self.cfg.class_floor > 0:
+            need = self.cfg.class_floor * self.alpha * n.sum() / n.clamp(min=1)
+            alpha = torch.minimum(torch.maximum(alpha, need), torch.ones_like(alpha))
+        return alpha
+
+    @property
     def thresholds(self) -> torch.Tensor:
         if self._thresholds is None:
-            self._thresholds = self.hist.thresholds(self.alpha, self.cfg.rank_rule)
+            self._thresholds = self.hist.thresholds(self.class_alphas, self.cfg.rank_rule)
         return self._thresholds
 
     def select(self, score, prediction, logits=None) -> torch.Tensor:

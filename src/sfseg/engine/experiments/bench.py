@@ -32,6 +32,9 @@ from sfseg.errors import ConfigError, SfsegError
 from sfseg.fileio import Place, atomic_write_text, check_outputs
 from sfseg.models import load_checkpoint
 
+ORACLE = "oracle"
+"""The method name that makes the bench train a world's oracle (``oracle.yaml``) instead of adapting."""
+
 
 def source_config(
     data_root: str | Path,
@@ -70,6 +73,18 @@ def train_or_reuse_source(cfg: SourceConfig, progress: bool = False) -> dict:
             mode = "resume"
     summary = train_source(cfg, progress=progress, mode=mode)
     return {"val_miou": summary["val_miou"], "reused": False}
+
+
+def train_or_reuse_oracle(cfg: SourceConfig, progress: bool = False) -> dict:
+    """The oracle of a world: the source network and recipe trained on the target domain's labels
+    (``oracle.yaml``), trained or reused like a source model. Returns a summary shaped like an adaptation
+    run's (``final``: its target-val scores) so that the reports put it beside the methods."""
+    train_or_reuse_source(cfg, progress)
+    run = source_run_dir(cfg.out)
+    summary = run.read_json(run.summary)
+    if "final" not in summary:
+        raise SfsegError(f"{run.summary} has no target-val scores; delete {run} to train the oracle again")
+    return {"method": ORACLE, "seed": cfg.seed, "final": summary["final"], "checkpoint": str(cfg.out)}
 
 
 def adapt_or_reuse(
@@ -119,6 +134,12 @@ def world_jobs(
         skey = f"source:{scfg.out}"  # worlds that share a source directory share this job
         jobs.append(Job(skey, train_or_reuse_source, (scfg, progress)))
         for m in methods:
+            if m == ORACLE:
+                # Per (world, seed): the variants share a source domain but not a target domain.
+                ocfg = source_config(world.data_root, world.out / m, seed, configs, source_overrides, True)
+                keys[(m, seed)] = f"{world.name}/{m}/seed{seed}"
+                jobs.append(Job(keys[(m, seed)], train_or_reuse_oracle, (ocfg, progress)))
+                continue
             cfg = load_config(
                 AdaptConfig,
                 recipe_path(m, configs),
@@ -188,6 +209,9 @@ def check_recipes(
     if not methods:
         raise ConfigError("--methods names no method")
     for m in methods:
+        if m == ORACLE:
+            source_config(".", Path("."), 0, configs, source_overrides, oracle=True)
+            continue
         try:
             stage_chain(load_config(AdaptConfig, recipe_path(m, configs), overrides))
         except SfsegError as e:

@@ -209,7 +209,8 @@ def trajectory_table(runs: dict[str, list[dict]]) -> str:
 
     Monitoring only: the reported model is always the last round's.
     """
-    width = max(len(r["val_miou_per_round"]) for rs in runs.values() for r in rs)
+    runs = {m: rs for m, rs in runs.items() if all("val_miou_per_round" in r for r in rs)}  # no oracle
+    width = max((len(r["val_miou_per_round"]) for rs in runs.values() for r in rs), default=0)
     lines = ["| method | " + " | ".join(f"step {i}" for i in range(width)) + " |", "|---|" + "---:|" * width]
     for m, rs in runs.items():
         cells = []

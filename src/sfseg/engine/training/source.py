@@ -298,7 +298,7 @@ class SourceRun(RunTrainer):
                 desc=f"eval {data.val_split}",
                 dist=self.dist,
             )
-            summary.update(val_miou=val["miou"], val_per_class=val["per_class"])
+            summary.update(val_miou=val["miou"], final=val)
             log_eval(self.board, val, self.step)
             provenance[f"{domain}_val_miou" if data.dataset == "toycity" else "source_val_miou"] = val["miou"]
         if self.dist.is_main:
