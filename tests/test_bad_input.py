@@ -223,7 +223,7 @@ def test_config_file_errors_name_the_file(tmp_path, capsys):
 
 
 def test_interrupt_exits_130_with_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
-    import sfseg.engine.training.stages as run
+    import sfseg.api as run  # the command line adapts through the API
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt

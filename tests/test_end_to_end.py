@@ -58,10 +58,21 @@ def test_cli_errors_are_readable(tiny_toycity, tmp_path, capsys):
     assert "roundz" in err and "valid keys" in err
     out = tmp_path / "run"
     assert (
-        main(["adapt", f"data.root={tmp_path / 'none'}", f"checkpoint={tmp_path / 'x.pt'}", f"out={out}"])
+        main(
+            [
+                "adapt",
+                "--config",
+                "toycity/ld",
+                f"data.root={tmp_path / 'none'}",
+                f"checkpoint={tmp_path / 'x.pt'}",
+                f"out={out}",
+            ]
+        )  # fmt: skip
         == 2
     )
     assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["adapt", "rounds=1"]) == 2
+    assert "name a recipe with --config" in capsys.readouterr().err
     assert not out.exists()  # nothing written for a command that cannot run
 
 

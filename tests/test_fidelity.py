@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sfseg import IGNORE_INDEX
 from sfseg.adapt.config import PseudoLabelConfig
 from sfseg.adapt.pseudo_labels import (
     MAX_SCORE,
@@ -23,6 +22,7 @@ from sfseg.adapt.pseudo_labels import (
     confidence_scores,
     local_top_alpha_released,
 )
+from sfseg.constants import IGNORE_INDEX
 from sfseg.data.classes import TOYCITY
 from sfseg.data.toycity import ToyCitySpec, generate
 from sfseg.data.toycity.dataset import toycity

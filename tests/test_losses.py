@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sfseg import IGNORE_INDEX
 from sfseg.adapt import losses as L
+from sfseg.constants import IGNORE_INDEX
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 
-from sfseg import IGNORE_INDEX
 from sfseg.adapt.config import PseudoLabelConfig
 from sfseg.adapt.pseudo_labels import (
     MAX_SCORE,
@@ -15,6 +14,7 @@ from sfseg.adapt.pseudo_labels import (
     local_top_alpha,
     score_to_confidence,
 )
+from sfseg.constants import IGNORE_INDEX
 
 from .references import exact_thresholds
 

@@ -130,7 +130,7 @@ def test_pillow_is_refused_for_16bit_labels(tmp_path):
         (tmp_path / "syn" / "GT" / "LABELS" / "0000000.png").read_bytes()
     )
     with pytest.raises(DatasetError, match="16-bit PNG"):
-        build_dataset("folder", tmp_path / "f", "all")[0]
+        build_dataset("folder", tmp_path / "f", "all", "cityscapes19")[0]
 
 
 def test_folder_dataset_with_mapping(tmp_path):
@@ -141,18 +141,18 @@ def test_folder_dataset_with_mapping(tmp_path):
     Image.fromarray(raw, mode="L").save(tmp_path / "labels" / "a" / "x.png")
     mapping = tmp_path / "map.yaml"
     mapping.write_text("0: ignore\n1: road\n2: car\n9: sky\n")
-    ds = build_dataset("folder", tmp_path, "all", mapping=str(mapping))
+    ds = build_dataset("folder", tmp_path, "all", "cityscapes19", mapping=str(mapping))
     np.testing.assert_array_equal(ds[0]["label"].numpy(), _expected(raw, {1: 0, 2: 13, 9: 10}))
     mapping.write_text("1: road\n2: car\n9: sky\n")
     with pytest.raises(DatasetError, match=r"values \[0\]"):
-        build_dataset("folder", tmp_path, "all", mapping=str(mapping))[0]
+        build_dataset("folder", tmp_path, "all", "cityscapes19", mapping=str(mapping))[0]
     mapping.write_text("1: roads\n")
     with pytest.raises(DatasetError, match="not a class of cityscapes19"):
-        build_dataset("folder", tmp_path, "all", mapping=str(mapping))
+        build_dataset("folder", tmp_path, "all", "cityscapes19", mapping=str(mapping))
     # Without a mapping, labels must already be class indices.
     Image.fromarray(np.full((4, 8), 19, np.uint8), mode="L").save(tmp_path / "labels" / "a" / "x.png")
     with pytest.raises(DatasetError, match=r"values \[19\] are not class indices 0..18"):
-        build_dataset("folder", tmp_path, "all")[0]
+        build_dataset("folder", tmp_path, "all", "cityscapes19")[0]
 
 
 def test_cityscapes_lut_sends_unlisted_ids_to_ignore():

@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sfseg import IGNORE_INDEX
 from sfseg.adapt import losses as L
 from sfseg.adapt.config import MethodConfig, PseudoLabelConfig, TeacherConfig
 from sfseg.adapt.mixing import class_mix, class_mix_masks
 from sfseg.adapt.parts import build_loss_parts
 from sfseg.adapt.teacher import EMATeacher
+from sfseg.constants import IGNORE_INDEX
 from sfseg.errors import MethodError
 from sfseg.models import create_model
 

@@ -31,7 +31,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 import yaml
 
 from sfseg.errors import ConfigError, ValueCheck
-from sfseg.yaml_io import brief, deep_merge, plain, read_yaml, safe_yaml
+from sfseg.yaml_io import brief, deep_merge, find_config, plain, read_yaml, safe_yaml
 
 T = TypeVar("T")
 
@@ -266,6 +266,8 @@ def load_config(
     Every error names where the offending value came from: the file, or the command-line override.
     """
     data = dict(defaults or {})
+    if path is not None:
+        path = find_config(path)
     origin = str(path) if path is not None else "defaults"
     if path is not None:
         data = deep_merge(data, read_yaml(path))

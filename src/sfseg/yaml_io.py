@@ -6,6 +6,7 @@ check on the expanded document (an alias bomb is refused in milliseconds), ``_ba
 
 from __future__ import annotations
 
+import importlib.resources
 import reprlib
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,33 @@ MAX_NODES = 100_000
 MAX_DEPTH = 32
 
 MAX_CONFIG_BYTES = 2**20
+
+SHIPPED_CONFIGS = Path(str(importlib.resources.files("sfseg"))) / "configs"
+"""The recipes shipped inside the package (in a checkout, a link to the repository's ``configs/``)."""
+
+
+def shipped_recipes(under: str = "") -> list[str]:
+    """The shipped recipes' names (``toycity/ld``, ...), ``_base_`` fragments left out."""
+    root = SHIPPED_CONFIGS / under
+    names = (p.relative_to(SHIPPED_CONFIGS).with_suffix("") for p in root.rglob("*.yaml"))
+    return sorted(str(n) for n in names if "_base_" not in n.parts)
+
+
+def find_config(path: str | Path) -> Path:
+    """A recipe file: ``path`` when it exists, else the shipped recipe of that name, so that
+    ``toycity/ld``, ``toycity/ld.yaml`` and ``configs/toycity/ld.yaml`` work from any directory."""
+    given = Path(path)
+    if given.exists() or given.is_absolute():
+        return given
+    rel = Path(*given.parts[1:]) if given.parts[:1] == ("configs",) and len(given.parts) > 1 else given
+    for candidate in (rel, rel.with_name(rel.name + ".yaml")):
+        if (SHIPPED_CONFIGS / candidate).is_file():
+            return SHIPPED_CONFIGS / candidate
+    near = [n for n in shipped_recipes() if n.endswith("/" + rel.with_suffix("").name)][:8]
+    hint = f"shipped recipes of that name: {near}" if near else "`sfseg recipes` lists the shipped recipes"
+    raise ConfigError(f"config file not found: {path} (nor a shipped recipe of that name; {hint})")
+
+
 """The largest recipe or mapping file sfseg reads (1 MiB; a recipe is a few hundred bytes)."""
 
 

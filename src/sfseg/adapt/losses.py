@@ -4,7 +4,8 @@
 * Negative learning with heuristic complementary labels (Sec. 3.3; after NLNL, Kim et al., ICCV 2019):
   pick a class of **medium** rank ``k ~ U{floor(C/2) - w, ..., floor(C/2) + w}`` and minimise
   ``-log(1 - p_k)``.
-* The entropy-style term: the paper's entropy on unselected pixels, or the released code's
+* The entropy-style term: entropy on unselected pixels (as a secondary summary of the paper reports it),
+  or the released code's
   ``-sum_c p_c * log_softmax(p)_c`` (a log-softmax of probabilities, not an entropy).
 * Baselines: entropy minimisation on all pixels; maximum squares (Chen et al., ICCV 2019); SHOT's
   diversity term (Liang et al., ICML 2020), which with entropy makes information maximisation (SHOT-IM).
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sfseg import IGNORE_INDEX
+from sfseg.constants import IGNORE_INDEX
 
 NEG_CLAMP = 1e-5
 _EPS = 1e-8
@@ -75,7 +76,8 @@ def entropy_map(probs: torch.Tensor) -> torch.Tensor:
 
 
 def entropy_unselected(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The paper's term: entropy averaged over pixels *not* selected as pseudo-labels (label == 255).
+    """Entropy averaged over pixels *not* selected as pseudo-labels (label == 255); from a secondary
+    summary of the paper (not in the released code; docs/method-notes.md).
 
     Shape:
         probs (B, C, H, W), labels (B, H, W) -> scalar (zero, with a graph, if every pixel is selected).

@@ -28,7 +28,6 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from sfseg import IGNORE_INDEX
 from sfseg.adapt.config import MethodConfig
 from sfseg.adapt.losses import complementary_ranks
 from sfseg.adapt.norm import (
@@ -42,6 +41,7 @@ from sfseg.adapt.norm import (
 from sfseg.adapt.parts import StepInputs, build_loss_parts, total_loss
 from sfseg.adapt.pseudo_labels import PseudoLabeller, build_pseudo_labeller
 from sfseg.adapt.teacher import EMATeacher
+from sfseg.constants import IGNORE_INDEX
 from sfseg.errors import MethodError
 from sfseg.models.ops import upsample_logits
 from sfseg.registry import METHODS, MIXINGS, PSEUDO_LABELLERS

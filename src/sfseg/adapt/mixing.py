@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from sfseg import IGNORE_INDEX
+from sfseg.constants import IGNORE_INDEX
 from sfseg.registry import MIXINGS
 
 """Mixings by name (``method.mixing``): ``fn(labels, generator, *tensors) -> mixed tensors``, where

@@ -91,7 +91,7 @@ class NegativeLearning(LossPart):
 
 @LOSS_PARTS.register()
 class EntropyUnselected(LossPart):
-    """The paper's entropy minimisation on pixels not selected as pseudo-labels."""
+    """Entropy minimisation on pixels not selected as pseudo-labels (a secondary summary of the paper)."""
 
     name, needs_pseudo_labels = "entropy_unselected", True
 

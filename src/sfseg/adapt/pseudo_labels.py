@@ -43,8 +43,8 @@ from typing import ClassVar
 
 import torch
 
-from sfseg import IGNORE_INDEX
 from sfseg.adapt.config import PseudoLabelConfig
+from sfseg.constants import IGNORE_INDEX
 from sfseg.models.ops import argmax_classes, count_into, kth_largest
 from sfseg.registry import PSEUDO_LABELLERS
 

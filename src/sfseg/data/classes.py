@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sfseg import IGNORE_INDEX
+from sfseg.constants import IGNORE_INDEX
 from sfseg.errors import ConfigError
 
 # Cityscapes trainId colours, keyed by class name (cityscapesscripts.helpers.labels).
@@ -61,7 +61,8 @@ class ClassProtocol:
 
     @property
     def colors(self) -> list[tuple[int, int, int]]:
-        return [CITYSCAPES_COLORS[n] for n in self.names]
+        """One RGB colour per class: Cityscapes' own for its class names, a fixed distinct one otherwise."""
+        return [CITYSCAPES_COLORS.get(n) or _spare_color(i) for i, n in enumerate(self.names)]
 
     @property
     def majority(self) -> list[int]:
@@ -205,6 +206,22 @@ def id_lut(id_to_name: dict[int, str], protocol: ClassProtocol, size: int = 256)
 def cityscapes_lut(protocol: ClassProtocol) -> np.ndarray:
     """labelId -> class index of ``protocol`` (Cityscapes and GTA5 labels)."""
     return id_lut({lid: n for n, lid, tid in CITYSCAPES_LABELS if tid != 255}, protocol)
+
+
+def _spare_color(i: int) -> tuple[int, int, int]:
+    """A colour for class ``i`` of a protocol whose names Cityscapes lacks (golden-angle hues)."""
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.75, 0.95)
+    return int(255 * r), int(255 * g), int(255 * b)
+
+
+def protocol_of(names: list[str] | tuple[str, ...]) -> ClassProtocol:
+    """The protocol of a model's classes: a known protocol with exactly these names, in this order, or a
+    new one named ``classes<N>`` (reports then count every class outside Cityscapes' majority as minority)."""
+    names = tuple(names)
+    known = next((p for p in PROTOCOLS.values() if p.names == names), None)
+    return known or ClassProtocol(f"classes{len(names)}", names)
 
 
 def get_protocol(name: str) -> ClassProtocol:

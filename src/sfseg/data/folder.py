@@ -1,13 +1,21 @@
-"""A user's own domain: a folder of images, optional label PNGs and an optional mapping file.
+"""A user's own domain: a folder of images, in one of two layouts.
 
-Layout::
+Plain (no ``images/`` folder at its top): every image anywhere under the root, in any nesting, with no
+splits and no labels. This is what source-free adaptation is for: ``data.dataset=folder data.root=<it>``
+adapts to it (every image is a training image) and each round is scored by a label-free validator::
 
-    <root>/images/**/<name>.{png,jpg,jpeg}
-    <root>/labels/**/<name>.png          (optional; same relative path and stem as the image)
+    <root>/**/<name>.{png,jpg,jpeg}
 
-Without a mapping file the labels must already hold class indices of the protocol (255 = ignore). With one
-(YAML or JSON, ``raw id: class name`` or ``raw id: ignore``), every raw value a label may hold is listed;
-any other value is an error naming the file.
+With labels (for scoring, or for the pseudo-label diagnostics)::
+
+    <root>/images/[<split>/]**/<name>.{png,jpg,jpeg}
+    <root>/labels/[<split>/]**/<name>.png     (optional; same relative path and stem as the image)
+
+A split is a subfolder of ``images/`` (``all``: the whole folder); a tree without split subfolders serves
+every split name. Without a mapping file the labels must already hold class indices of the protocol (255 =
+ignore). With one (YAML or JSON, ``raw id: class name`` or ``raw id: ignore``), every raw value a label may
+hold is listed; any other value is an error naming the file. The class protocol defaults to the model's own
+classes (:func:`sfseg.data.registry.dataset_protocol`).
 """
 
 from __future__ import annotations
@@ -16,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sfseg import IGNORE_INDEX
-from sfseg.data.classes import CITYSCAPES19, ClassProtocol
+from sfseg.constants import IGNORE_INDEX
+from sfseg.data.classes import ClassProtocol
 from sfseg.data.file_dataset import FileListDataset, Sample, layout_error, lut_codec, missing_error
 from sfseg.errors import ConfigError, DatasetError, RunDirError
 from sfseg.fileio import read_bytes
@@ -25,8 +33,10 @@ from sfseg.registry import DATASETS
 from sfseg.yaml_io import MAX_CONFIG_BYTES, brief, safe_yaml
 
 LAYOUT = """\
-  <root>/images/**/<name>.{png,jpg,jpeg}
-  <root>/labels/**/<name>.png     (optional)"""
+  <root>/**/<name>.{png,jpg,jpeg}            a plain folder: every image, no labels
+or, with labels:
+  <root>/images/[<split>/]**/<name>.{png,jpg,jpeg}
+  <root>/labels/[<split>/]**/<name>.png     (same relative path and stem as its image)"""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -58,19 +68,58 @@ def load_mapping(path: str | Path, protocol: ClassProtocol) -> np.ndarray:
     return lut
 
 
-@DATASETS.register("folder", protocol=CITYSCAPES19)
+def _images(folder: Path) -> list[Path]:
+    """The images under ``folder``, sorted, hidden files and folders (``.name``) left out."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and not p.is_dir()
+    )
+
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def _split_folder(root: Path, split: str) -> Path:
+    """The image folder of ``split`` in the images/ + labels/ layout: ``images/<split>``, or all of
+    ``images/`` for ``all`` and for a tree without split folders (train, val or test)."""
+    images = root / "images"
+    if split == "all" or (images / split).is_dir():
+        return images / ("" if split == "all" else split)
+    splits = sorted(n for n in SPLIT_NAMES if (images / n).is_dir())
+    if splits:
+        raise DatasetError(
+            f"{root}: no split {split!r} under images/ (splits there: {splits}); set data.train_split / "
+            "data.val_split (or --split) to one of them, or 'all' for every image"
+        )
+    return images
+
+
+@DATASETS.register("folder", protocol=None)
 def folder(
-    root: str | Path, split: str, protocol: ClassProtocol, labels: bool | str = True, mapping: str = ""
+    root: str | Path, split: str, protocol: ClassProtocol, labels: bool | str = "auto", mapping: str = ""
 ) -> FileListDataset:
-    """Images under ``<root>/images/<split>`` (``split`` ``all``: the whole ``images/`` folder)."""
+    """The images of ``split`` (see the module docstring), with labels when ``labels`` is True (required),
+    ``"auto"`` (where the tree has them) or False."""
     root = Path(root)
-    sub = "" if split == "all" else split
-    img_dir, lab_dir = root / "images" / sub, root / "labels" / sub
-    images = sorted(p for p in img_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not root.is_dir():
+        raise DatasetError(f"image folder not found: {root} (data.root / --data names a folder of images)")
+    plain = not (root / "images").is_dir()
+    img_dir = root if plain else _split_folder(root, split)
+    lab_dir = root / "labels" / img_dir.relative_to(root / "images") if not plain else None
+    images = _images(img_dir)
     if not images:
-        raise layout_error(root, "image folder", f"no images under {img_dir.relative_to(root)}/", LAYOUT)
+        where = f"{img_dir.relative_to(root)}/" if img_dir != root else "it"
+        raise layout_error(root, "image folder", f"no .png/.jpg/.jpeg images under {where}", LAYOUT)
     if labels == "auto":
-        labels = lab_dir.is_dir()
+        labels = lab_dir is not None and lab_dir.is_dir()
+    if labels and plain:
+        raise DatasetError(
+            f"{root} is a plain folder of images, without labels; to score against labels, lay it out as "
+            f"images/ + labels/:\n{LAYOUT}"
+        )
     samples = []
     for img in images:
         rel = img.relative_to(img_dir)
@@ -94,4 +143,8 @@ def folder(
             codec = lut_codec(
                 lut, known, f"class indices 0..{protocol.num_classes - 1} or 255 (no mapping file)"
             )
+    elif mapping:
+        raise ConfigError(
+            f"a mapping file ({mapping}) is for labels, and {root} has none for split {split!r}"
+        )
     return FileListDataset(samples, protocol, codec)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from sfseg import IGNORE_INDEX
+from sfseg.constants import IGNORE_INDEX
 from sfseg.errors import DatasetError, RunDirError
 from sfseg.fileio import open_file
 

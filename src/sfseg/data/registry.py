@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from sfseg.data.classes import ClassProtocol, get_protocol
+from sfseg.data.classes import PROTOCOLS, ClassProtocol, get_protocol, protocol_of
+from sfseg.errors import ConfigError
 from sfseg.registry import DATASETS
 
 
@@ -15,17 +17,28 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
-def dataset_protocol(name: str, protocol: str = "") -> ClassProtocol:
-    """The protocol named ``protocol``, or the dataset's default when it is empty."""
+def dataset_protocol(name: str, protocol: str = "", classes: Sequence[str] | None = None) -> ClassProtocol:
+    """The protocol named ``protocol``; when it is empty, the dataset's own, or for a dataset without one
+    (a folder of images), that of the model's ``classes``."""
     DATASETS.check(name)
-    return get_protocol(protocol) if protocol else DATASETS.meta(name)["protocol"]
+    if protocol:
+        return get_protocol(protocol)
+    own = DATASETS.meta(name)["protocol"]
+    if own is not None:
+        return own
+    if classes is None:
+        raise ConfigError(
+            f"dataset {name!r} takes its classes from the model; without one, name them: data.protocol "
+            f"(--protocol on the command line), one of {sorted(PROTOCOLS)}"
+        )
+    return protocol_of(classes)
 
 
 def build_dataset(
     name: str,
     root: str | Path,
     split: str,
-    protocol: str = "",
+    protocol: str | ClassProtocol = "",
     labels: bool | str = True,
     progress: bool = False,
     **options,
@@ -39,4 +52,6 @@ def build_dataset(
     fn = DATASETS.get(name)
     if "progress" in inspect.signature(fn).parameters:
         options["progress"] = progress
-    return fn(root, split, dataset_protocol(name, protocol), labels=labels, **options)
+    if not isinstance(protocol, ClassProtocol):
+        protocol = dataset_protocol(name, protocol)
+    return fn(root, split, protocol, labels=labels, **options)

@@ -2,7 +2,7 @@
 register themselves in :mod:`sfseg.registry`, loaded on first use)."""
 
 from sfseg.models.checkpoint import Checkpoint, InferenceSettings, Normalization
-from sfseg.models.loading import load_checkpoint
+from sfseg.models.loading import load_checkpoint, load_for_data
 from sfseg.models.registry import ModelHooks, create_model, list_models
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "create_model",
     "list_models",
     "load_checkpoint",
+    "load_for_data",
 ]

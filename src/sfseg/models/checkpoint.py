@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import sfseg
 from sfseg.config import MAX_SIDE
+from sfseg.constants import VERSION
+from sfseg.data.classes import PROTOCOLS, ClassProtocol, protocol_of
 from sfseg.data.normalization import Normalization
 from sfseg.errors import CheckpointError, RunDirError
 from sfseg.fileio import atomic_torch_save, open_file
@@ -121,6 +122,10 @@ class Checkpoint:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def protocol(self) -> ClassProtocol:
+        """The class protocol of this checkpoint's classes (a known one when the names match)."""
+        return protocol_of(self.class_names)
+
     def save(self, path: str | Path, root: str | Path | None = None) -> Path:
         """Write the checkpoint atomically (the one way sfseg writes one); its provenance gains the code
         version and the time. Weights holding NaN or infinite values are refused. ``root``: the run
@@ -129,7 +134,7 @@ class Checkpoint:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         prov = {
-            "code_version": sfseg.__version__,
+            "code_version": VERSION,
             "created": _dt.datetime.now().isoformat(timespec="seconds"),
         }
         prov.update({k: v for k, v in self.provenance.items() if k != "path"})
@@ -183,8 +188,14 @@ class Checkpoint:
                 f"class mismatch: the checkpoint predicts {self.num_classes} classes "
                 f"{list(self.class_names)}, "
                 f"but the data at {where} has {len(class_names)} classes {list(class_names)}. "
-                "Use a checkpoint trained for this class protocol, or select the matching protocol."
+                "Use a checkpoint trained for these classes, or name the data's class protocol: "
+                "data.protocol=<name> in a recipe or override, --protocol on sfseg eval/predict "
+                f"(protocols with {self.num_classes} classes: {_protocols_with(self.num_classes)})"
             )
+
+
+def _protocols_with(num_classes: int) -> list[str]:
+    return sorted(n for n, p in PROTOCOLS.items() if p.num_classes == num_classes) or ["none known"]
 
 
 class CheckpointFormatError(CheckpointError):

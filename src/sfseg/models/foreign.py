@@ -101,17 +101,19 @@ def _bare_sfseg_state_dict(sd: dict[str, torch.Tensor]) -> str | None:
 def class_names_for(num_classes: int, protocol: ClassProtocol | None, where: str) -> list[str]:
     """The class names of a head with ``num_classes`` outputs: the protocol's (checked), or the one protocol
     of that size."""
+    how = "data.protocol=<name> in a recipe, --protocol (or --classes) <name> on the command line"
     if protocol is not None:
         if protocol.num_classes != num_classes:
             raise CheckpointError(
                 f"{where}: the checkpoint predicts {num_classes} classes but protocol {protocol.name} has "
-                f"{protocol.num_classes}; choose the matching protocol (e.g. --protocol synthia16 for 16 "
-                "classes, cityscapes19 for 19)"
+                f"{protocol.num_classes}; name the matching protocol ({how}: e.g. synthia16 for 16 classes, "
+                "cityscapes19 for 19)"
             )
         return list(protocol.names)
     matches = [p for p in PROTOCOLS.values() if p.num_classes == num_classes]
     if len(matches) != 1:
-        raise CheckpointError(f"{where}: {num_classes} output classes; say which protocol (classes=...)")
+        known = [p.name for p in matches] or "none known"
+        raise CheckpointError(f"{where}: {num_classes} output classes; say which protocol ({how}; {known})")
     return list(matches[0].names)
 
 

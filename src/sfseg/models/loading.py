@@ -7,8 +7,9 @@ from pathlib import Path
 
 from torch import nn
 
-from sfseg.data.classes import get_protocol
+from sfseg.data.classes import ClassProtocol, get_protocol
 from sfseg.data.normalization import Normalization
+from sfseg.data.registry import dataset_protocol
 from sfseg.errors import CheckpointError, ConfigError
 from sfseg.models.checkpoint import (
     FORMAT,
@@ -19,7 +20,7 @@ from sfseg.models.checkpoint import (
 )
 from sfseg.models.foreign import import_payload
 from sfseg.models.registry import create_model
-from sfseg.registry import MODELS
+from sfseg.registry import DATASETS, MODELS
 from sfseg.yaml_io import brief
 
 
@@ -70,6 +71,25 @@ def load_checkpoint(
         )
     ckpt.check_head(str(path))
     return ckpt
+
+
+def load_for_data(
+    path: str | Path, dataset: str, protocol: str = "", family: str = "", where: str | Path = ""
+) -> tuple[Checkpoint, ClassProtocol]:
+    """A checkpoint and the class protocol of the data it will read, checked against each other.
+
+    The protocol is the one named, else the dataset's own, else (a dataset without one: a folder of
+    images) the checkpoint's classes, so that any model works on a folder without another key.
+    """
+    DATASETS.check(dataset)
+    if protocol or DATASETS.meta(dataset)["protocol"] is not None:
+        proto = dataset_protocol(dataset, protocol)
+        ckpt = load_checkpoint(path, family=family, classes=proto.name)
+    else:
+        ckpt = load_checkpoint(path, family=family)
+        proto = dataset_protocol(dataset, classes=ckpt.class_names)
+    ckpt.check_classes(proto.names, str(where or path))
+    return ckpt, proto
 
 
 def network_from_init(init: Checkpoint, arch: str, arch_kwargs: dict, where: str = "") -> nn.Module:

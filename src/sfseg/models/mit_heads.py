@@ -53,14 +53,11 @@ class Embed(nn.Module):
 
 def _embed_all(embeds: nn.ModuleList, features: list[torch.Tensor]) -> list[torch.Tensor]:
     """Each level embedded and brought to the first level's (stride 4) size, bilinearly."""
+    # The first level is at that size by definition; the others never are (strides 8, 16, 32), so no test of
+    # their sizes is needed, which keeps the graph free of shape branches (ONNX export, dynamic H and W).
     size = features[0].shape[-2:]
-    out = []
-    for embed, f in zip(embeds, features):
-        e = embed(f)
-        out.append(
-            e if e.shape[-2:] == size else F.interpolate(e, size=size, mode="bilinear", align_corners=False)
-        )
-    return out
+    first, *rest = (embed(f) for embed, f in zip(embeds, features))
+    return [first, *(F.interpolate(e, size=size, mode="bilinear", align_corners=False) for e in rest)]
 
 
 class ASPPFusion(nn.Module):

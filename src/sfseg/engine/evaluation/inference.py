@@ -72,10 +72,18 @@ class InferenceView(Dataset):
             item = {"index": i}
         size = torch.tensor(image.shape[-2:])
         if self.resize == "pil" and self.input_size:
-            w, h = self.input_size
-            pil = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((w, h), Image.BICUBIC)
-            image = torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
+            image = pil_resize(image, self.input_size)
         return {**item, "image": image, "size": size, "index": i}
+
+
+def pil_resize(image: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+    """Resize an image with PIL's bicubic filter to ``input_size`` (W, H), as the released LDBE code does.
+
+    Shape:
+        image (3, H, W) uint8 -> (3, input H, input W) uint8.
+    """
+    pil = Image.fromarray(image.permute(1, 2, 0).numpy()).resize(tuple(input_size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
 
 
 class LabelsView(Dataset):

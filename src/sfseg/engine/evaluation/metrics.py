@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import torch
 
-from sfseg import IGNORE_INDEX
+from sfseg.constants import IGNORE_INDEX
 from sfseg.models.ops import count_into
 
 

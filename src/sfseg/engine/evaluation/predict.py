@@ -19,6 +19,7 @@ from tqdm import tqdm
 from sfseg.data.classes import ClassProtocol
 from sfseg.data.file_dataset import check_relative
 from sfseg.engine.evaluation.inference import Inference, batch_size_hw
+from sfseg.engine.evaluation.overlay import overlay
 from sfseg.engine.runtime.loading import sharded_loader
 from sfseg.fileio import atomic_write_bytes
 from sfseg.models.ops import argmax_classes
@@ -42,10 +43,12 @@ def export_prediction(pred: np.ndarray, path: Path, protocol: ClassProtocol, fmt
 
 
 def output_name(name: str, fmt: str) -> str:
-    """``frankfurt/frankfurt_000000_000294_leftImg8bit.png`` -> ``..._pred_labelIds.png`` (or ``_pred``)."""
+    """``frankfurt/frankfurt_000000_000294_leftImg8bit.png`` -> ``..._pred_labelIds.png`` (``_pred.png``
+    for trainIds, ``_overlay.jpg`` for the overlay)."""
     stem = Path(name).with_suffix("")
     base = str(stem).removesuffix("_leftImg8bit")
-    return f"{base}_pred_labelIds.png" if fmt == "cityscapes" else f"{base}_pred.png"
+    suffix = {"cityscapes": "_pred_labelIds.png", "overlay": "_overlay.jpg"}.get(fmt, "_pred.png")
+    return base + suffix
 
 
 def output_path(out: str | Path, name: str, fmt: str) -> Path:
@@ -64,9 +67,11 @@ def predict(
     batch_size: int = 1,
     workers: int = 0,
     progress: bool = True,
+    overlays: bool = False,
 ) -> list[Path]:
     """Predict every image of ``dataset`` (eval mode, single scale, no flip) and write one PNG each at the
-    image's own resolution. Returns the paths written."""
+    image's own resolution (and, with ``overlays``, ``<name>_overlay.jpg``: the image blended with the
+    prediction, with a legend). Returns the paths written."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown prediction format {fmt!r}; formats: {list(FORMATS)}")
     inference.model.eval()
@@ -83,4 +88,9 @@ def predict(
         pred = argmax_classes(logits).to(torch.uint8).cpu().numpy()
         for i, p in zip(batch["index"].tolist(), pred):
             written.append(export_prediction(p, output_path(out, dataset.names[i], fmt), protocol, fmt))
+            if overlays:
+                picture = overlay(dataset.image(i).permute(1, 2, 0).numpy(), p, protocol)
+                path = output_path(out, dataset.names[i], "overlay")
+                atomic_write_bytes(path, lambda f, im=picture: im.save(f, "JPEG", quality=90))
+                written.append(path)
     return written

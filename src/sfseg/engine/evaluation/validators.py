@@ -104,6 +104,11 @@ class InfoMaxValidator(Validator):
         return diversity + self.entropy.score()
 
 
+DEFAULT_VALIDATOR = "bnm"
+"""The validator a run without target labels scores its rounds with, when its recipe names none: the one
+that lost the least mIoU against the best round in the label-free selection study (docs/RESULTS.md)."""
+
+
 @VALIDATORS.register()
 class BNMValidator(Validator):
     name = "bnm"

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 
 from sfseg.config import load_config
-from sfseg.data.registry import build_dataset, dataset_protocol
+from sfseg.data.registry import build_dataset
 from sfseg.engine.evaluation.inference import inference_settings
 from sfseg.engine.evaluation.validators import score_model
 from sfseg.engine.runtime.rundir import RunDir
 from sfseg.engine.runtime.runlog import read_records
 from sfseg.engine.training.recipe import AdaptConfig
 from sfseg.errors import RunDirError
-from sfseg.models import load_checkpoint
+from sfseg.models import load_checkpoint, load_for_data
 
 
 def run_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -63,11 +63,10 @@ def score_run(
     mIoU for it, where the run scored one, for studies of the validators)."""
     run_dir = Path(run_dir)
     cfg = load_config(AdaptConfig, RunDir(run_dir).check(RunDir(run_dir).config))
-    protocol = dataset_protocol(cfg.data.dataset, cfg.data.protocol)
-    data = build_dataset(cfg.data.dataset, cfg.data.root, cfg.data.train_split, protocol.name, labels=False)
     ckpts = run_checkpoints(run_dir)
+    source, protocol = load_for_data(ckpts[0][1], cfg.data.dataset, cfg.data.protocol, cfg.checkpoint_family)
+    data = build_dataset(cfg.data.dataset, cfg.data.root, cfg.data.train_split, protocol, labels=False)
     miou = _logged_miou(run_dir)
-    source = load_checkpoint(ckpts[0][1], family=cfg.checkpoint_family, classes=protocol.name)
     out = []
     source_preds = previous_preds = None
     # Every checkpoint is seen the way the run saw it (its data pipeline and memory layout).

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sfseg.data.classes import PROTOCOLS, ClassProtocol
+from sfseg.data.classes import PROTOCOLS, ClassProtocol, protocol_of
+from sfseg.data.registry import dataset_protocol
 from sfseg.engine.reporting.report import has_diagnostics, per_class_table, pl_diagnostics_figure
 from sfseg.engine.runtime.rundir import RunDir
 from sfseg.engine.runtime.runlog import read_records
@@ -103,6 +104,7 @@ def load_run(run: Path) -> dict:
         "dir": run,
         "name": cfg.get("name", run.name),
         "protocol": cfg.get("data", {}).get("protocol", ""),
+        "classes": start.get("classes"),
         "dataset": cfg.get("data", {}).get("dataset", ""),
         "summary": summary,
         "evals": evals,
@@ -113,8 +115,8 @@ def load_run(run: Path) -> dict:
 
 
 def _protocol(run: dict) -> ClassProtocol:
-    from sfseg.data.registry import dataset_protocol
-
+    if run["classes"]:  # the classes the run adapted to, as it recorded them
+        return protocol_of(run["classes"])
     if run["protocol"] in PROTOCOLS:
         return PROTOCOLS[run["protocol"]]
     return dataset_protocol(run["dataset"] or "toycity")

@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from sfseg import IGNORE_INDEX
 from sfseg.adapt.pseudo_labels import PseudoLabeller, confidence_scores
+from sfseg.constants import IGNORE_INDEX
 from sfseg.data.classes import ClassProtocol
 from sfseg.engine.evaluation.inference import Inference, LabelsView, batch_size_hw
 from sfseg.engine.runtime import distributed

@@ -20,6 +20,7 @@ from sfseg.engine.runtime.config import RuntimeConfig
 from sfseg.engine.training.optim import OptimConfig
 from sfseg.errors import ConfigError
 from sfseg.registry import MODELS, VALIDATORS
+from sfseg.yaml_io import SHIPPED_CONFIGS
 
 
 @dataclass
@@ -172,7 +173,7 @@ class SourceConfig:
 
 
 # The shipped recipes, and loading one by name.
-CONFIGS_ROOT = Path(__file__).resolve().parents[4] / "configs"
+CONFIGS_ROOT = SHIPPED_CONFIGS
 PACKAGE_CONFIGS = CONFIGS_ROOT / "toycity"
 
 

@@ -117,6 +117,7 @@ class LabelFreeSelection(Hook):
 
     def __init__(self, validator: str, max_images: int):
         self.validator, self.max_images = validator, max_images
+        self.unlabelled = False  # chosen by the run because the target has no labels
         self.scores: list[dict] = []
         self.best: dict | None = None
 
@@ -200,6 +201,11 @@ class RunSummary(Hook):
             "round_stats": t.round_stats,
             "final_shares": end,
             "selected": t.selection.best,
+            "validator": t.selection.validator,
+            "validator_scores": t.selection.scores,
+            "scored_by": "target labels"
+            if final is not None
+            else f"label-free validator {t.selection.validator}",
             "seconds": round(t.seconds, 1),
         }
         done = {"phase": "done", "method": t.cfg.name, "miou": None if final is None else final["miou"]}

@@ -32,8 +32,9 @@ from sfseg.adapt.method import build_method
 from sfseg.adapt.norm import frozen_bn_buffers
 from sfseg.config import save_config, to_dict
 from sfseg.data.file_dataset import check_one_size
-from sfseg.data.registry import build_dataset, dataset_protocol
+from sfseg.data.registry import build_dataset
 from sfseg.engine.evaluation.inference import Inference, inference_settings
+from sfseg.engine.evaluation.validators import DEFAULT_VALIDATOR
 from sfseg.engine.runtime import distributed
 from sfseg.engine.runtime.config import use_amp
 from sfseg.engine.runtime.guard import DivergenceError, DivergenceGuard, NonFiniteOutput
@@ -70,7 +71,8 @@ from sfseg.engine.training.trainer import (
     TargetPasses,
     fault,
 )
-from sfseg.models import Checkpoint, load_checkpoint
+from sfseg.models import Checkpoint, load_for_data
+from sfseg.registry import DATASETS
 
 
 class AdaptationRun(RunTrainer):
@@ -95,6 +97,7 @@ class AdaptationRun(RunTrainer):
         self.cfg, self.out = cfg, self.dir.path
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)  # the summary reports this run's peak
+        self.selection = LabelFreeSelection(cfg.select.validator, cfg.select.max_images)
         self._load_inputs()
         self._build_network()
         self.epochs_per_stage = cfg.schedule.epochs_per_round
@@ -102,7 +105,6 @@ class AdaptationRun(RunTrainer):
         self.round_stats: list[dict] = []
         self.start_share: dict[str, float] | None = None
         self.evals = RoundEvaluation()
-        self.selection = LabelFreeSelection(cfg.select.validator, cfg.select.max_images)
         rt = cfg.runtime
         self.register(
             ProgressBar(lambda r: f"round {r} train"),
@@ -120,24 +122,25 @@ class AdaptationRun(RunTrainer):
     def _load_inputs(self) -> None:
         """The method, the checkpoint and the target data, each checked against the others."""
         cfg, data = self.cfg, self.cfg.data
-        self.protocol = dataset_protocol(data.dataset, data.protocol)
+        self.ckpt, self.protocol = load_for_data(
+            cfg.checkpoint, data.dataset, data.protocol, cfg.checkpoint_family, data.root
+        )
         self.method = build_method(cfg.method, self.protocol.num_classes, cfg.schedule.rounds)
-        self.ckpt = load_checkpoint(cfg.checkpoint, family=cfg.checkpoint_family, classes=self.protocol.name)
-        self.ckpt.check_classes(self.protocol.names, data.root)
         # Target train labels (where the split has them) feed only the pseudo-label diagnostics, never a loss.
         self.train_set = build_dataset(
-            data.dataset,
-            data.root,
-            data.train_split,
-            self.protocol.name,
-            labels="auto",
-            progress=self.progress,
+            data.dataset, data.root, data.train_split, self.protocol, labels="auto", progress=self.progress
         )
         self.val_set = None
         if data.val_split:
-            self.val_set = build_dataset(
-                data.dataset, data.root, data.val_split, self.protocol.name, progress=self.progress
-            )
+            # A dataset that may lack labels (a folder of images) is scored where it has them; a benchmark's
+            # val split must have them.
+            labels = "auto" if DATASETS.meta(data.dataset)["protocol"] is None else True
+            val = build_dataset(data.dataset, data.root, data.val_split, self.protocol, labels, self.progress)
+            self.val_set = val if getattr(val, "has_labels", False) else None
+        if self.val_set is None and not self.selection.validator:
+            # Without target labels, each round is scored by the default label-free validator instead.
+            self.selection.validator = DEFAULT_VALIDATOR
+            self.selection.unlabelled = True
         self._check_sizes()
 
     def _build_network(self) -> None:
@@ -266,6 +269,9 @@ class AdaptationRun(RunTrainer):
                 "threads": torch.get_num_threads(),
                 "device": str(self.device),
                 "config": to_dict(self.cfg),
+                "classes": list(self.protocol.names),
+                "validator": self.selection.validator,
+                "target_labels": self.val_set is not None,
             }
         )
         self.evals.evaluate(-1, "source_model")

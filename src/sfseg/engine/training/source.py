@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from sfseg import IGNORE_INDEX
 from sfseg.config import save_config, to_dict
+from sfseg.constants import IGNORE_INDEX
 from sfseg.data.normalization import Normalization
 from sfseg.data.registry import build_dataset, dataset_protocol
 from sfseg.data.toycity import data_spec, toycity_domain

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from sfseg.adapt.method import build_method
 from sfseg.config import load_config, save_config, to_dict
+from sfseg.data.classes import ClassProtocol
 from sfseg.data.registry import dataset_protocol
 from sfseg.engine.runtime import distributed
 from sfseg.engine.runtime.rundir import RunDir
@@ -16,6 +17,8 @@ from sfseg.engine.training.resume import check_same_recipe, read_state, resumabl
 from sfseg.engine.training.run import AdaptationRun
 from sfseg.errors import ConfigError, ResumeError
 from sfseg.fileio import Place, check_outputs
+from sfseg.models import load_for_data
+from sfseg.registry import DATASETS
 
 MAX_STAGES = 8
 
@@ -50,10 +53,20 @@ def stage_chain(cfg: AdaptConfig) -> list[AdaptConfig]:
             raise ConfigError(f"init_from loops: {' <- '.join([*names, first.name, first.init_from])}")
         chain.insert(0, first)
         names.append(first.name)
-    num_classes = dataset_protocol(cfg.data.dataset, cfg.data.protocol).num_classes
+    num_classes = run_protocol(chain[0]).num_classes
     for stage in chain:
         build_method(stage.method, num_classes, stage.schedule.rounds)
     return chain
+
+
+def run_protocol(cfg: AdaptConfig) -> ClassProtocol:
+    """The classes a recipe adapts to: ``data.protocol``, the dataset's own, or (a folder of images) its
+    checkpoint's."""
+    data = cfg.data
+    DATASETS.check(data.dataset, "data.dataset")
+    if data.protocol or DATASETS.meta(data.dataset)["protocol"] is not None:
+        return dataset_protocol(data.dataset, data.protocol)
+    return load_for_data(cfg.checkpoint, data.dataset, family=cfg.checkpoint_family)[1]
 
 
 def check_adapt_places(cfg: AdaptConfig) -> None:
