@@ -21,8 +21,7 @@ from sfseg.models.checkpoint import CheckpointFormatError
 from sfseg.models.foreign import Importer
 from sfseg.models.registry import ModelHooks
 from sfseg.registry import IMPORTERS, MODELS
-
-from .conftest import REPO, sfseg_cli
+from tests.conftest import REPO, sfseg_cli
 
 SRC = REPO / "src" / "sfseg"
 
@@ -198,6 +197,89 @@ class RunningMeanLD(SelfTraining):
         super().load_state_dict(state)
         self.mean, self.count = float(state["mean"]), int(state["count"])
 '''
+
+
+class _FrozenStatsLD:
+    """A method with its own BatchNorm policy (statistics frozen at the source model's in every phase),
+    written as a plugin would be: the engine is not touched."""
+
+    @staticmethod
+    def make():
+        from sfseg.adapt.method import SelfTraining
+
+        class FrozenStatsLD(SelfTraining):
+            phases: list[str] = []
+
+            def set_mode(self, model, phase):
+                model.train(phase == "train")
+                for m in model.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+                FrozenStatsLD.phases.append(phase)
+
+        return FrozenStatsLD
+
+
+def test_a_method_with_its_own_batchnorm_policy_runs_without_touching_the_engine(
+    tiny_toycity, tiny_source, tmp_path
+):
+    from sfseg.api import run_adaptation
+    from sfseg.registry import METHODS
+
+    method = _FrozenStatsLD.make()
+    METHODS.register("frozen_stats_ld", method)
+    try:
+        run = run_adaptation(
+            "toycity/ld",
+            [f"data.root={tiny_toycity}", f"checkpoint={tiny_source}", f"out={tmp_path / 'run'}",
+             "method.kind=frozen_stats_ld", "rounds=1", "epochs_per_round=1", "batch_size=2"],
+            progress=False,
+        )  # fmt: skip
+    finally:
+        METHODS.remove("frozen_stats_ld")
+    assert {"label", "train"} <= set(method.phases)
+    source, final = load_checkpoint(tiny_source).state_dict, load_checkpoint(run.path / "final.pt").state_dict
+    stats = [k for k in source if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(source[k], final[k]) for k in stats)  # the policy held throughout
+    assert any(not torch.equal(source[k], final[k]) for k in source if k.endswith("weight"))  # it trained
+
+
+def test_the_engine_reads_no_method_policy():
+    """The round loop asks the Method (prepare, set_mode, labeller_for, collapse_warning); it never reads
+    the recipe's method section itself, except to build the Method."""
+    uses = []
+    for path in (SRC / "engine").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "method"
+                and isinstance(node.value, ast.Attribute)
+            ):
+                uses.append(f"{path.relative_to(SRC)}:{node.lineno} {ast.unparse(node)}")
+            elif (
+                isinstance(node, ast.Attribute) and node.attr == "method" and ast.unparse(node.value) == "cfg"
+            ):
+                uses.append(f"{path.relative_to(SRC)}:{node.lineno} {ast.unparse(node)}")
+    allowed = {"engine/training/run.py"}  # build_method(cfg.method, ...) only
+    assert all(u.split(":")[0] in allowed for u in uses), uses
+    run_py = (SRC / "engine/training/run.py").read_text()
+    assert run_py.count("cfg.method") == 1 and "build_method(cfg.method" in run_py
+
+
+def test_no_file_over_400_lines_and_no_function_over_80():
+    """Exceptions would be named in docs/architecture.md; today there are none."""
+    long_files, long_functions = [], []
+    for path in SRC.rglob("*.py"):
+        text = path.read_text()
+        if text.count("\n") > 400:
+            long_files.append(str(path.relative_to(SRC)))
+        for node in ast.walk(ast.parse(text)):
+            if (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.end_lineno - node.lineno >= 80
+            ):
+                long_functions.append(f"{path.relative_to(SRC)}:{node.name}")
+    assert not long_files and not long_functions, (long_files, long_functions)
 
 
 @pytest.mark.slow

@@ -268,6 +268,8 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from sfseg.engine.experiments.bench import run_bench, run_suite
 
+    executor = {"executor": args.executor, "address": args.address, "cpus_per_job": args.cpus_per_job,
+                "source_overrides": args.source_overrides}  # fmt: skip
     if args.variants:
         run_suite(
             args.variants,
@@ -281,6 +283,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             resume=args.resume,
             jobs=args.jobs,
             source_dir=args.source_dir,
+            **executor,
         )
         return
     run_bench(
@@ -293,6 +296,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         overrides=args.overrides,
         resume=args.resume,
         jobs=args.jobs,
+        **executor,
     )
 
 

@@ -222,13 +222,23 @@ def _benchmarks(sub) -> None:
     b.add_argument(
         "--resume", action="store_true", help="reuse finished runs of the same recipe, resume unfinished ones"
     )
-    b.add_argument("--jobs", type=JOBS, default=1, help="trainings at a time (processes)")
+    b.add_argument(
+        "--jobs", type=JOBS, default=None,
+        help="trainings at a time (local: processes, default 1; ray: tasks in flight, default all ready)",
+    )  # fmt: skip
+    b.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: a process pool on this machine; ray: one Ray task per run (pip install "
+                   "'sfseg[ray]'; data and --out on storage every node sees)")  # fmt: skip
+    b.add_argument("--address", default="", help="the Ray cluster (host:port, or auto); default: a local one")
+    b.add_argument("--cpus-per-job", type=JOBS, default=1, help="each Ray task's CPUs (and torch threads)")
     b.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="run the ToyCity suite's variants")
     b.add_argument("--worlds", type=SEED, nargs="+", default=[0], help="suite worlds (generator seeds)")
     b.add_argument(
         "--data-dir", default="data", help="suite worlds live in <data-dir>/toycity-<variant>-w<world>"
     )
     _set(b, "overrides applied to every method (e.g. --set rounds=1 batch_size=4)")
+    b.add_argument("--source-set", dest="source_overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides of the source and oracle recipes (--source-set epochs=10)")  # fmt: skip
     b.set_defaults(func=C.cmd_bench)
     d = sub.add_parser(
         "demo", help="generate ToyCity, compare methods from the shipped source model (CPU, minutes)"

@@ -160,7 +160,10 @@ def world_jobs(
                 )
                 after.append(f"{world.name}/{first}/seed{seed}")
             key = f"{world.name}/{m}/seed{seed}"
-            jobs.append(Job(key, adapt_or_reuse, (cfg, progress, resume), after))
+            # A second attempt (the Ray executor's, after its worker died) resumes the run it left.
+            jobs.append(
+                Job(key, adapt_or_reuse, (cfg, progress, resume), after, retry_args=(cfg, False, True))
+            )
             keys[(m, seed)] = key
     return jobs, keys
 
@@ -231,7 +234,10 @@ def run_bench(
     progress: bool = True,
     source_dir: str | Path | None = None,
     resume: bool = False,
-    jobs: int = 1,
+    jobs: int | None = 1,
+    executor: str = "local",
+    address: str = "",
+    cpus_per_job: int = 1,
 ) -> dict:
     """Run ``methods`` x ``seeds`` on one ToyCity world; write results.json, results.md and
     per_class_iou.png to ``out``.
@@ -260,9 +266,10 @@ def run_bench(
         overrides,
         list(source_overrides or []),
         resume,
-        progress and jobs == 1,
+        progress and executor == "local" and (jobs or 1) == 1,
     )
-    done = run_jobs(job_list, jobs, log=lambda s: print(s, flush=True))
+    shared = [Path(data_root), Path(source_dir or out), out]
+    done = _run(job_list, jobs, executor, address, cpus_per_job, shared)
     runs = {m: [done[keys[(m, s)]] for s in seeds] for m in methods}
     for m in methods:
         print(f"{m}: target-val mIoU " + ", ".join(f"{r['final']['miou']:.1f}" for r in runs[m]), flush=True)
@@ -296,9 +303,12 @@ def run_suite(
     overrides: list[str] | None = None,
     source_overrides: list[str] | None = None,
     resume: bool = False,
-    jobs: int = 1,
+    jobs: int | None = 1,
     base: ToyCitySpec | None = None,
     source_dir: str | Path | None = None,
+    executor: str = "local",
+    address: str = "",
+    cpus_per_job: int = 1,
 ) -> dict:
     """Every method x seed on every (variant, world) of the ToyCity suite, then per-world reports in
     ``<out>/<variant>-w<world>/`` and the suite summary (``<out>/suite.md``, ``suite.json``). Source
@@ -329,7 +339,8 @@ def run_suite(
             known = {x.key for x in all_jobs}  # a source model shared by the variants is one job
             all_jobs += [j for j in job_list if j.key not in known]
             keys[name] = k
-    done = run_jobs(all_jobs, jobs, log=lambda s: print(s, flush=True))
+    roots = [world_root(data_dir, v, w) for v in variants for w in worlds]
+    done = _run(all_jobs, jobs, executor, address, cpus_per_job, [*roots, Path(source_dir or out), out])
     per_world = {}
     for name, k in keys.items():
         runs = {m: [done[k[(m, s)]] for s in seeds] for m in methods}
@@ -341,3 +352,18 @@ def run_suite(
     print(summary)
     print(f"suite finished in {time.time() - t0:.0f} s; results in {out}")
     return per_world
+
+
+def _run(job_list: list[Job], jobs: int | None, executor: str, address: str, cpus: int, shared: list) -> dict:
+    """The jobs on the chosen executor: ``local`` (``jobs`` processes, default 1) or ``ray`` (at most
+    ``jobs`` tasks at once, default as many as are ready; ``shared``: the paths every node must see)."""
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if executor == "local":
+        if address:
+            raise ConfigError("--address names a Ray cluster: use it with --executor ray")
+        return run_jobs(job_list, jobs or 1, log=log)
+    if executor != "ray":
+        raise ConfigError(f"unknown executor {executor!r}; executors: ['local', 'ray']")
+    from sfseg.engine.experiments.ray_executor import ray_executor
+
+    return run_jobs(job_list, log=log, executor=ray_executor(address, cpus, jobs or 0, shared))

@@ -75,12 +75,7 @@ def plot_per_class(results: dict[str, dict | list[dict]], path: str | Path, titl
     ax.set_title(title or "per-class IoU on the target val split")
     ax.legend(ncol=min(4, len(runs)), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_pl_share(
@@ -117,12 +112,7 @@ def plot_pl_share(
     ax.set_title(title or "class shares of the pseudo-labels per round (dashed: minority)")
     ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 DIAGNOSTIC_PANELS = (
@@ -219,3 +209,15 @@ def trajectory_table(runs: dict[str, list[dict]]) -> str:
             cells.append(f"{np.mean(vals):.1f}" if vals else "")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write (folders made as needed) and close a figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

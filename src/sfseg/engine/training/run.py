@@ -37,7 +37,7 @@ from sfseg.engine.evaluation.inference import Inference, inference_settings
 from sfseg.engine.evaluation.validators import DEFAULT_VALIDATOR
 from sfseg.engine.runtime import distributed
 from sfseg.engine.runtime.config import use_amp
-from sfseg.engine.runtime.guard import DivergenceError, DivergenceGuard, NonFiniteOutput
+from sfseg.engine.runtime.guard import DivergenceGuard
 from sfseg.engine.runtime.loading import (
     TrainView,
     collate,
@@ -88,6 +88,8 @@ class AdaptationRun(RunTrainer):
         recipe: what ``config.yaml`` and the state record as the run's recipe, when it differs from ``cfg``
             (the last stage of a chain runs ``cfg`` with the previous stage's checkpoint).
     """
+
+    stage_name = "round"
 
     def __init__(self, cfg: AdaptConfig, progress: bool = True, recipe: AdaptConfig | None = None):
         if cfg.init_from:
@@ -230,19 +232,13 @@ class AdaptationRun(RunTrainer):
         if self.dist.is_main:
             self.dir.lock() if mode == "claimed" else self.dir.claim(mode)
         distributed.barrier()
-        try:
-            try:
-                self.begin(mode, state)
-                self.train(self.cfg.schedule.rounds)
-                return self.summary
-            except NonFiniteOutput as e:
-                self.guard.outputs(e, self.step, self.last_good())  # raises the run's divergence
-        except DivergenceError as e:
-            self.log.write({"phase": "diverged", "step": self.step, "round": self.stage, "message": str(e)})
-            raise e from None
-        finally:
-            if self.dist.is_main:
-                self.dir.unlock()
+
+        def body() -> dict:
+            self.begin(mode, state)
+            self.train(self.cfg.schedule.rounds)
+            return self.summary
+
+        return self.guarded(body)
 
     def begin(self, mode: str, state: dict | None) -> None:
         """A resumed run: its state, the files its round needs checked before anything is written. A new

@@ -37,7 +37,7 @@ from sfseg.engine.evaluation.inference import Inference, inference_settings
 from sfseg.engine.reporting.board import Board, log_eval
 from sfseg.engine.runtime import distributed
 from sfseg.engine.runtime.config import use_amp
-from sfseg.engine.runtime.guard import DivergenceError, DivergenceGuard, NonFiniteOutput
+from sfseg.engine.runtime.guard import DivergenceGuard
 from sfseg.engine.runtime.loading import (
     LabelTargets,
     TrainView,
@@ -121,6 +121,8 @@ class SourceRun(RunTrainer):
     Construction checks the paths, the data and the initialisation before anything is written.
     """
 
+    stage_name = "epoch"
+
     def __init__(self, cfg: SourceConfig, progress: bool = True):
         dist, self.device = distributed.init(cfg.runtime.device)
         super().__init__(source_run_dir(cfg.out), cfg, dist, progress)
@@ -194,19 +196,13 @@ class SourceRun(RunTrainer):
         if self.dist.is_main:
             self.dir.claim(mode)
         distributed.barrier()
-        try:
-            try:
-                self.begin(mode, state)
-                self.train(self.cfg.schedule.epochs)
-                return self.finish()
-            except NonFiniteOutput as e:
-                self.guard.outputs(e, self.step, self.last_good())
-        except DivergenceError as e:
-            self.log.write({"phase": "diverged", "step": self.step, "epoch": self.stage, "message": str(e)})
-            raise e from None
-        finally:
-            if self.dist.is_main:
-                self.dir.unlock()
+
+        def body() -> dict:
+            self.begin(mode, state)
+            self.train(self.cfg.schedule.epochs)
+            return self.finish()
+
+        return self.guarded(body)
 
     def begin(self, mode: str, state: dict | None) -> None:
         tensorboard = self.cfg.runtime.tensorboard and self.dist.is_main

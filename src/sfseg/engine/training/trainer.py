@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from sfseg.config import to_dict
 from sfseg.engine.runtime import distributed
-from sfseg.engine.runtime.guard import DivergenceGuard
+from sfseg.engine.runtime.guard import DivergenceError, DivergenceGuard, NonFiniteOutput
 from sfseg.engine.runtime.loading import sharded_loader
 from sfseg.engine.runtime.rundir import RunDir
 from sfseg.engine.runtime.runlog import MetricsLog
@@ -47,6 +47,26 @@ class RunTrainer(Trainer):
     model: torch.nn.Module
     train_model: torch.nn.Module
     guard: DivergenceGuard
+
+    stage_name = "stage"
+    """What a stage is called in the metrics log (``round``, ``epoch``)."""
+
+    def guarded(self, body):
+        """Run ``body()`` (the run's steps) and return its result: non-finite outputs become the run's
+        divergence (rolled back to the last good state by the guard), a divergence is logged before it is
+        raised, and the run directory is unlocked whatever happens."""
+        try:
+            try:
+                return body()
+            except NonFiniteOutput as e:
+                self.guard.outputs(e, self.step, self.last_good())  # raises the run's divergence
+        except DivergenceError as e:
+            record = {"phase": "diverged", "step": self.step, self.stage_name: self.stage, "message": str(e)}
+            self.log.write(record)
+            raise e from None
+        finally:
+            if self.dist.is_main:
+                self.dir.unlock()
 
     def __init__(self, run_dir: RunDir, recipe, dist: distributed.Dist, progress: bool):
         super().__init__()
@@ -190,8 +210,16 @@ class FaultInjection(Hook):
 
 
 def fault(name: str, point: str, value: int) -> None:
+    """SIGKILL this process at the point ``SFSEG_FAULT_KILL`` names; with ``SFSEG_FAULT_ONCE=<file>``, only
+    the first process to get there (it creates the file), so that one of several runs dies, once."""
     spec = os.environ.get("SFSEG_FAULT_KILL")
     if spec and spec == f"{name}:{point}:{value}":
+        once = os.environ.get("SFSEG_FAULT_ONCE")
+        if once:
+            try:
+                os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -30,8 +30,7 @@ from sfseg.engine.evaluation.inference import Inference
 from sfseg.engine.training.labelling import label_round
 from sfseg.models import create_model
 from sfseg.models.checkpoint import Normalization
-
-from .references import exact_thresholds
+from tests.references import exact_thresholds
 
 
 def released_thresholds(conf: torch.Tensor, pred: torch.Tensor, num_classes: int, alpha: float) -> dict:

@@ -7,8 +7,7 @@ from PIL import Image
 
 from sfseg.data.classes import TOYCITY
 from sfseg.data.toycity import ToyCitySpec, generate, generate_sample, is_generated
-
-from .conftest import TINY
+from tests.conftest import TINY
 
 
 def _digest(root):

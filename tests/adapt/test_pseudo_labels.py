@@ -15,8 +15,7 @@ from sfseg.adapt.pseudo_labels import (
     score_to_confidence,
 )
 from sfseg.constants import IGNORE_INDEX
-
-from .references import exact_thresholds
+from tests.references import exact_thresholds
 
 
 def _random_scores(seed: int, n: int = 20000, c: int = 7, scale: float = 2.5):

@@ -8,8 +8,7 @@ import torch
 
 from sfseg.cli.main import main
 from sfseg.models import load_checkpoint
-
-from .conftest import sfseg_cli
+from tests.conftest import sfseg_cli
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,7 @@ from sfseg.data.classes import CITYSCAPES19
 from sfseg.data.fake_trees import write_cityscapes
 from sfseg.models import Checkpoint, create_model
 from sfseg.models.checkpoint import Normalization
-
-from .conftest import SMALL_MODEL
+from tests.conftest import SMALL_MODEL
 
 UNWRITABLE = "/proc/sfseg-cannot-write-here"  # not creatable, even by root
 

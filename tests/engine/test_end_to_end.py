@@ -5,8 +5,7 @@ import pytest
 
 from sfseg.cli.main import main
 from sfseg.engine.experiments.demo import run_demo
-
-from .conftest import TINY
+from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow
 
@@ -85,10 +84,11 @@ def test_demo_end_to_end_on_tiny_data(tmp_path, capsys):
         spec=replace(TINY, variant="small_objects"),
         jobs=2,  # the demo's two-at-a-time path (child processes)
     )
-    assert set(res["results"]) == {"source_only", "adabn", "naive_st", "ld"}
+    assert set(res["results"]) == {"source_only", "ld", "recommended"}
     out = capsys.readouterr().out
     assert "| **mIoU** |" in out and "Demo finished" in out and "minority classes hold" in out
-    assert "sfseg demo --methods source_only adabn naive_st ld ldbe" in out  # how to add LDBE
+    assert "sfseg demo --methods source_only ld recommended adabn naive_st ldbe" in out  # how to add more
+    assert "recommended: its label-free validator (agreement) chose round" in out and "GFLOP/s" in out
     assert "Time per phase" in out and "source model" in out and "trained (the shipped one is stale)" in out
     for f in ("per_class_iou.png", "pl_share_ld.png", "results.md", "results.json"):
         assert (tmp_path / "demo" / f).is_file()

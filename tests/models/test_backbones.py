@@ -1,5 +1,5 @@
 """The modern backbones: MiT (SegFormer/DAFormer) and DINOv2 ViTs. Exact sizes, the checkpoint formats the
-field publishes (names and shapes from tests/data/checkpoint_formats.json, random values), the attention
+field publishes (names and shapes from tests/fixtures/checkpoint_formats.json, random values), the attention
 kernels, agreement with Hugging Face transformers where it is installed, and the CLI end to end."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sfseg.data.classes import CITYSCAPES19
 from sfseg.models import create_model
 from sfseg.models.foreign import import_checkpoint, import_state_dict
 
-FORMATS = json.loads((Path(__file__).parent / "data" / "checkpoint_formats.json").read_text())
+FORMATS = json.loads((Path(__file__).parents[1] / "fixtures" / "checkpoint_formats.json").read_text())
 
 
 def _count(model, prefix=""):

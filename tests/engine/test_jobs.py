@@ -106,7 +106,7 @@ def test_bench_resume_reuses_only_runs_of_the_same_recipe(tmp_path, monkeypatch)
     from sfseg.engine.training.recipe import AdaptConfig
     from sfseg.engine.training.resume import STATE_FORMAT
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     cfg = load_config(AdaptConfig, repo / "configs/toycity/ld.yaml", [f"out={tmp_path / 'run'}"])
     calls, lines = [], []
     monkeypatch.setattr(

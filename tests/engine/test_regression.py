@@ -1,5 +1,5 @@
 """The numbers of a fixed tiny LD and LDBE run, recorded before the architecture change (commit 83d78f6,
-tests/data/regression_tiny_ld_ldbe.json, written by the same commands with the code of that commit): the
+tests/fixtures/regression_tiny_ld_ldbe.json, written by the same commands with the code of that commit): the
 refactored code must give the same target-val mIoU per round, the same pseudo-label selections and the same
 losses. Tolerances allow only for floating-point noise between CPUs (a different summation order).
 The LD recorded then is today's ``ld_entropy_unselected`` (the default changed after the ablation of
@@ -14,7 +14,7 @@ from sfseg.cli.main import main
 
 pytestmark = pytest.mark.slow
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "fixtures"
 
 
 # recorded name: (recipe, overrides) giving the recorded run with today's recipes

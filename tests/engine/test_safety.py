@@ -13,8 +13,7 @@ import torch
 
 from sfseg.cli.main import main
 from sfseg.engine.runtime.rundir import RunDir
-
-from .conftest import REPO, sfseg_cli
+from tests.conftest import REPO, sfseg_cli
 
 
 def tree_digest(root):

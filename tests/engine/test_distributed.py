@@ -13,8 +13,7 @@ from PIL import Image
 
 from sfseg.engine.training.optim import OptimConfig, build_optimizer
 from sfseg.models import create_model, load_checkpoint
-
-from .conftest import REPO, SMALL_MODEL, sfseg_cli
+from tests.conftest import REPO, SMALL_MODEL, sfseg_cli
 
 pytestmark = pytest.mark.slow
 
@@ -134,3 +133,56 @@ def test_train_source_under_torchrun(tiny_toycity, tmp_path):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert load_checkpoint(out).provenance["source_val_miou"] >= 0
+
+
+def test_two_nodes_on_the_loopback_label_and_score_like_one(tiny_toycity, tiny_source, tmp_path):
+    """Two ``torchrun --nnodes 2`` launchers (one process each, gloo) meet at a c10d rendezvous on
+    127.0.0.1, as two machines would at their first node's address: the same labels and scores as one
+    process."""
+    args = ["--config", "configs/toycity/ld.yaml", f"data.root={tiny_toycity}", f"checkpoint={tiny_source}",
+            "rounds=1", "epochs_per_round=1", "batch_size=2", "eval_batch_size=2", "amp=false"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    res = sfseg_cli("adapt", *args, f"out={one}", env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    launchers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc_per_node=1",
+                f"--node_rank={rank}",
+                "--rdzv_backend=c10d",
+                f"--rdzv_endpoint=127.0.0.1:{port}",
+                "--rdzv_id=sfseg-test",
+                "--local_addr=127.0.0.1",
+                "-m",
+                "sfseg.cli.main",
+                "adapt",
+                *args,
+                f"out={two}",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=600) for p in launchers]
+    for p, (_, err) in zip(launchers, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert _records(two, "start")[0]["processes"] == 2
+    a, b = _records(one, "pseudo_labels")[0], _records(two, "pseudo_labels")[0]
+    assert a["thresholds"] == b["thresholds"] and a["pl_share"] == b["pl_share"]
+    same_pseudo_labels(one, two, 8)
+    a, b = _records(one, "source_model")[0], _records(two, "source_model")[0]
+    assert a["miou"] == pytest.approx(b["miou"], abs=1e-6)
