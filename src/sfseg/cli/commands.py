@@ -32,16 +32,9 @@ def cmd_toycity_generate(args: argparse.Namespace) -> None:
 def cmd_toycity_calibrate(args: argparse.Namespace) -> None:
     from sfseg.engine.experiments.calibrate import calibrate
 
-    calibrate(
-        args.variants,
-        args.worlds,
-        args.seeds,
-        args.out,
-        data_dir=args.data_dir,
-        report=args.report,
-        source_overrides=args.overrides,
-        jobs=args.jobs,
-    )
+    options = {"data_dir": args.data_dir, "report": args.report, "source_overrides": args.overrides,
+               "jobs": args.jobs}  # fmt: skip
+    calibrate(args.variants, args.worlds, args.seeds, args.out, **options)
 
 
 def cmd_train_source(args: argparse.Namespace) -> None:
@@ -268,36 +261,17 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from sfseg.engine.experiments.bench import run_bench, run_suite
 
-    executor = {"executor": args.executor, "address": args.address, "cpus_per_job": args.cpus_per_job,
-                "source_overrides": args.source_overrides}  # fmt: skip
+    shared = {
+        "recipes": args.configs, "source_dir": args.source_dir, "overrides": args.overrides,
+        "source_overrides": args.source_overrides, "resume": args.resume, "jobs": args.jobs,
+        "executor": args.executor, "address": args.address, "cpus_per_job": args.cpus_per_job,
+    }  # fmt: skip
     if args.variants:
         run_suite(
-            args.variants,
-            args.worlds,
-            args.methods,
-            args.seeds,
-            args.out,
-            data_dir=args.data_dir,
-            recipes=args.configs,
-            overrides=args.overrides,
-            resume=args.resume,
-            jobs=args.jobs,
-            source_dir=args.source_dir,
-            **executor,
+            args.variants, args.worlds, args.methods, args.seeds, args.out, data_dir=args.data_dir, **shared
         )
-        return
-    run_bench(
-        args.data,
-        args.out,
-        methods=args.methods,
-        seeds=args.seeds,
-        recipes=args.configs,
-        source_dir=args.source_dir,
-        overrides=args.overrides,
-        resume=args.resume,
-        jobs=args.jobs,
-        **executor,
-    )
+    else:
+        run_bench(args.data, args.out, methods=args.methods, seeds=args.seeds, **shared)
 
 
 def cmd_export(args: argparse.Namespace) -> None:

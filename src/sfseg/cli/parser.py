@@ -58,22 +58,25 @@ def _toycity(sub) -> None:
     c.set_defaults(func=C.cmd_toycity_calibrate)
 
 
+def _run_command(sub, name: str, what: str, example: str, resume: str, overwrite: str, overrides: str):
+    """A command that runs a recipe in a run directory: --config, --resume, --overwrite and overrides."""
+    p = sub.add_parser(name, help=what)
+    p.add_argument("--config", help=f"recipe: a shipped name ({example}) or a YAML file")
+    p.add_argument("--resume", metavar="RUN_DIR", help=resume)
+    p.add_argument("--overwrite", action="store_true", help=overwrite)
+    _overrides(p, overrides)
+    return p
+
+
 def _training(sub) -> None:
-    ts = sub.add_parser("train-source", help="stage 0: supervised source training")
-    ts.add_argument("--config", help="recipe: a shipped name (toycity/source) or a YAML file")
-    ts.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (out without its suffix)"
-    )
-    ts.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same out")
-    _overrides(ts, "epochs=10 optim.lr=0.02")
+    ts = _run_command(sub, "train-source", "stage 0: supervised source training", "toycity/source",
+                      "continue the run in RUN_DIR (out without its suffix)",
+                      "replace an earlier run of the same out", "epochs=10 optim.lr=0.02")  # fmt: skip
     ts.set_defaults(func=C.cmd_train_source)
-    ad = sub.add_parser("adapt", help="source-free adaptation of a checkpoint")
-    ad.add_argument("--config", help="recipe: a shipped name (toycity/ld; `sfseg recipes`) or a YAML file")
-    ad.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last saved state"
-    )
-    ad.add_argument("--overwrite", action="store_true", help="clear an earlier run in `out` first")
-    _overrides(ad, "checkpoint=model.pt data.dataset=folder data.root=my_images rounds=3")
+    ad = _run_command(sub, "adapt", "source-free adaptation of a checkpoint", "toycity/ld; `sfseg recipes`",
+                      "continue the run in RUN_DIR from its last saved state",
+                      "clear an earlier run in `out` first",
+                      "checkpoint=model.pt data.dataset=folder data.root=my_images rounds=3")  # fmt: skip
     ad.set_defaults(func=C.cmd_adapt)
     r = sub.add_parser("recipes", help="list the shipped recipes (use one as --config <name>)")
     r.add_argument("under", nargs="?", help="only those under this folder (toycity, gta5_to_cityscapes, ...)")
@@ -158,12 +161,8 @@ def _inference(sub) -> None:
 def _runs(sub) -> None:
     se = sub.add_parser("select", help="score every checkpoint of runs with a label-free validator")
     se.add_argument("runs", nargs="+", help="run directories (of sfseg adapt or sfseg bench)")
-    se.add_argument(
-        "--validator",
-        default="bnm",
-        help=f"one of: {names('validators')} (default bnm: it lost "
-        "the least mIoU against the best round on the test worlds; docs/RESULTS.md)",
-    )
+    se.add_argument("--validator", default="bnm", help=f"one of: {names('validators')} (default bnm; "
+                    "docs/RESULTS.md compares them)")  # fmt: skip
     se.add_argument(
         "--all", action="store_true", help="compute every validator (the table ranks by --validator)"
     )

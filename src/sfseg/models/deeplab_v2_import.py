@@ -32,10 +32,9 @@ import torch
 
 from sfseg.data.classes import ClassProtocol
 from sfseg.data.normalization import CAFFE_BGR, IMAGENET, Normalization
-from sfseg.errors import CheckpointError
 from sfseg.models.checkpoint import Checkpoint, CheckpointFormatError
 from sfseg.models.deeplab_v2 import DeepLabV2
-from sfseg.models.foreign import Importer, class_names_for, fitting_weights
+from sfseg.models.foreign import Importer, fitting_weights, imported_class_names
 from sfseg.registry import IMPORTERS
 
 ARCH = "deeplabv2_r101"
@@ -132,15 +131,9 @@ def import_family(
     """
     fam = FAMILIES[family]
     weights, unused = convert(sd, fam)
-    if fam.head:
-        num_classes = int(weights["layer5.conv2d_list.0.weight"].shape[0])
-    elif protocol is None:
-        raise CheckpointError(
-            f"{where}: a {fam.description} file has no segmentation head; say which classes"
-        )
-    else:
-        num_classes = protocol.num_classes
-    class_names = class_names_for(num_classes, protocol, where)
+    head = weights["layer5.conv2d_list.0.weight"] if fam.head else None
+    class_names = imported_class_names(head, protocol, fam.description, where)
+    num_classes = len(class_names)
     model = DeepLabV2(num_classes, backbone=fam.backbone, branches=fam.branches)
     reference = model.state_dict()
     filled = 0

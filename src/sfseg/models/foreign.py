@@ -98,6 +98,18 @@ def _bare_sfseg_state_dict(sd: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def imported_class_names(head_weight, protocol: ClassProtocol | None, what: str, where: str) -> list[str]:
+    """The class names of an imported file: as many as its head's outputs, or, for a file without a head
+    (a backbone), those of the protocol the user named."""
+    if head_weight is not None:
+        num_classes = int(head_weight.shape[0])
+    elif protocol is None:
+        raise CheckpointFormatError(f"{where}: a {what} file has no segmentation head; say which classes")
+    else:
+        num_classes = protocol.num_classes
+    return class_names_for(num_classes, protocol, where)
+
+
 def class_names_for(num_classes: int, protocol: ClassProtocol | None, where: str) -> list[str]:
     """The class names of a head with ``num_classes`` outputs: the protocol's (checked), or the one protocol
     of that size."""

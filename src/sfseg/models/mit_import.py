@@ -39,7 +39,7 @@ import torch
 from sfseg.data.classes import ClassProtocol
 from sfseg.data.normalization import IMAGENET
 from sfseg.models.checkpoint import Checkpoint, CheckpointFormatError
-from sfseg.models.foreign import Importer, class_names_for, load_converted
+from sfseg.models.foreign import Importer, imported_class_names, load_converted
 from sfseg.models.mit import MIT_VARIANTS
 from sfseg.registry import IMPORTERS
 
@@ -327,15 +327,7 @@ def convert(
     weights = {f"backbone.{k}": v for k, v in encoder.items()} | {
         f"decode_head.{k}": v for k, v in head.items()
     }
-    if head_key:
-        num_classes = int(head[head_key].shape[0])
-    elif protocol is None:
-        raise CheckpointFormatError(
-            f"{where}: a {FAMILIES[family]} file has no segmentation head; say which classes"
-        )
-    else:
-        num_classes = protocol.num_classes
-    names = class_names_for(num_classes, protocol, where)
+    names = imported_class_names(head[head_key] if head_key else None, protocol, FAMILIES[family], where)
     new_head = "decode_head." if not head_key else ""
     return load_converted(
         arch,
