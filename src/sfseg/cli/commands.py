@@ -265,6 +265,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "recipes": args.configs, "source_dir": args.source_dir, "overrides": args.overrides,
         "source_overrides": args.source_overrides, "resume": args.resume, "jobs": args.jobs,
         "executor": args.executor, "address": args.address, "cpus_per_job": args.cpus_per_job,
+        "gpus_per_job": args.gpus_per_job,
     }  # fmt: skip
     if args.variants:
         run_suite(

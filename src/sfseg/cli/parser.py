@@ -230,6 +230,9 @@ def _benchmarks(sub) -> None:
                    "'sfseg[ray]'; data and --out on storage every node sees)")  # fmt: skip
     b.add_argument("--address", default="", help="the Ray cluster (host:port, or auto); default: a local one")
     b.add_argument("--cpus-per-job", type=JOBS, default=1, help="each Ray task's CPUs (and torch threads)")
+    b.add_argument(
+        "--gpus-per-job", type=float, default=0.0, help="each Ray task's GPUs (e.g. 1, or 0.5 to share)"
+    )
     b.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="run the ToyCity suite's variants")
     b.add_argument("--worlds", type=SEED, nargs="+", default=[0], help="suite worlds (generator seeds)")
     b.add_argument(

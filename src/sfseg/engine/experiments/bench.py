@@ -238,6 +238,7 @@ def run_bench(
     executor: str = "local",
     address: str = "",
     cpus_per_job: int = 1,
+    gpus_per_job: float = 0,
 ) -> dict:
     """Run ``methods`` x ``seeds`` on one ToyCity world; write results.json, results.md and
     per_class_iou.png to ``out``.
@@ -269,7 +270,7 @@ def run_bench(
         progress and executor == "local" and (jobs or 1) == 1,
     )
     shared = [Path(data_root), Path(source_dir or out), out]
-    done = _run(job_list, jobs, executor, address, cpus_per_job, shared)
+    done = _run(job_list, jobs, executor, address, (cpus_per_job, gpus_per_job), shared)
     runs = {m: [done[keys[(m, s)]] for s in seeds] for m in methods}
     for m in methods:
         print(f"{m}: target-val mIoU " + ", ".join(f"{r['final']['miou']:.1f}" for r in runs[m]), flush=True)
@@ -309,6 +310,7 @@ def run_suite(
     executor: str = "local",
     address: str = "",
     cpus_per_job: int = 1,
+    gpus_per_job: float = 0,
 ) -> dict:
     """Every method x seed on every (variant, world) of the ToyCity suite, then per-world reports in
     ``<out>/<variant>-w<world>/`` and the suite summary (``<out>/suite.md``, ``suite.json``). Source
@@ -340,7 +342,8 @@ def run_suite(
             all_jobs += [j for j in job_list if j.key not in known]
             keys[name] = k
     roots = [world_root(data_dir, v, w) for v in variants for w in worlds]
-    done = _run(all_jobs, jobs, executor, address, cpus_per_job, [*roots, Path(source_dir or out), out])
+    shared = [*roots, Path(source_dir or out), out]
+    done = _run(all_jobs, jobs, executor, address, (cpus_per_job, gpus_per_job), shared)
     per_world = {}
     for name, k in keys.items():
         runs = {m: [done[k[(m, s)]] for s in seeds] for m in methods}
@@ -354,9 +357,12 @@ def run_suite(
     return per_world
 
 
-def _run(job_list: list[Job], jobs: int | None, executor: str, address: str, cpus: int, shared: list) -> dict:
+def _run(
+    job_list: list[Job], jobs: int | None, executor: str, address: str, per_job: tuple, shared: list
+) -> dict:
     """The jobs on the chosen executor: ``local`` (``jobs`` processes, default 1) or ``ray`` (at most
-    ``jobs`` tasks at once, default as many as are ready; ``shared``: the paths every node must see)."""
+    ``jobs`` tasks at once, default as many as are ready; ``per_job``: each task's CPUs and GPUs;
+    ``shared``: the paths every node must see)."""
     log = lambda s: print(s, flush=True)  # noqa: E731
     if executor == "local":
         if address:
@@ -366,4 +372,7 @@ def _run(job_list: list[Job], jobs: int | None, executor: str, address: str, cpu
         raise ConfigError(f"unknown executor {executor!r}; executors: ['local', 'ray']")
     from sfseg.engine.experiments.ray_executor import ray_executor
 
-    return run_jobs(job_list, log=log, executor=ray_executor(address, cpus, jobs or 0, shared))
+    cpus, gpus = per_job
+    if not 0 <= gpus <= 64:
+        raise ConfigError(f"--gpus-per-job: must be in [0, 64], got {gpus}")
+    return run_jobs(job_list, log=log, executor=ray_executor(address, cpus, jobs or 0, shared, gpus))

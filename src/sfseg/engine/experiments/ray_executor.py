@@ -51,14 +51,23 @@ class RayExecutor:
     Args:
         address: as ``ray.init(address=...)``.
         cpus_per_job: each task's ``num_cpus`` (and the threads it uses).
+        gpus_per_job: each task's ``num_gpus`` (a job's own ``gpus`` when it declares more); on a GPU node
+            Ray then sets ``CUDA_VISIBLE_DEVICES`` so that the run's ``cuda`` device is its own GPU.
         max_running: at most this many tasks submitted at once (0: as many as are ready; Ray queues them
             until a node has the resources).
         shared: paths every node must see (the data roots and ``--out``); checked before the first task.
     """
 
-    def __init__(self, address: str = "", cpus_per_job: int = 1, max_running: int = 0, shared=()):
+    def __init__(
+        self,
+        address: str = "",
+        cpus_per_job: int = 1,
+        max_running: int = 0,
+        shared=(),
+        gpus_per_job: float = 0,
+    ):
         ray = self.ray = _ray()
-        self.cpus = cpus_per_job
+        self.cpus, self.gpus = cpus_per_job, gpus_per_job
         self.max_running = max_running
         self.started_here = not ray.is_initialized()
         if self.started_here:
@@ -103,7 +112,7 @@ class RayExecutor:
 
     def submit(self, job: Job, running: int, retry: bool) -> Any:
         args = job.retry_args if retry and job.retry_args is not None else job.args
-        task = self._remote.options(num_cpus=self.cpus, num_gpus=job.gpus, max_retries=0)
+        task = self._remote.options(num_cpus=self.cpus, num_gpus=max(job.gpus, self.gpus), max_retries=0)
         return task.remote(self.cpus, job.fn, *args)
 
     def wait(self, handles: list) -> list:
@@ -130,7 +139,7 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def ray_executor(address: str, cpus_per_job: int, max_running: int, shared: list) -> RayExecutor:
-    """The executor of ``sfseg bench --executor ray`` (``OMP_NUM_THREADS`` is left to each task)."""
+def ray_executor(address: str, cpus_per_job: int, max_running: int, shared: list, gpus_per_job: float = 0):
+    """The executor of ``sfseg bench --executor ray``."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    return RayExecutor(address, cpus_per_job, max_running, shared)
+    return RayExecutor(address, cpus_per_job, max_running, shared, gpus_per_job)
