@@ -235,7 +235,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     from sfseg.fileio import check_writable_file
 
     check_writable_file(Path(args.out), "--out")
-    path = write_report([Path(r) for r in args.runs], Path(args.out), title=args.title)
+    limit = tuple(Path(r) for r in args.limit) if args.limit else None
+    path = write_report([Path(r) for r in args.runs], Path(args.out), title=args.title, limit=limit)
     print(f"report written: {path}")
 
 

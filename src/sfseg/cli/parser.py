@@ -178,6 +178,9 @@ def _runs(sub) -> None:
     rp.add_argument("runs", nargs="+", help="run directories")
     rp.add_argument("--out", default="report.html")
     rp.add_argument("--title", default="sfseg runs")
+    rp.add_argument("--limit", nargs=2, metavar=("SOURCE_ONLY_RUN", "ORACLE_RUN"),
+                    help="add the share of the source-only -> oracle gap each run closes and the classes it "
+                    "lost (runs of the same world and seed)")  # fmt: skip
     rp.set_defaults(func=C.cmd_report)
 
 

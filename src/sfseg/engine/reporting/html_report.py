@@ -20,9 +20,10 @@ import numpy as np
 from sfseg.data.classes import PROTOCOLS, ClassProtocol, protocol_of
 from sfseg.data.registry import dataset_protocol
 from sfseg.engine.reporting.report import has_diagnostics, per_class_table, pl_diagnostics_figure
+from sfseg.engine.reporting.studies import collapsed_classes
 from sfseg.engine.runtime.rundir import RunDir
 from sfseg.engine.runtime.runlog import read_records
-from sfseg.errors import RunDirError
+from sfseg.errors import RunDirError, SfsegError
 from sfseg.fileio import Place, atomic_write_text, check_outputs
 
 MAX_FIGURE_BYTES = 64 * 2**20
@@ -128,17 +129,21 @@ def _labels(runs: list[dict]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n} ({r['dir'].name})" for n, r in zip(names, runs)]
 
 
-def write_report(run_dirs: list[Path], out: Path, title: str = "sfseg runs") -> Path:
+def write_report(
+    run_dirs: list[Path], out: Path, title: str = "sfseg runs", limit: tuple[Path, Path] | None = None
+) -> Path:
     """Write one self-contained HTML page comparing ``run_dirs``; every run is read (and checked) before
-    anything is written, and the page may not overwrite any of the runs' files."""
+    anything is written, and the page may not overwrite any of the runs' files. ``limit``: the
+    source-only run and the oracle run of the same world and seed, for the distance to the limit."""
     import matplotlib
 
     matplotlib.use("Agg")
     check_outputs(
         [Place("--out", Path(out))],
-        [Place(f"run {r}", p) for r in run_dirs for p in RunDir(r).input_files()],
+        [Place(f"run {r}", p) for r in [*run_dirs, *(limit or ())] for p in RunDir(r).input_files()],
     )
     runs = [load_run(r) for r in run_dirs]
+    bounds = [_final_scores(Path(r)) for r in limit] if limit else None
     labels = _labels(runs)
     protocol = _protocol(runs[0])
     listing = ", ".join(html.escape(str(r["dir"])) for r in runs)
@@ -150,6 +155,7 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "sfseg runs") -> 
     ]
     finals = {lab: r["evals"][-1] for lab, r in zip(labels, runs) if r["evals"]}
     parts += _summary_section(labels, runs)
+    parts += _limit_section(labels, runs, bounds) if bounds else []
     parts += _per_class_section(finals, protocol)
     parts += _miou_section(labels, runs)
     parts += _shares_section(labels, runs, protocol)
@@ -164,6 +170,34 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "sfseg runs") -> 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, page)
     return out
+
+
+def _final_scores(run: Path) -> dict:
+    """A finished run's target-val scores (``final`` of its summary): a source-only or an oracle run."""
+    rd = RunDir(run)
+    final = rd.read_json(rd.summary).get("final") if os.path.lexists(rd.summary) else None
+    if not final:
+        raise SfsegError(f"--limit {run}: no target-val scores in {rd.summary} (a finished run evaluated on "
+                         "the target val split is needed)")  # fmt: skip
+    return final
+
+
+def _limit_section(labels: list[str], runs: list[dict], bounds: list[dict]) -> list[str]:
+    """The share of the source-only -> oracle gap each run closes, and the classes it lost (source-only
+    IoU >= 5 and below half of it after adaptation)."""
+    source, oracle = bounds
+    s, o = source["miou"], oracle["miou"]
+    rows = ["| run | mIoU | gap closed | classes lost |", "|---|---:|---:|---|"]
+    rows.append(f"| source-only | {s:.1f} | 0 % | |")
+    rows.append(f"| oracle | {o:.1f} | 100 % | |")
+    for lab, r in zip(labels, runs):
+        final = r["evals"][-1] if r["evals"] else None
+        if not final or "per_class" not in final:
+            continue
+        gap = f"{100 * (final['miou'] - s) / (o - s):.0f} %" if o > s else "-"
+        lost = collapsed_classes({"final": final}, {"final": source})
+        rows.append(f"| {lab} | {final['miou']:.1f} | {gap} | {', '.join(lost) or 'none'} |")
+    return ["<h2>Distance to the limit</h2>", markdown_table_to_html("\n".join(rows))]
 
 
 def _number(v) -> str:
