@@ -33,8 +33,8 @@ calibrate: $(STAMP)
 
 # The fresh test of docs/RESULTS.md: test worlds 0, 2, 3 of every variant, three seeds, both backbones
 # (many hours on 2 cores; --resume picks up where a stopped run left off).
-SUITE_METHODS ?= source_only adabn tent naive_st cbst ld ldbe ld_balanced oracle
-MIT_METHODS ?= source_only adabn tent naive_st ld ldbe ld_balanced oracle
+SUITE_METHODS ?= source_only adabn tent naive_st cbst ld ldbe ld_balanced recommended oracle
+MIT_METHODS ?= source_only adabn tent naive_st ld ldbe ld_balanced recommended oracle
 SUITE = $(BIN)/sfseg bench toycity --variants materials small_objects fog --worlds 0 2 3 --seeds 0 1 2 \
 	--data-dir data --jobs 2 --resume
 results: $(STAMP)

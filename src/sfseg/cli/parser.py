@@ -213,7 +213,7 @@ def _benchmarks(sub) -> None:
     b.add_argument(
         "--methods",
         nargs="+",
-        default=["source_only", "adabn", "ld", "ldbe"],
+        default=["source_only", "adabn", "ld", "ldbe", "recommended"],
         help="recipes of --configs, and 'oracle' (the network trained on the target labels)",
     )
     b.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1, 2])
