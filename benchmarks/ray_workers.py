@@ -1,6 +1,6 @@
 """The same small bench on a local Ray cluster with 1 and with 2 workers (CPUs), and on the local executor:
-wall time and the ratio. A small ToyCity world (--small), 2 methods x 2 seeds, one round, source models
-trained in the bench (one epoch of the small network).
+wall time and the ratio. A small ToyCity world (--small), 2 methods x 2 seeds, three rounds of three epochs, source models
+trained in the bench (twelve epochs).
 
     python benchmarks/ray_workers.py --json docs/measurements/cpu/ray_workers.json
 """
@@ -20,8 +20,8 @@ from sfseg.data.toycity import ToyCitySpec, generate
 from sfseg.engine.experiments.bench import run_bench
 
 METHODS, SEEDS = ["naive_st", "ld"], [0, 1]
-ADAPT = ["rounds=1", "epochs_per_round=1", "batch_size=4"]
-SOURCE = ["epochs=1", "arch_kwargs={width: 8, output_stride: 4}"]
+ADAPT = ["rounds=3", "epochs_per_round=3", "batch_size=4"]
+SOURCE = ["epochs=12"]
 
 
 def timed(data: Path, out: Path, **executor) -> float:
@@ -46,7 +46,9 @@ def main() -> None:
     for cpus in (1, 2):
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         try:
-            result[f"ray_{cpus}_workers_s"] = timed(tmp / "data", tmp / f"ray{cpus}", executor="ray")
+            result[f"ray_{cpus}_workers_s"] = timed(
+                tmp / "data", tmp / f"ray{cpus}", executor="ray", jobs=None
+            )
         finally:
             ray.shutdown()
     result["ray_1_over_2_workers"] = result["ray_1_workers_s"] / result["ray_2_workers_s"]
