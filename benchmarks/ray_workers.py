@@ -1,6 +1,6 @@
 """The same small bench on a local Ray cluster with 1 and with 2 workers (CPUs), and on the local executor:
-wall time and the ratio. A small ToyCity world (--small), 2 methods x 2 seeds, three rounds of three epochs, source models
-trained in the bench (twelve epochs).
+wall time and the ratio. A 64x128 ToyCity world, 2 methods x 2 seeds, three rounds of three epochs, the
+source models trained in the bench (twelve epochs).
 
     python benchmarks/ray_workers.py --json docs/measurements/cpu/ray_workers.json
 """
