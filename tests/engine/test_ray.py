@@ -34,9 +34,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A one-node Ray cluster on 127.0.0.1 with 2 CPUs; its address."""
+    """A one-node Ray cluster on 127.0.0.1 with 2 CPUs; its address. Token authentication is off for this
+    loopback-only cluster, explicitly: Ray turns it on when it finds a token in ~/.ray (left by any earlier
+    local ray.init), and the test must not depend on what an earlier session left there."""
     port = _free_port()
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # for the driver in this process and the sfseg children
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     start = [str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
              "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
@@ -47,6 +51,10 @@ def cluster():
     finally:
         subprocess.run([str(RAY), "stop", "--force"], capture_output=True, env=env, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
 
 
 def _bench(*extra: str, data, out) -> subprocess.CompletedProcess:
