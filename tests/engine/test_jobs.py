@@ -123,7 +123,21 @@ def test_bench_resume_reuses_only_runs_of_the_same_recipe(tmp_path, monkeypatch)
 
     assert saved("done") == {"reused": True}
     assert saved("done", out=str(tmp_path / "before-the-move")) == {"reused": True}
+    # the same data and checkpoint spelled relative to the working directory: the same recipe, reused
+    data, source = tmp_path / "world", tmp_path / "source.pt"
+    data.mkdir()
+    source.write_bytes(b"weights")
+    monkeypatch.chdir(tmp_path)
+    cfg.data.root, cfg.checkpoint = str(data), str(source)
+    assert saved("done", data=to_dict(cfg)["data"] | {"root": "world"}, checkpoint="source.pt") == {
+        "reused": True
+    }
     assert calls == [] and lines == []
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"weights")
+    assert saved("done", checkpoint=str(other)) == {"ran": "overwrite"}
+    assert "differs in checkpoint" in lines.pop()
+    calls.clear()
     assert saved("round") == {"ran": "resume"}
     assert saved("done", seed=cfg.seed + 1) == {"ran": "overwrite"}
     assert len(lines) == 1 and "differs in seed" in lines[0] and str(cfg.out) in lines[0]

@@ -48,13 +48,29 @@ def _normalised(recipe: dict) -> dict:
         return recipe
 
 
+def _same_file(a: object, b: object) -> bool:
+    """Whether two recipe values are two spellings of one existing file or folder (a relative and an
+    absolute path, or a path through a link): the same input, so not a difference."""
+    if not (isinstance(a, str) and isinstance(b, str) and a and b):
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
 def describe_differences(saved: dict, given: dict) -> str:
     """The keys (at most five) in which two recipes differ, each with its two values; "" when they agree.
 
-    Keys in ``RESUMABLE_CHANGES`` do not count. Both recipes are read through the schema first, so a key
-    that a recipe written by an older sfseg lacks counts as its default."""
+    Keys in ``RESUMABLE_CHANGES`` do not count, nor two spellings of the same existing path. Both recipes
+    are read through the schema first, so a key that a recipe written by an older sfseg lacks counts as its
+    default."""
     fs, fg = _flat(_normalised(saved)), _flat(_normalised(given))
-    diff = sorted(k for k in set(fs) | set(fg) if fs.get(k) != fg.get(k) and k not in RESUMABLE_CHANGES)
+    diff = sorted(
+        k
+        for k in set(fs) | set(fg)
+        if fs.get(k) != fg.get(k) and k not in RESUMABLE_CHANGES and not _same_file(fs.get(k), fg.get(k))
+    )
     shown = ", ".join(f"{k} ({fs.get(k)!r} -> {fg.get(k)!r})" for k in diff[:5])
     return shown + (" ..." if len(diff) > 5 else "")
 
