@@ -187,6 +187,19 @@ def read_bytes(
     return data
 
 
+def read_text(path: str | Path, limit: int, what: str, error: type[Exception] = RunDirError) -> str:
+    """A bounded UTF-8 text file that the user gives (a recipe, a list file): every way it cannot be read
+    is one ``error`` naming ``path``, the ``what`` and the fix."""
+    try:
+        return read_bytes(path, limit, what=what).decode("utf-8")
+    except RunDirError as e:
+        raise error(str(e)) from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start}); save the {what} as UTF-8") from None
+    except OSError as e:
+        raise error(f"{path}: cannot be read ({e.strerror})") from None
+
+
 # ---------------------------------------------------------------------------------------------- writing
 def atomic_write_bytes(path: Path, write: Callable[[Path], object], root: str | Path | None = None) -> None:
     """Call ``write(tmp_path)``, then rename onto ``path``: readers see the old file or the new one, never

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from sfseg.errors import ConfigError, RunDirError
-from sfseg.fileio import read_bytes
+from sfseg.errors import ConfigError
+from sfseg.fileio import read_text
 
 _BRIEF = reprlib.Repr()
 _BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxtuple, _BRIEF.maxdict = 2, 6, 6, 6
@@ -183,14 +183,7 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"config file not found: {path}")
     if not path.is_file():
         raise ConfigError(f"{path}: is not a file (a config file is expected)")
-    try:
-        text = read_bytes(path, MAX_CONFIG_BYTES, what="recipe").decode("utf-8")
-    except RunDirError as e:
-        raise ConfigError(str(e)) from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config file as UTF-8") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+    text = read_text(path, MAX_CONFIG_BYTES, "recipe", ConfigError)
     data = safe_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of keys to values")

@@ -26,8 +26,8 @@ from torch.utils.data import Dataset
 
 from sfseg.data.classes import ClassProtocol
 from sfseg.data.images import header_size, read_image, read_pil_ids
-from sfseg.errors import DatasetError, RunDirError
-from sfseg.fileio import read_bytes
+from sfseg.errors import DatasetError
+from sfseg.fileio import read_text
 
 
 @dataclass(frozen=True)
@@ -220,16 +220,7 @@ def list_entries(list_file: Path, columns: int = 2) -> list[tuple[int, list[str]
     list_file = Path(list_file)
     if not list_file.is_file():
         raise DatasetError(f"list file not found: {list_file}")
-    try:
-        text = read_bytes(list_file, MAX_LIST_BYTES, what="list file").decode("utf-8")
-    except RunDirError as e:
-        raise DatasetError(str(e)) from None
-    except UnicodeDecodeError as e:
-        raise DatasetError(
-            f"{list_file}: not UTF-8 text (byte {e.start}); save the list file as UTF-8"
-        ) from None
-    except OSError as e:
-        raise DatasetError(f"{list_file}: cannot be read ({e.strerror})") from None
+    text = read_text(list_file, MAX_LIST_BYTES, "list file", DatasetError)
     out = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()

@@ -27,8 +27,8 @@ import numpy as np
 from sfseg.constants import IGNORE_INDEX
 from sfseg.data.classes import ClassProtocol
 from sfseg.data.file_dataset import FileListDataset, Sample, layout_error, lut_codec, missing_error
-from sfseg.errors import ConfigError, DatasetError, RunDirError
-from sfseg.fileio import read_bytes
+from sfseg.errors import ConfigError, DatasetError
+from sfseg.fileio import read_text
 from sfseg.registry import DATASETS
 from sfseg.yaml_io import MAX_CONFIG_BYTES, brief, safe_yaml
 
@@ -46,8 +46,8 @@ def load_mapping(path: str | Path, protocol: ClassProtocol) -> np.ndarray:
     if not path.is_file():
         raise DatasetError(f"mapping file not found: {path}")
     try:
-        table = safe_yaml(read_bytes(path, MAX_CONFIG_BYTES, what="mapping file").decode("utf-8"), str(path))
-    except (ConfigError, RunDirError, UnicodeDecodeError, OSError) as e:
+        table = safe_yaml(read_text(path, MAX_CONFIG_BYTES, "mapping file", ConfigError), str(path))
+    except ConfigError as e:
         raise DatasetError(f"cannot be read as a mapping file: {str(e)[:400]}") from None
     if not isinstance(table, dict) or not table:
         raise DatasetError(f"{path}: expected a mapping 'raw id: class name' (or 'ignore')")

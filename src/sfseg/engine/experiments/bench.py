@@ -234,7 +234,7 @@ def run_bench(
     progress: bool = True,
     source_dir: str | Path | None = None,
     resume: bool = False,
-    jobs: int | None = 1,
+    jobs: int | None = None,
     executor: str = "local",
     address: str = "",
     cpus_per_job: int = 1,
@@ -246,6 +246,7 @@ def run_bench(
     Source models are cached as ``source_seed<s>.pt`` in ``source_dir`` (default ``out``) and reused when
     their recipe matches, so several benches can share them. Each run directory is cleared and run again,
     unless ``resume``: then a finished run of the same recipe is reused and an unfinished one resumed.
+    ``jobs``: runs at a time (default: one process locally; on Ray, every run whose inputs are ready).
 
     Returns:
         ``{"results": {method: [final eval per seed]}, "runs": {method: [summary per seed]}}``.
@@ -304,7 +305,7 @@ def run_suite(
     overrides: list[str] | None = None,
     source_overrides: list[str] | None = None,
     resume: bool = False,
-    jobs: int | None = 1,
+    jobs: int | None = None,
     base: ToyCitySpec | None = None,
     source_dir: str | Path | None = None,
     executor: str = "local",
