@@ -26,6 +26,31 @@ SMALL_MODEL = "arch_kwargs={width: 8, output_stride: 4}"
 REPO = Path(__file__).resolve().parents[1]
 
 
+def source_args(root, out, *extra: str) -> list[str]:
+    """``sfseg train-source`` with the ToyCity source recipe on ``root``, writing ``out``."""
+    return [
+        "train-source",
+        "--config",
+        "configs/toycity/source.yaml",
+        f"data.root={root}",
+        f"out={out}",
+        *extra,
+    ]
+
+
+def adapt_args(root, src, out, recipe: str = "ld", *extra: str) -> list[str]:
+    """``sfseg adapt`` with the ToyCity recipe ``recipe`` from ``src`` on ``root``, into ``out``."""
+    return [
+        "adapt",
+        "--config",
+        f"configs/toycity/{recipe}.yaml",
+        f"data.root={root}",
+        f"checkpoint={src}",
+        f"out={out}",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="session")
 def tiny_source(tiny_toycity, tmp_path_factory):
     """A source checkpoint of the small model trained one epoch on the tiny tree (once per session)."""

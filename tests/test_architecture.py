@@ -21,7 +21,7 @@ from sfseg.models.checkpoint import CheckpointFormatError
 from sfseg.models.foreign import Importer
 from sfseg.models.registry import ModelHooks
 from sfseg.registry import IMPORTERS, MODELS
-from tests.conftest import REPO, sfseg_cli
+from tests.conftest import REPO, adapt_args, sfseg_cli, source_args
 
 SRC = REPO / "src" / "sfseg"
 
@@ -87,39 +87,10 @@ def throwaway():
 
 def test_a_new_backbone_is_one_registration(throwaway, tiny_toycity, tmp_path, capsys):
     src, run = tmp_path / "src.pt", tmp_path / "ld"
-    assert (
-        main(
-            [
-                "train-source",
-                "--config",
-                "configs/toycity/source.yaml",
-                f"data.root={tiny_toycity}",
-                f"out={src}",
-                "arch=throwaway",
-                "arch_kwargs={width: 4}",
-                "epochs=2",
-            ]
-        )
-        == 0
-    )
+    assert main(source_args(tiny_toycity, src, "arch=throwaway", "arch_kwargs={width: 4}", "epochs=2")) == 0
     assert load_checkpoint(src).arch == "throwaway"
-    assert (
-        main(
-            [
-                "adapt",
-                "--config",
-                "configs/toycity/ld.yaml",
-                f"data.root={tiny_toycity}",
-                f"checkpoint={src}",
-                f"out={run}",
-                "rounds=1",
-                "epochs_per_round=1",
-                "batch_size=4",
-                "select.validator=snd",
-            ]
-        )
-        == 0
-    )
+    tiny = ["rounds=1", "epochs_per_round=1", "batch_size=4", "select.validator=snd"]
+    assert main(adapt_args(tiny_toycity, src, run, "ld", *tiny)) == 0
     summary = json.loads((run / "summary.json").read_text())
     js = tmp_path / "eval.json"
     assert (

@@ -13,7 +13,7 @@ from sfseg.data.classes import CITYSCAPES19
 from sfseg.data.fake_trees import write_cityscapes
 from sfseg.models import Checkpoint, create_model
 from sfseg.models.checkpoint import Normalization
-from tests.conftest import SMALL_MODEL
+from tests.conftest import SMALL_MODEL, source_args
 
 UNWRITABLE = "/proc/sfseg-cannot-write-here"  # not creatable, even by root
 
@@ -135,16 +135,7 @@ def test_batch_size_larger_than_the_split(tiny_toycity, tiny_source, tmp_path, c
     out = tmp_path / "run"
     code, err = run_cli(capsys, *adapt(tiny_toycity, tiny_source, out), "batch_size=9")  # 8 train images
     assert code == 2 and "schedule.batch_size" in err and "8 images" in err and not out.exists()
-    code, err = run_cli(
-        capsys,
-        "train-source",
-        "--config",
-        "configs/toycity/source.yaml",
-        f"data.root={tiny_toycity}",
-        f"out={tmp_path / 's.pt'}",
-        "batch_size=9",
-        SMALL_MODEL,
-    )
+    code, err = run_cli(capsys, *source_args(tiny_toycity, tmp_path / "s.pt", "batch_size=9", SMALL_MODEL))
     assert code == 2 and "schedule.batch_size" in err and not (tmp_path / "s.pt").exists()
 
 
@@ -152,16 +143,7 @@ def test_batch_size_larger_than_the_split(tiny_toycity, tiny_source, tmp_path, c
 def test_train_source_checks_its_output_before_training(tiny_toycity, tmp_path, capsys, out_kind):
     out = tmp_path if out_kind == "directory" else f"{UNWRITABLE}/source.pt"
     t0 = time.time()
-    code, err = run_cli(
-        capsys,
-        "train-source",
-        "--config",
-        "configs/toycity/source.yaml",
-        f"data.root={tiny_toycity}",
-        f"out={out}",
-        "epochs=50",
-        SMALL_MODEL,
-    )
+    code, err = run_cli(capsys, *source_args(tiny_toycity, out, "epochs=50", SMALL_MODEL))
     assert code == 2 and str(out) in err and time.time() - t0 < 20
     assert "directory" in err if out_kind == "directory" else "not writable" in err
 

@@ -6,6 +6,13 @@ import pytest
 from .adversarial import *  # noqa: F403 (the probe's helpers and its env fixture)
 from .adversarial import refused_cleanly
 
+
+def check_with_mapping(env, mapping: str) -> list[str]:
+    """``sfseg check-data`` of a user's folder dataset with the mapping file ``mapping`` (its text)."""
+    data = ["--dataset", "folder", "--protocol", "cityscapes19", "--data", str(folder_tree(env))]
+    return ["check-data", *data, "--split", "all", "--mapping", str(env.file("m.yaml", mapping))]
+
+
 CASES = [
     ("data-root-missing", lambda e: e.adapt(f"data.root={e.tmp / 'nowhere'}"), "not found"),
     ("data-root-a-file", lambda e: e.adapt(f"data.root={e.file('f.txt', 'x')}"), "f.txt"),
@@ -74,36 +81,12 @@ CASES = [
     ),
     (
         "mapping-alias-bomb",
-        lambda e: [
-            "check-data",
-            "--dataset",
-            "folder",
-            "--protocol",
-            "cityscapes19",
-            "--data",
-            str(folder_tree(e)),
-            "--split",
-            "all",
-            "--mapping",
-            str(e.file("m.yaml", bomb())),
-        ],
+        lambda e: check_with_mapping(e, bomb()),
         "m.yaml",
     ),
     (
         "mapping-not-a-mapping",
-        lambda e: [
-            "check-data",
-            "--dataset",
-            "folder",
-            "--protocol",
-            "cityscapes19",
-            "--data",
-            str(folder_tree(e)),
-            "--split",
-            "all",
-            "--mapping",
-            str(e.file("m.yaml", "- road\n")),
-        ],
+        lambda e: check_with_mapping(e, "- road\n"),
         "expected a mapping",
     ),
 ]

@@ -5,17 +5,14 @@ import pytest
 
 from sfseg.cli.main import main
 from sfseg.engine.experiments.demo import run_demo
-from tests.conftest import TINY
+from tests.conftest import SMALL_MODEL, TINY, adapt_args, source_args
 
 pytestmark = pytest.mark.slow
-
-SMALL_MODEL = "arch_kwargs={width: 8, output_stride: 4}"
 
 
 def train_tiny_source(root, out, epochs: int) -> int:
     """``sfseg train-source`` with the small model on the tiny tree; returns the exit code."""
-    args = ["--config", "configs/toycity/source.yaml", f"data.root={root}", f"out={out}", f"epochs={epochs}"]
-    return main(["train-source", *args, SMALL_MODEL])
+    return main(source_args(root, out, f"epochs={epochs}", SMALL_MODEL))
 
 
 def test_cli_train_adapt_eval(tiny_toycity, tmp_path, capsys):
@@ -23,20 +20,7 @@ def test_cli_train_adapt_eval(tiny_toycity, tmp_path, capsys):
     assert train_tiny_source(tiny_toycity, src, epochs=2) == 0
     run = tmp_path / "ld"
     assert (
-        main(
-            [
-                "adapt",
-                "--config",
-                "configs/toycity/ld.yaml",
-                f"data.root={tiny_toycity}",
-                f"checkpoint={src}",
-                f"out={run}",
-                "rounds=2",
-                "epochs_per_round=1",
-                "batch_size=4",
-            ]
-        )
-        == 0
+        main(adapt_args(tiny_toycity, src, run, "ld", "rounds=2", "epochs_per_round=1", "batch_size=4")) == 0
     )
     assert (run / "config.yaml").is_file() and (run / "final.pt").is_file() and (run / "round_1.pt").is_file()
     assert len(list((run / "pseudo_labels" / "round_1").glob("*.png"))) == TINY.target_train

@@ -8,6 +8,7 @@ import torch
 
 from sfseg.cli.main import main
 from sfseg.models import load_checkpoint
+from tests.conftest import adapt_args as tiny_adapt
 from tests.conftest import sfseg_cli
 
 pytestmark = pytest.mark.slow
@@ -16,13 +17,11 @@ VOLATILE = {"seconds", "train_seconds", "time", "peak_rss_gib", "peak_cuda_gib",
 
 
 def adapt_args(root, src, out, recipe="ld", *extra):
-    return [
-        "adapt",
-        "--config",
-        f"configs/toycity/{recipe}.yaml",
-        f"data.root={root}",
-        f"checkpoint={src}",
-        f"out={out}",
+    return tiny_adapt(
+        root,
+        src,
+        out,
+        recipe,
         "rounds=2",
         "epochs_per_round=2",
         "batch_size=2",
@@ -30,7 +29,7 @@ def adapt_args(root, src, out, recipe="ld", *extra):
         "save_every=3",
         "amp=false",
         *extra,
-    ]
+    )
 
 
 def stable_records(run_dir):

@@ -13,7 +13,7 @@ import torch
 
 from sfseg.cli.main import main
 from sfseg.engine.runtime.rundir import RunDir
-from tests.conftest import REPO, sfseg_cli
+from tests.conftest import REPO, adapt_args, sfseg_cli
 
 
 def tree_digest(root):
@@ -26,20 +26,8 @@ def tree_digest(root):
 
 
 def adapt(root, src, out, recipe="ld", *extra):
-    return [
-        "adapt",
-        "--config",
-        f"configs/toycity/{recipe}.yaml",
-        f"data.root={root}",
-        f"checkpoint={src}",
-        f"out={out}",
-        "rounds=1",
-        "epochs_per_round=1",
-        "batch_size=4",
-        "eval_batch_size=4",
-        "amp=false",
-        *extra,
-    ]
+    tiny = ["rounds=1", "epochs_per_round=1", "batch_size=4", "eval_batch_size=4", "amp=false"]
+    return adapt_args(root, src, out, recipe, *tiny, *extra)
 
 
 @pytest.fixture
