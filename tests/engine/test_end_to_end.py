@@ -5,6 +5,7 @@ import pytest
 
 from sfseg.cli.main import main
 from sfseg.engine.experiments.demo import run_demo
+from sfseg.engine.reporting.studies import load_runs, suite_report
 from tests.conftest import SMALL_MODEL, TINY, adapt_args, source_args
 
 pytestmark = pytest.mark.slow
@@ -178,6 +179,9 @@ def test_suite_runs_every_variant_and_writes_the_summary(tmp_path):
     ld, so = (per_world["materials-w1"][m][0]["final"]["miou"] for m in ("ld", "source_only"))
     assert oracle["final"]["miou"] > so  # (deterministic: the tiny world's oracle beats its source model)
     assert f"| ld | {100 * (ld - so) / (oracle['final']['miou'] - so):.0f} % |" in text
+    # The tables read back from the folders (scripts/suite_tables.py) find the oracle too.
+    again = suite_report(load_runs(tmp_path / "suite"), ["source_only", "ld", "oracle"])
+    assert again.split("Distance to the limit")[1] == text.split("Distance to the limit")[1]
 
 
 def test_the_shipped_demo_source_model_is_current():

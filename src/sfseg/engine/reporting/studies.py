@@ -34,6 +34,10 @@ def load_runs(*roots: Path) -> Runs:
         for f in sorted(Path(root).glob("*/*/seed*/summary.json")):
             world, method = f.parts[-4], f.parts[-3]
             runs.setdefault(world, {}).setdefault(method, []).append(json.loads(f.read_text()))
+        for f in sorted(Path(root).glob("*/oracle/oracle_seed*/summary.json")):  # a source-like run
+            summary = json.loads(f.read_text())
+            summary.setdefault("seed", int(f.parts[-2].removeprefix("oracle_seed")))
+            runs.setdefault(f.parts[-4], {}).setdefault("oracle", []).append(summary)
     for methods in runs.values():
         for rs in methods.values():
             rs.sort(key=lambda r: r.get("seed", 0))
