@@ -46,9 +46,7 @@ def main() -> None:
     for cpus in (1, 2):
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         try:
-            result[f"ray_{cpus}_workers_s"] = timed(
-                tmp / "data", tmp / f"ray{cpus}", executor="ray", jobs=None
-            )
+            result[f"ray_{cpus}_workers_s"] = timed(tmp / "data", tmp / f"ray{cpus}", executor="ray")
         finally:
             ray.shutdown()
     result["ray_1_over_2_workers"] = result["ray_1_workers_s"] / result["ray_2_workers_s"]

@@ -20,7 +20,7 @@ import numpy as np
 from sfseg.data.classes import PROTOCOLS, ClassProtocol, protocol_of
 from sfseg.data.registry import dataset_protocol
 from sfseg.engine.reporting.report import has_diagnostics, per_class_table, pl_diagnostics_figure
-from sfseg.engine.reporting.studies import collapsed_classes
+from sfseg.engine.reporting.studies import collapsed_classes, gap_share
 from sfseg.engine.runtime.rundir import RunDir
 from sfseg.engine.runtime.runlog import read_records
 from sfseg.errors import RunDirError, SfsegError
@@ -194,7 +194,8 @@ def _limit_section(labels: list[str], runs: list[dict], bounds: list[dict]) -> l
         final = r["evals"][-1] if r["evals"] else None
         if not final or "per_class" not in final:
             continue
-        gap = f"{100 * (final['miou'] - s) / (o - s):.0f} %" if o > s else "-"
+        share = gap_share(final["miou"], s, o)
+        gap = f"{100 * share:.0f} %" if share is not None else "-"
         lost = collapsed_classes({"final": final}, {"final": source})
         rows.append(f"| {lab} | {final['miou']:.1f} | {gap} | {', '.join(lost) or 'none'} |")
     return ["<h2>Distance to the limit</h2>", markdown_table_to_html("\n".join(rows))]

@@ -98,13 +98,18 @@ def ranks(runs: Runs, worlds: list[str], methods: list[str]) -> dict[str, float]
     return {m: float(np.mean(v)) for m, v in out.items()}
 
 
+def gap_share(score: float, source: float, oracle: float) -> float | None:
+    """The share of the source-only -> oracle gap a score closes; None when the oracle is not ahead."""
+    return float((score - source) / (oracle - source)) if oracle > source else None
+
+
 def gap_closed(runs: Runs, world: str, method: str, source: str = "source_only", oracle: str = "oracle"):
     """The share of the source-only -> oracle gap ``method`` closes in ``world`` (seed means); None
     without an oracle."""
     if oracle not in runs[world] or source not in runs[world]:
         return None
     s, o = miou(runs[world][source]).mean(), miou(runs[world][oracle]).mean()
-    return float((miou(runs[world][method]).mean() - s) / (o - s)) if o > s else None
+    return gap_share(miou(runs[world][method]).mean(), s, o)
 
 
 def collapsed_classes(run: dict, source_only: dict, threshold: float = COLLAPSE_MIN_IOU) -> list[str]:
