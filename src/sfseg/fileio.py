@@ -205,12 +205,17 @@ def atomic_write_bytes(path: Path, write: Callable[[Path], object], root: str | 
     """Call ``write(tmp_path)``, then rename onto ``path``: readers see the old file or the new one, never
     a partial one. The temporary file gets a fresh name (created exclusively, so no planted link is
     followed); ``path`` itself must not be a link (a rename would replace the link, which is never what
-    the user meant) nor, below ``root``, lie under one. A failure (full disk, read-only directory)
-    removes the temporary file and raises one :class:`~sfseg.errors.RunDirError` naming ``path``."""
+    the user meant) nor, below ``root``, lie under one. Missing folders above it are made (only now, when
+    the file is written). A failure (full disk, read-only directory) removes the temporary file and
+    raises one :class:`~sfseg.errors.RunDirError` naming ``path``."""
     path = Path(path)
     refuse_links(path, root)
     tmp = None
     try:
+        if root is not None:
+            make_dirs(path.parent, root)
+        elif not path.parent.is_dir():
+            path.parent.mkdir(parents=True)
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         tmp = Path(name)
@@ -266,17 +271,25 @@ def make_dirs(path: str | Path, root: str | Path) -> Path:
 
 
 def check_writable_dir(path: Path, what: str) -> None:
-    """Create ``path`` if needed and prove it writable with a probe file; a clear error otherwise."""
+    """``path`` is, or can be created as, a writable directory: a clear error otherwise. Nothing is
+    created (a command refused later leaves no empty folder behind): the deepest existing folder on the
+    way is proved writable with a probe file of its own, which is removed."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"{what} {path} exists and is not a directory; choose another path")
+    here = path
+    while not os.path.lexists(here) and here != here.parent:
+        here = here.parent
+    if os.path.lexists(here) and not here.is_dir():
+        where = "" if here == path else f" (its part {here})"
+        raise RunDirError(f"{what} {path}{where} exists and is not a directory; choose another path")
     try:
-        path.mkdir(parents=True, exist_ok=True)
         # A probe of its own per process: ranks of a torchrun job check the same directory at once.
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".sfseg-write-test-"):
+        with tempfile.NamedTemporaryFile(dir=here, prefix=".sfseg-write-test-"):
             pass
     except OSError as e:
-        raise RunDirError(f"{what} {path} is not writable ({e.strerror}); choose another path") from None
+        where = "" if here == path else f" (its folder {here})"
+        raise RunDirError(
+            f"{what} {path}{where} is not writable ({e.strerror}); choose another path"
+        ) from None
 
 
 def check_writable_file(path: Path, what: str) -> None:

@@ -14,14 +14,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from sfseg.cli.main import main
 
+from ..conftest import SMALL_MODEL, source_args
+
 LD = "configs/toycity/ld.yaml"
-SRC = "configs/toycity/source.yaml"
 PRECIOUS = "precious\n"
 
 
 def adapt_args(root, src, out, *extra, config: str = LD) -> list[str]:
+    """A one-round LD run (or ``config``'s) on the tiny tree: fast enough for a case."""
     return ["adapt", "--config", config, f"data.root={root}", f"checkpoint={src}", f"out={out}",
             "rounds=1", "epochs_per_round=1", "batch_size=4", "amp=false", *extra]  # fmt: skip
 
@@ -44,8 +48,19 @@ class Env:
     def adapt(self, *extra: str, out: Path | None = None, config: str = LD) -> list[str]:
         return adapt_args(self.toy, self.src, out or self.out, *extra, config=config)
 
+    def source(self, *extra: str) -> list[str]:
+        return source_args(self.toy, self.out / "s.pt", "epochs=1", SMALL_MODEL, *extra)
+
     def eval(self, *extra: str, checkpoint: Path | None = None) -> list[str]:
         return ["eval", "--checkpoint", str(checkpoint or self.src), "--data", str(self.toy), *extra]
+
+    def checkpoint(self, edit) -> Path:
+        """A copy of the tiny source checkpoint after ``edit(payload)``."""
+        payload = torch.load(self.src, weights_only=True)
+        edit(payload)
+        path = self.scratch / "edited.pt"
+        torch.save(payload, path)
+        return path
 
     def file(self, name: str, data: str | bytes) -> Path:
         p = self.scratch / name
@@ -113,7 +128,8 @@ def refused(capsys, env: Env, args: list, expect: str, allow: tuple[str, ...] = 
     assert "Traceback" not in err, err[-3000:]
     # Progress bars (carriage returns, cursor moves) share stderr with the message.
     plain = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", err).replace("\r", "\n")
-    lines = [ln.strip() for ln in plain.splitlines() if ln.strip().startswith("sfseg: error:")]
+    # "sfseg: error:", or argparse's "sfseg <command>: error:" for a flag refused while parsing.
+    lines = [ln.strip() for ln in plain.splitlines() if re.match(r"sfseg( [\w-]+)*: error:", ln.strip())]
     assert len(lines) == 1, err[-3000:]
     # The message is one line, or, for errors that list every bad file, one line and its listing.
     assert expect in lines[0] or expect in err + captured.out, err[-3000:]

@@ -247,3 +247,18 @@ def test_writability_checks_of_concurrent_processes_do_not_collide(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(check_many, range(8)))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_writability_checks_create_nothing(tmp_path):
+    # A check runs before a command may still refuse its input: it must not leave an empty folder behind.
+    from sfseg.errors import RunDirError
+    from sfseg.fileio import atomic_write_text, check_writable_dir, check_writable_file
+
+    check_writable_dir(tmp_path / "a" / "b", "--out")
+    check_writable_file(tmp_path / "c" / "r.html", "--out")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(RunDirError, match=r"its part .*f\) exists and is not a directory"):
+        check_writable_dir(tmp_path / "f" / "g", "--out")
+    atomic_write_text(tmp_path / "c" / "d" / "r.json", "{}")  # the folders are made when a file is written
+    assert (tmp_path / "c" / "d" / "r.json").read_text() == "{}"

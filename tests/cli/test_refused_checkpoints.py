@@ -1,10 +1,12 @@
 """Refused cleanly: checkpoints: wrong kinds, damaged files, forced families (see :mod:`.adversarial`)."""
-# ruff: noqa: F405 (the cases use the probe's helpers through the star import)
+
+from pathlib import Path
 
 import pytest
+import torch
 
-from .adversarial import *  # noqa: F403 (the probe's helpers and its env fixture)
-from .adversarial import refused_cleanly
+from .adversarial import spoiled
+from .probe import refused
 
 CASES = [
     (
@@ -31,7 +33,7 @@ CASES = [
     ("checkpoint-empty", lambda e: e.eval(checkpoint=e.file("t.pt", b"")), "empty"),
     (
         "checkpoint-pickled-object",
-        lambda e: torch.save({"x": Path("/")}, e.tmp / "o.pt") or e.eval(checkpoint=e.tmp / "o.pt"),
+        lambda e: torch.save({"x": Path("/")}, e.scratch / "o.pt") or e.eval(checkpoint=e.scratch / "o.pt"),
         "other than tensors",
     ),
     (
@@ -43,5 +45,5 @@ CASES = [
 
 
 @pytest.mark.parametrize("build, expect", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_checkpoints_refused_cleanly(env, capsys, build, expect):  # noqa: F811
-    refused_cleanly(env, capsys, build, expect)
+def test_checkpoints_refused_cleanly(env, capsys, build, expect):
+    refused(capsys, env, build(env), expect)

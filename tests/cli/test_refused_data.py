@@ -1,10 +1,10 @@
 """Refused cleanly: data: images, labels, lists and folders (see :mod:`.adversarial`)."""
-# ruff: noqa: F405 (the cases use the probe's helpers through the star import)
 
+import numpy as np
 import pytest
 
-from .adversarial import *  # noqa: F403 (the probe's helpers and its env fixture)
-from .adversarial import refused_cleanly
+from .adversarial import bomb, folder_tree, replace_image, rewrite_list, sixteen_bit
+from .probe import refused
 
 
 def check_with_mapping(env, mapping: str) -> list[str]:
@@ -14,7 +14,7 @@ def check_with_mapping(env, mapping: str) -> list[str]:
 
 
 CASES = [
-    ("data-root-missing", lambda e: e.adapt(f"data.root={e.tmp / 'nowhere'}"), "not found"),
+    ("data-root-missing", lambda e: e.adapt(f"data.root={e.scratch / 'nowhere'}"), "not found"),
     ("data-root-a-file", lambda e: e.adapt(f"data.root={e.file('f.txt', 'x')}"), "f.txt"),
     (
         "list-not-utf8",
@@ -93,5 +93,5 @@ CASES = [
 
 
 @pytest.mark.parametrize("build, expect", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_data_refused_cleanly(env, capsys, build, expect):  # noqa: F811
-    refused_cleanly(env, capsys, build, expect)
+def test_data_refused_cleanly(env, capsys, build, expect):
+    refused(capsys, env, build(env), expect)

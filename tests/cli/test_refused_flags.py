@@ -1,10 +1,8 @@
 """Refused cleanly: the command line's own flags (see :mod:`.adversarial`)."""
-# ruff: noqa: F405 (the cases use the probe's helpers through the star import)
 
 import pytest
 
-from .adversarial import *  # noqa: F403 (the probe's helpers and its env fixture)
-from .adversarial import refused_cleanly
+from .probe import refused
 
 CASES = [
     ("flag-batch-size-0", lambda e: e.eval("--batch-size", "0"), "--batch-size: must be in"),
@@ -12,7 +10,7 @@ CASES = [
     ("flag-input-size-0", lambda e: e.eval("--input-size", "0", "0"), "--input-size: must be in"),
     (
         "flag-max-images-negative",
-        lambda e: ["select", str(e.tmp), "--max-images", "-5"],
+        lambda e: ["select", str(e.scratch), "--max-images", "-5"],
         "--max-images: must be in",
     ),
     ("flag-jobs-0", lambda e: ["bench", "toycity", "--jobs", "0"], "--jobs: must be in"),
@@ -26,8 +24,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("build, expect", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_flags_refused_cleanly(env, capsys, build, expect):  # noqa: F811
-    refused_cleanly(env, capsys, build, expect)
+def test_flags_refused_cleanly(env, capsys, build, expect):
+    refused(capsys, env, build(env), expect)
 
 
 def test_the_probe_is_large_enough():

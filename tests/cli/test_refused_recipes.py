@@ -1,5 +1,4 @@
 """Refused cleanly: recipes and overrides; see :mod:`.adversarial`."""
-# ruff: noqa: F405 (the cases use the probe's helpers through the star import)
 
 import time
 
@@ -7,8 +6,8 @@ import pytest
 
 from sfseg.cli.main import main
 
-from .adversarial import *  # noqa: F403 (the probe's helpers and its env fixture)
-from .adversarial import refused_cleanly
+from .adversarial import bomb
+from .probe import LD, refused
 
 CASES = [
     ("unknown-key", lambda e: e.adapt("roundz=2"), "unknown key 'roundz'"),
@@ -51,8 +50,8 @@ CASES = [
     ("alias-bomb", lambda e: ["adapt", "--config", str(e.file("c.yaml", bomb()))], "c.yaml"),
     ("recursive-alias", lambda e: ["adapt", "--config", str(e.file("c.yaml", "name: &a [*a]\n"))], "c.yaml"),
     ("config-not-utf8", lambda e: ["adapt", "--config", str(e.file("c.yaml", b"name: caf\xe9\n"))], "UTF-8"),
-    ("config-is-a-directory", lambda e: ["adapt", "--config", str(e.tmp)], "is not a file"),
-    ("config-missing", lambda e: ["adapt", "--config", str(e.tmp / "none.yaml")], "not found"),
+    ("config-is-a-directory", lambda e: ["adapt", "--config", str(e.scratch)], "is not a file"),
+    ("config-missing", lambda e: ["adapt", "--config", str(e.scratch / "none.yaml")], "not found"),
     ("config-bad-yaml", lambda e: ["adapt", "--config", str(e.file("c.yaml", "a: [1,\n"))], "not valid YAML"),
     ("config-a-list", lambda e: ["adapt", "--config", str(e.file("c.yaml", "- 1\n"))], "must be a mapping"),
     (
@@ -72,8 +71,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("build, expect", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_recipes_refused_cleanly(env, capsys, build, expect):  # noqa: F811
-    refused_cleanly(env, capsys, build, expect)
+def test_recipes_refused_cleanly(env, capsys, build, expect):
+    refused(capsys, env, build(env), expect)
 
 
 def test_a_500_byte_alias_bomb_is_refused_in_under_a_second(tmp_path, capsys):

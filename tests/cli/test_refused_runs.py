@@ -1,13 +1,14 @@
 """Refused cleanly: run directories, prediction files, select and report (see :mod:`.adversarial`)."""
-# ruff: noqa: F405 (the cases use the probe's helpers through the star import)
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from .adversarial import *  # noqa: F403 (the probe's helpers and its env fixture)
-from .adversarial import refused_cleanly
+from .adversarial import prediction_folder, run_dir
+from .probe import refused
 
 CASES = [
-    ("resume-missing-dir", lambda e: ["adapt", "--resume", str(e.tmp / "nothing")], "no run to resume"),
+    ("resume-missing-dir", lambda e: ["adapt", "--resume", str(e.scratch / "nothing")], "no run to resume"),
     ("resume-not-a-run", lambda e: ["adapt", "--resume", str(run_dir(e))], "no run to resume"),
     (
         "new-run-into-other-files",
@@ -22,7 +23,7 @@ CASES = [
     ),
     (
         "resume-and-overwrite",
-        lambda e: ["adapt", "--resume", str(e.tmp), "--overwrite"],
+        lambda e: ["adapt", "--resume", str(e.scratch), "--overwrite"],
         "exclude each other",
     ),
     # ---- prediction files
@@ -80,19 +81,19 @@ CASES = [
     ),
     (
         "predictions-missing",
-        lambda e: ["eval", "--predictions", str(e.tmp), "--data", str(e.toy)],
+        lambda e: ["eval", "--predictions", str(e.scratch), "--data", str(e.toy)],
         "prediction file(s) missing",
     ),
     # ---- select and report
-    ("select-not-a-run", lambda e: ["select", str(e.tmp)], "not a run directory"),
+    ("select-not-a-run", lambda e: ["select", str(e.scratch)], "not a run directory"),
     (
         "select-unknown-validator",
-        lambda e: ["select", str(e.tmp), "--validator", "vibes"],
+        lambda e: ["select", str(e.scratch), "--validator", "vibes"],
         "unknown validator",
     ),
     (
         "report-not-a-run",
-        lambda e: ["report", str(e.tmp), "--out", str(e.out / "r.html")],
+        lambda e: ["report", str(e.scratch), "--out", str(e.out / "r.html")],
         "not an sfseg run directory",
     ),
     (
@@ -104,5 +105,5 @@ CASES = [
 
 
 @pytest.mark.parametrize("build, expect", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_runs_refused_cleanly(env, capsys, build, expect):  # noqa: F811
-    refused_cleanly(env, capsys, build, expect)
+def test_runs_refused_cleanly(env, capsys, build, expect):
+    refused(capsys, env, build(env), expect)
