@@ -68,6 +68,21 @@ def tiny_source(tiny_toycity, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_mit(tiny_toycity, tmp_path_factory):
+    """A source checkpoint of the tiny MiT (the transformer recipes' network) trained one epoch on the tiny
+    tree (once per session)."""
+    from sfseg.api import train_source
+
+    out = tmp_path_factory.mktemp("mit") / "mit.pt"
+    train_source(
+        REPO / "configs/toycity/mit/source.yaml",
+        [f"data.root={tiny_toycity}", f"out={out}", "epochs=1", "warmup_steps=1"],
+        progress=False,
+    )
+    return out
+
+
 def sfseg_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run the ``sfseg`` command in a child process (from the repository root)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

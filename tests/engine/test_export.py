@@ -8,12 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from sfseg.api import DEMO_CHECKPOINT, export_model, train_source
+from sfseg.api import DEMO_CHECKPOINT, export_model
 from sfseg.data.normalization import Normalization
 from sfseg.data.toycity import ToyCitySpec, generate
 from sfseg.errors import ConfigError
 from sfseg.models import load_checkpoint
-from tests.conftest import REPO
 
 ort = pytest.importorskip("onnxruntime", reason="the export extra: pip install 'sfseg[export]'")
 
@@ -32,17 +31,6 @@ def frames(tmp_path_factory) -> torch.Tensor:
     return torch.stack(
         [torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).copy()) for p in paths]
     ).permute(0, 3, 1, 2)
-
-
-@pytest.fixture(scope="module")
-def tiny_mit(tiny_toycity, tmp_path_factory):
-    out = tmp_path_factory.mktemp("mit") / "mit.pt"
-    train_source(
-        REPO / "configs/toycity/mit/source.yaml",
-        [f"data.root={tiny_toycity}", f"out={out}", "epochs=1", "warmup_steps=1"],
-        progress=False,
-    )
-    return out
 
 
 def _compare(checkpoint, frames, tmp_path) -> dict:

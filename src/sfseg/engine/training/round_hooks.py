@@ -15,6 +15,8 @@ import json
 import math
 import time
 
+import torch
+
 from sfseg.engine.runtime import distributed
 from sfseg.engine.training.labelling import collapse_check
 from sfseg.engine.training.loop import Hook
@@ -122,15 +124,20 @@ class LabelFreeSelection(Hook):
         self.best: dict | None = None
 
     def score(self, r: int) -> None:
+        # Building the reference models initialises their weights from the global random stream, which
+        # training also draws from (a transformer's stochastic depth): scoring leaves it as it found it,
+        # so a recipe trains the same model with or without a validator.
         t = self.trainer
-        source = t.ckpt.build().to(t.device)
-        previous = {-1: None, 0: source}.get(r)
-        if r > 0:
-            previous = load_checkpoint(t.dir.round_checkpoint(r - 1), root=t.out).build().to(t.device)
-        references = {"previous": previous, "source": source}
-        self.scores.append(
-            t.monitor.validator_score(self.validator, r, unwrap(t.model), references, self.max_images, t.step)
-        )
+        with torch.random.fork_rng(devices=[t.device] if t.device.type == "cuda" else []):
+            source = t.ckpt.build().to(t.device)
+            previous = {-1: None, 0: source}.get(r)
+            if r > 0:
+                previous = load_checkpoint(t.dir.round_checkpoint(r - 1), root=t.out).build().to(t.device)
+            references = {"previous": previous, "source": source}
+            score = t.monitor.validator_score(
+                self.validator, r, unwrap(t.model), references, self.max_images, t.step
+            )
+        self.scores.append(score)
 
     def before_train(self) -> None:
         if self.validator and not self.trainer.resumed:
