@@ -212,10 +212,11 @@ def atomic_write_bytes(path: Path, write: Callable[[Path], object], root: str | 
     refuse_links(path, root)
     tmp = None
     try:
-        if root is not None:
-            make_dirs(path.parent, root)
-        elif not path.parent.is_dir():
-            path.parent.mkdir(parents=True)
+        if not path.parent.is_dir():
+            if root is not None:
+                make_dirs(path.parent, root)
+            else:
+                path.parent.mkdir(parents=True)
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         tmp = Path(name)

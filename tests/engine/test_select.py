@@ -11,6 +11,7 @@ import torch
 from sfseg.cli.main import main
 from sfseg.engine.experiments.selection import validator_study
 from sfseg.registry import VALIDATORS
+from tests.conftest import adapt_args
 
 C = 4
 
@@ -172,27 +173,21 @@ def test_a_recipe_validator_does_not_change_the_training(tiny_toycity, tiny_mit,
     # and without a validator trains the identical model.
     # oneDNN off: its kernels for the MiT are not bit-reproducible between processes (docs/architecture.md,
     # "Reproducible numbers"); this test is about the random stream alone.
-    enabled, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
-    try:
-        finals = _train_twice(tiny_toycity, tiny_mit, tmp_path)
-    finally:
-        torch.backends.mkldnn.enabled = enabled
-    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
-
-
-def _train_twice(tiny_toycity, tiny_mit, tmp_path) -> list[dict]:
     from sfseg.models import load_checkpoint
 
     finals = []
-    for extra in ([], ["select.validator=agreement"]):
-        out = tmp_path / f"run{len(finals)}"
-        args = ["adapt", "--config", "configs/toycity/mit/ld.yaml", f"data.root={tiny_toycity}",
-                f"checkpoint={tiny_mit}", f"out={out}", "rounds=2", "epochs_per_round=1",
-                "batch_size=4"]  # fmt: skip
-        assert main([*args, *extra]) == 0
-        finals.append(load_checkpoint(out / "final.pt").state_dict)
+    enabled, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
+    try:
+        for extra in ([], ["select.validator=agreement"]):
+            out = tmp_path / f"run{len(finals)}"
+            args = adapt_args(tiny_toycity, tiny_mit, out, "mit/ld", "rounds=2", "epochs_per_round=1",
+                              "batch_size=4", *extra)  # fmt: skip
+            assert main(args) == 0
+            finals.append(load_checkpoint(out / "final.pt").state_dict)
+    finally:
+        torch.backends.mkldnn.enabled = enabled
     assert (out / "selected.pt").is_file()
-    return finals
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
 
 
 @pytest.mark.slow

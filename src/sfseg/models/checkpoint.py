@@ -132,7 +132,6 @@ class Checkpoint:
         directory the file belongs to (no link is followed below it)."""
         check_finite(self.state_dict, str(path))
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         prov = {
             "code_version": VERSION,
             "created": _dt.datetime.now().isoformat(timespec="seconds"),

@@ -226,5 +226,4 @@ def _write_report(path: Path, table: str, command: str, numbers: dict) -> None:
         text = head + block + tail
     else:
         text = (text + "\n\n" if text else "# ToyCity calibration\n\n") + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)

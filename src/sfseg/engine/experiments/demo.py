@@ -48,7 +48,6 @@ def _source_model(data_root: Path, out: Path, seed: int, overrides: list[str] | 
     path = Path(cfg.out)
     if SHIPPED_SOURCE.is_file() and not os.path.lexists(path):
         if same_training(load_checkpoint(SHIPPED_SOURCE).provenance, cfg):
-            path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, lambda p: shutil.copyfile(SHIPPED_SOURCE, p))
             return path, f"shipped checkpoint ({SHIPPED_SOURCE.name}, current with the recipe and data)"
     res = train_or_reuse_source(cfg, progress=True)

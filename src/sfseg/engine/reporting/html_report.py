@@ -167,7 +167,6 @@ def write_report(
         + "\n".join(parts)
         + "</body></html>"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, page)
     return out
 
