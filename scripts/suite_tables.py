@@ -26,7 +26,10 @@ def main(argv=None) -> None:
     runs = load_runs(*args.roots)
     print(suite_report(runs, args.methods))
     if args.explain:
-        print(explain(runs, complete_worlds(runs, args.methods), *args.explain))
+        try:
+            print(explain(runs, complete_worlds(runs, args.methods), *args.explain))
+        except ValueError as e:
+            ap.error(f"--explain: {e}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import pytest
 
 from sfseg.cli.main import main
 from sfseg.engine.experiments.demo import run_demo
-from sfseg.engine.reporting.studies import load_runs, suite_report
+from sfseg.engine.reporting.studies import explain, load_runs, suite_report
 from tests.conftest import SMALL_MODEL, TINY, adapt_args, source_args
 
 pytestmark = pytest.mark.slow
@@ -180,8 +180,18 @@ def test_suite_runs_every_variant_and_writes_the_summary(tmp_path):
     assert oracle["final"]["miou"] > so  # (deterministic: the tiny world's oracle beats its source model)
     assert f"| ld | {100 * (ld - so) / (oracle['final']['miou'] - so):.0f} % |" in text
     # The tables read back from the folders (scripts/suite_tables.py) find the oracle too.
-    again = suite_report(load_runs(tmp_path / "suite"), ["source_only", "ld", "oracle"])
+    read_back = load_runs(tmp_path / "suite")
+    again = suite_report(read_back, ["source_only", "ld", "oracle"])
     assert again.split("Distance to the limit")[1] == text.split("Distance to the limit")[1]
+    # --explain: the diagnostics of self-training methods; a method without rounds is named, not a crash.
+    worlds = ["materials-w1", "fog-w1"]
+    assert "| class | true share ld / ld |" in explain(read_back, worlds, "ld", "ld")
+    for a, b, named in (
+        ("source_only", "ld", "'source_only' has no pseudo-label rounds"),
+        ("ld", "tent", "'tent' has no finished runs in materials-w1, fog-w1"),
+    ):
+        with pytest.raises(ValueError, match=named):
+            explain(read_back, worlds, a, b)
 
 
 def test_the_shipped_demo_source_model_is_current():

@@ -284,7 +284,21 @@ def round_summary(runs: Runs, worlds: list[str], method: str) -> str:
 
 
 def explain(runs: Runs, worlds: list[str], a: str, b: str) -> str:
-    """Why ``a`` and ``b`` differ: mIoU after each round, then the last round's diagnostics."""
+    """Why ``a`` and ``b`` differ: mIoU after each round, then the last round's diagnostics.
+
+    Both must be self-training methods (runs with pseudo-label rounds) finished in every world; anything
+    else is a ValueError that names the method (source-only, AdaBN, TENT and the oracle have no rounds)."""
+    for m in (a, b):
+        missing = [w for w in worlds if not runs[w].get(m)]
+        if missing:
+            raise ValueError(
+                f"{m!r} has no finished runs in {', '.join(missing)}; name a method these runs hold"
+            )
+        if not all(r.get("round_stats") for w in worlds for r in runs[w][m]):
+            raise ValueError(
+                f"{m!r} has no pseudo-label rounds to explain; name two self-training methods "
+                "(e.g. ld ld_balanced)"
+            )
     out = ["Target-val mIoU after each round (mean over worlds and seeds; round 0 = the start):", ""]
     for m in (a, b):
         curves = np.array([r["val_miou_per_round"] for w in worlds for r in runs[w][m]])
